@@ -1,0 +1,53 @@
+"""prefork: a prefork server framework, and a drop-in for socketserver.
+
+    import prefork as socketserver      # existing code keeps working
+
+    with prefork.TCPServer(("127.0.0.1", 9000), Handler, policy=prefork.Prefork(workers=4)) as server:
+        server.serve_forever()          # this process becomes the master of 4 workers
+
+socketserver's public names come first, with socketserver's behaviour; the
+request handler classes *are* socketserver's. Then the pool policies, the
+settings and the errors.
+"""
+
+from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+
+from .config import Config
+from .errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
+from .master import Master
+from .policies import ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
+from .servers import (
+    BaseServer,
+    ForkingMixIn,
+    ForkingTCPServer,
+    ForkingUDPServer,
+    ForkingUnixDatagramServer,
+    ForkingUnixStreamServer,
+    TCPServer,
+    ThreadingMixIn,
+    ThreadingTCPServer,
+    ThreadingUDPServer,
+    ThreadingUnixDatagramServer,
+    ThreadingUnixStreamServer,
+    UDPServer,
+    UnixDatagramServer,
+    UnixStreamServer,
+    serve_together,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # socketserver's names
+    "BaseServer", "TCPServer", "UDPServer", "UnixStreamServer", "UnixDatagramServer",
+    "ForkingMixIn", "ThreadingMixIn",
+    "ForkingTCPServer", "ForkingUDPServer", "ForkingUnixStreamServer", "ForkingUnixDatagramServer",
+    "ThreadingTCPServer", "ThreadingUDPServer", "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
+    "BaseRequestHandler", "StreamRequestHandler", "DatagramRequestHandler",
+    # pool policies
+    "Policy", "Serial", "ForkPerRequest", "ThreadPerRequest", "Prefork",
+    # running and configuring
+    "Config", "Master", "serve_together",
+    # errors
+    "PreforkError", "ConfigError", "BindError", "AppLoadError", "HaltServer",
+]

@@ -1,0 +1,55 @@
+"""Exception types, and the exit codes processes use to tell each other why they stopped.
+
+Library code raises these and never calls sys.exit: only the CLI turns an
+error into a message and an exit status.
+"""
+
+import enum
+
+
+class PreforkError(Exception):
+    """Base class for the errors prefork reports to its user in one line."""
+
+
+class ConfigError(PreforkError, ValueError):
+    """A setting, flag or policy argument has a value that cannot work."""
+
+
+class BindError(PreforkError):
+    """A listening address is malformed, cannot be resolved, or cannot be bound."""
+
+
+class AppLoadError(PreforkError):
+    """A ``module:object`` handler spec cannot be imported or is not a handler class."""
+
+
+class HaltServer(PreforkError):
+    """The master gave up: no worker could ever boot. ``exit_code`` says so to a shell."""
+
+    def __init__(self, reason, exit_code=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = Exit.NO_WORKER_BOOTED if exit_code is None else exit_code
+
+
+class Exit(enum.IntEnum):
+    """Exit statuses of the ``prefork`` command (the master process)."""
+
+    OK = 0
+    ERROR = 1                #: a runtime failure such as a port already in use
+    USAGE = 2                #: bad flags, bad bind syntax, bad handler spec (as argparse uses 2)
+    NO_WORKER_BOOTED = 3     #: workers failed to boot again and again, none ever became ready
+
+
+class WorkerExit(enum.IntEnum):
+    """Exit statuses a worker uses to tell the master why it stopped.
+
+    Like gunicorn's WORKER_BOOT_ERROR / APP_LOAD_ERROR: a worker that exits
+    with one of these *before it became ready* is a boot failure, which the
+    master retries with backoff instead of respawning in a tight loop.
+    """
+
+    OK = 0
+    CRASH = 1                #: an unexpected exception escaped the worker's loop
+    BOOT_ERROR = 3           #: a post_fork or worker_ready hook raised
+    APP_LOAD_ERROR = 4       #: the handler module could not be imported or is not a handler

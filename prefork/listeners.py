@@ -1,0 +1,178 @@
+"""Listening addresses: parse bind strings, open and bind sockets, clean up Unix paths.
+
+Accepted forms (``prefork serve -b``):
+
+    HOST:PORT  tcp://HOST:PORT  [IPV6]:PORT  tcp://[IPV6]:PORT    TCP
+    udp://HOST:PORT  udp://[IPV6]:PORT                              UDP
+    unix:PATH                                                       Unix stream
+    unix-dgram:PATH                                                 Unix datagram
+
+An empty HOST (``:8000``) means every IPv4 interface, as ``("", 8000)`` does
+for socketserver. Everything here raises BindError with a message fit for a
+user; nothing prints or exits.
+"""
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from .errors import BindError
+
+STREAM_KINDS = ("tcp", "unix")
+_FORMS = "HOST:PORT, [IPV6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:PATH or unix-dgram:PATH"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """One parsed listening address."""
+
+    kind: str        #: "tcp", "udp", "unix" or "unix-dgram"
+    address: object  #: (host, port) for IP kinds, a path for Unix kinds
+    text: str        #: as the user wrote it, for messages
+
+    @property
+    def stream(self):
+        return self.kind in STREAM_KINDS
+
+    @property
+    def unix(self):
+        return self.kind.startswith("unix")
+
+
+def parse_bind(text):
+    """Parse one bind string into a Bind, or raise BindError naming what is wrong."""
+    for prefix, kind in (("unix-dgram:", "unix-dgram"), ("unix:", "unix")):
+        if text.startswith(prefix):
+            path = text[len(prefix):]
+            if path.startswith("//"):       # unix://PATH, as gunicorn writes it
+                path = path[2:]
+            if not path:
+                raise BindError(f"bad bind {text!r}: {prefix} needs a socket path")
+            return Bind(kind, path, text)
+    kind, rest = "tcp", text
+    for prefix in ("tcp://", "udp://"):
+        if text.startswith(prefix):
+            kind, rest = prefix[:3], text[len(prefix):]
+            break
+    if "://" in rest:
+        raise BindError(f"bad bind {text!r}: unknown scheme; use {_FORMS}")
+    return Bind(kind, _parse_host_port(text, rest), text)
+
+
+def _parse_host_port(text, rest):
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+        if not sep or not host:
+            raise BindError(f"bad bind {text!r}: write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep:
+            raise BindError(f"bad bind {text!r}: expected {_FORMS}")
+        if ":" in host:
+            raise BindError(f"bad bind {text!r}: put an IPv6 address in brackets, as [{host}]:{port}")
+    if not port.isdigit():
+        raise BindError(f"bad bind {text!r}: port {port!r} is not a number")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise BindError(f"bad bind {text!r}: port {number} is out of range 0-65535")
+    return host, number
+
+
+def open_listener(bind, backlog=2048):
+    """Create, bind and (for streams) listen on a socket for ``bind``.
+
+    TCP sockets get SO_REUSEADDR, so a restarted server does not wait out
+    TIME_WAIT. A Unix path left behind by a dead server (nobody answers on
+    it) is removed first; a live one is "address already in use".
+    """
+    sock_type = socket.SOCK_STREAM if bind.stream else socket.SOCK_DGRAM
+    if bind.unix:
+        family, address = socket.AF_UNIX, bind.address
+        remove_stale_unix_socket(address, sock_type)
+    else:
+        family, address = _resolve(bind, sock_type)
+    sock = socket.socket(family, sock_type)
+    try:
+        if family in (socket.AF_INET, socket.AF_INET6) and bind.stream:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if bind.stream:
+            sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot bind {bind.text}: {_describe(exc)}") from None
+    return sock
+
+
+def _resolve(bind, sock_type):
+    host, port = bind.address
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, sock_type, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot bind {bind.text}: unknown host {host!r} ({exc.strerror})") from None
+    if not host:   # "" means every IPv4 interface, as in socketserver
+        infos = [info for info in infos if info[0] == socket.AF_INET] or infos
+    family, _, _, _, address = infos[0]
+    return family, address
+
+
+def _describe(exc):
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    return exc.strerror or str(exc)
+
+
+def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
+    """Remove a socket file at ``path`` that no process answers on.
+
+    Refuses (BindError) when the path is not a socket or a server still
+    listens on it, so we never delete a user's file or steal a live address.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError(f"cannot bind unix:{path}: {_describe(exc)}") from None
+    if not stat.S_ISSOCK(mode):
+        raise BindError(f"cannot bind unix:{path}: the path exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, sock_type)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)          # nobody listens: left by a dead server
+        return
+    except OSError:
+        return                   # let bind() report what is wrong with the path
+    finally:
+        probe.close()
+    raise BindError(f"cannot bind unix:{path}: address already in use")
+
+
+class UnixPathOwner:
+    """Remembers the socket file a process created, to remove exactly that file later.
+
+    The inode check keeps us from deleting a path another server has since
+    bound; the pid check keeps forked children (workers) from removing the
+    master's socket when they exit.
+    """
+
+    def __init__(self, path):
+        info = os.stat(path)
+        self.path, self._identity, self._pid = path, (info.st_dev, info.st_ino), os.getpid()
+
+    def remove(self):
+        if os.getpid() != self._pid:
+            return
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                os.unlink(self.path)
+        except OSError:
+            pass

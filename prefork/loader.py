@@ -1,0 +1,63 @@
+"""Turn ``module:Object`` strings into request handler classes and hook modules.
+
+Used by the CLI: in the master with --preload, otherwise in each worker
+after fork, so new workers pick up new code (SIGHUP) and the master never
+runs the application's import-time code.
+"""
+
+import importlib
+import importlib.util
+import socketserver
+
+from .errors import AppLoadError
+
+
+def split_spec(spec):
+    """Split ``module:Object`` (Object may be dotted), or raise AppLoadError."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name or not all(part.isidentifier() for part in name.split(".")):
+        raise AppLoadError(f"bad handler {spec!r}: expected MODULE:CLASS, as in workers.echo:EchoHandler")
+    return module, name
+
+
+def check_findable(spec):
+    """Fail early, without running the application's code, when its top package is missing."""
+    module, _ = split_spec(spec)
+    top = module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as exc:
+        raise AppLoadError(f"cannot import handler {spec!r}: {exc}") from None
+    if found is None:
+        raise AppLoadError(f"cannot import handler {spec!r}: no module named {top!r}")
+
+
+def load_handler(spec):
+    """Import and return the request handler class that ``spec`` names."""
+    module_name, name = split_spec(spec)
+    module = _import(module_name, f"cannot import handler {spec!r}")
+    obj = module
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppLoadError(f"cannot import handler {spec!r}: module {module_name!r} has no {name!r}") from None
+    if not (isinstance(obj, type) and issubclass(obj, socketserver.BaseRequestHandler)):
+        raise AppLoadError(
+            f"handler {spec!r} is not a request handler class (a subclass of "
+            f"socketserver.BaseRequestHandler); it is {type(obj).__name__} {obj!r:.60}")
+    return obj
+
+
+def load_module(module_name, what):
+    """Import a module for the CLI (such as --hooks), or raise AppLoadError."""
+    return _import(module_name, f"cannot import {what} {module_name!r}")
+
+
+def _import(module_name, prefix):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppLoadError(f"{prefix}: {exc}") from exc
+    except Exception as exc:  # the module's own code raised (SyntaxError included)
+        raise AppLoadError(f"{prefix}: {type(exc).__name__}: {exc}") from exc

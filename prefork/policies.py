@@ -1,0 +1,122 @@
+"""Pool policies: how requests get concurrency.
+
+socketserver's ForkingMixIn and ThreadingMixIn become two policies among
+several. A policy is a small frozen value with no system calls: the server
+asks it which behaviour to use, and the master asks a pooled policy two
+questions, "how many workers now?" and "which worker should go first?".
+
+    Serial()              one request at a time in the calling process (socketserver's default)
+    ForkPerRequest()      a new process per request (ForkingMixIn)
+    ThreadPerRequest()    a new thread per request (ThreadingMixIn)
+    Prefork(workers, threads)
+                          a static pool of worker processes forked up front;
+                          threads > 1 runs that many accept threads per worker
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple, Sequence
+
+from .errors import ConfigError
+
+
+def cpu_count():
+    """CPUs this process may run on (respects taskset and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class PoolState(NamedTuple):
+    """What a pooled policy sees of its pool when asked for a target size."""
+
+    workers: int    #: live workers that are not on their way out
+    busy: int       #: of which are serving a request right now
+
+
+class Candidate(NamedTuple):
+    """What a pooled policy sees of one worker when choosing which to retire."""
+
+    slot: int
+    age: float        #: seconds since fork
+    requests: int
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Base class. ``pooled`` policies run a master and worker processes."""
+
+    pooled: ClassVar[bool] = False
+    name: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Serial(Policy):
+    """Handle one request at a time in the calling process, as socketserver does by default."""
+
+    name: ClassVar[str] = "serial"
+
+
+@dataclass(frozen=True)
+class ForkPerRequest(Policy):
+    """Fork a new process for every request (socketserver.ForkingMixIn).
+
+    The server attributes max_children, active_children and block_on_close
+    keep their socketserver meaning.
+    """
+
+    name: ClassVar[str] = "fork"
+
+
+@dataclass(frozen=True)
+class ThreadPerRequest(Policy):
+    """Start a new thread for every request (socketserver.ThreadingMixIn).
+
+    The server attributes daemon_threads and block_on_close keep their
+    socketserver meaning.
+    """
+
+    name: ClassVar[str] = "thread"
+
+
+def _check_count(what, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be a whole number, got {value!r}")
+    if value < 1:
+        raise ConfigError(f"{what} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Prefork(Policy):
+    """A static pool: ``workers`` processes forked up front, each running
+    ``threads`` accept loops on every listening socket.
+
+    The size can still be nudged at run time (SIGTTIN / SIGTTOU); the pool
+    never goes below one worker.
+    """
+
+    workers: int = field(default_factory=cpu_count)
+    threads: int = 1
+    pooled: ClassVar[bool] = True
+    name: ClassVar[str] = "prefork"
+
+    def __post_init__(self):
+        _check_count("workers", self.workers)
+        _check_count("threads", self.threads)
+
+    def target_workers(self, pool: PoolState, adjustment: int = 0) -> int:
+        """How many workers the pool should have now (adjustment: net SIGTTIN - SIGTTOU)."""
+        return max(1, self.workers + adjustment)
+
+    def choose_retire(self, candidates: Sequence[Candidate]) -> Candidate:
+        """Which worker to stop when the pool shrinks: an idle one first, then the oldest.
+
+        An idle worker loses no request in hand; among equals the oldest has
+        grown the most (fragmentation, caches) and gains most from a restart.
+        """
+        return max(candidates, key=lambda c: (not c.busy, c.age))
+
+
+POLICIES_BY_NAME = {cls.name: cls for cls in (Serial, ForkPerRequest, ThreadPerRequest, Prefork)}

@@ -1,0 +1,340 @@
+"""socketserver-compatible servers whose concurrency is a pool policy.
+
+Every class here *is* a subclass of its socketserver namesake, so every hook
+a user overrides (verify_request, handle_error, finish_request,
+shutdown_request, server_bind, server_activate, get_request,
+service_actions, ...) is called as socketserver calls it, and
+``isinstance(server, socketserver.TCPServer)`` holds.
+
+The policy is the only seam. It takes over serve_forever() and
+process_request():
+
+- serve_forever() runs the in-process request loop (Serial, ForkPerRequest,
+  ThreadPerRequest) or becomes the master of a worker pool (Prefork).
+- process_request() is socketserver's own: inline, ForkingMixIn's fork, or
+  ThreadingMixIn's thread. ``policy=ForkPerRequest()`` is shorthand for
+  mixing ForkingMixIn into the class: the server is built from the class
+  with that mixin in front, exactly as if you had written it.
+
+What prefork adds to socketserver's behaviour:
+
+- shutdown() returns at once instead of after the next 0.5 s poll.
+- handle_error() logs the traceback through the "prefork" logger.
+- Unix servers remove the socket file they created in server_close().
+- stats(), the supervision hooks (on_starting, pre_fork, post_fork,
+  worker_ready, worker_exit, on_exit) and, for long-lived handlers,
+  ``self.server.stopping`` and ``self.server.heartbeat()``.
+"""
+
+import functools
+import logging
+import selectors
+import socket
+import socketserver
+import threading
+
+from .config import Config
+from .listeners import UnixPathOwner
+from .master import Master
+from .policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
+from .worker import handle_one
+
+log = logging.getLogger("prefork")
+
+
+class BaseServer(socketserver.BaseServer):
+    """socketserver.BaseServer with a pool policy.
+
+    Methods for the caller, besides socketserver's:
+
+    - __init__(..., policy=None, config=None)   # keywords, after socketserver's arguments
+    - stats() -> dict                            # from any thread while serve_forever() runs
+
+    Methods that may be overridden, besides socketserver's (Prefork policy;
+    a hook that raises is logged and the master carries on):
+
+    - on_starting()                    # master, before the first fork
+    - pre_fork(worker)                 # master, before each fork
+    - post_fork(worker)                # worker, first thing after fork; raising fails the boot
+    - worker_ready(worker)             # worker, before its first accept; raising fails the boot
+    - worker_exit(worker, status, reason)   # master, after reaping; status as subprocess returncode
+    - on_exit()                        # master, after the last worker is gone
+
+    Class variables that may be overridden, besides socketserver's:
+
+    - policy    # a prefork.Policy; None means "what the class's mixins do"
+    - config    # a prefork.Config: timeouts, recycling, graceful stop
+
+    Attributes for request handlers:
+
+    - stopping      # True once a graceful stop began: finish up, take no more
+    - heartbeat()   # tell the master a long-lived handler is alive, not hung
+    """
+
+    policy = None
+    config = Config()
+    stopping = False
+
+    def __new__(cls, *args, policy=None, config=None, **kwargs):
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a prefork policy such as prefork.Prefork(workers=4), got {policy!r}")
+        chosen = policy or cls.policy or _policy_of(cls)
+        self = super().__new__(_class_for(cls, chosen))
+        self.policy = chosen
+        self.config = config or cls.config
+        self._runner = None
+        self._shutdown_requested = False
+        self._is_shut_down = threading.Event()
+        return self
+
+    def __init__(self, *args, policy=None, config=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+    def serve_forever(self, poll_interval=0.5):
+        """Serve until shutdown(): in this process, or as the master of a pool (Prefork)."""
+        serve_together([self], poll_interval)
+
+    def shutdown(self):
+        """Stop serve_forever() and wait for it: a graceful stop for a pool. Call from another thread."""
+        self._shutdown_requested = True
+        runner = self._runner
+        if runner is not None:
+            runner.stop()
+        self._is_shut_down.wait()
+
+    def server_close(self):
+        runner = self._runner
+        if isinstance(runner, Master):        # closing under a running pool: stop it first, quickly
+            runner.stop(graceful=False)
+            self._is_shut_down.wait()
+        super().server_close()
+
+    def handle_error(self, request, client_address):
+        """Log the exception with its traceback; the worker keeps serving."""
+        log.error("exception while handling a request from %s", client_address, exc_info=True)
+
+    def stats(self):
+        """The pool's stats (see Master.stats); without a running pool, no workers."""
+        runner = self._runner
+        if isinstance(runner, Master):
+            return runner.stats()
+        return {"master": None, "workers": [], "restarts": {}, "boot_failures": 0}
+
+    def heartbeat(self):
+        """In a pool worker, refresh the liveness tick; elsewhere nothing to do."""
+
+    # Supervision hooks: no-ops here, see the class docstring.
+    def on_starting(self):
+        pass
+
+    def pre_fork(self, worker):
+        pass
+
+    def post_fork(self, worker):
+        pass
+
+    def worker_ready(self, worker):
+        pass
+
+    def worker_exit(self, worker, status, reason):
+        pass
+
+    def on_exit(self):
+        pass
+
+    @classmethod
+    def from_socket(cls, sock, RequestHandlerClass, **kwargs):
+        """A server on an already bound (and, for streams, listening) socket."""
+        server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False, **kwargs)
+        server.socket.close()
+        server.socket = sock
+        server.server_address = sock.getsockname()
+        if sock.family == socket.AF_UNIX and server.server_address:
+            server._unix_path = UnixPathOwner(server.server_address)
+        return server
+
+
+class TCPServer(BaseServer, socketserver.TCPServer):
+    __doc__ = socketserver.TCPServer.__doc__
+
+
+class UDPServer(TCPServer, socketserver.UDPServer):
+    __doc__ = socketserver.UDPServer.__doc__
+
+
+class _UnixPathMixIn:
+    """Remove the socket file this server created, when it is closed."""
+
+    _unix_path = None
+
+    def server_bind(self):
+        super().server_bind()
+        if isinstance(self.server_address, str) and self.server_address:
+            self._unix_path = UnixPathOwner(self.server_address)
+
+    def server_close(self):
+        super().server_close()
+        if self._unix_path is not None:
+            self._unix_path.remove()
+
+
+class UnixStreamServer(_UnixPathMixIn, TCPServer, socketserver.UnixStreamServer):
+    pass
+
+
+class UnixDatagramServer(_UnixPathMixIn, UDPServer, socketserver.UnixDatagramServer):
+    pass
+
+
+# -- mixins: thin ways of choosing a policy ----------------------------------
+
+class ForkingMixIn(socketserver.ForkingMixIn):
+    """socketserver.ForkingMixIn, choosing the ForkPerRequest policy."""
+
+    policy = ForkPerRequest()
+
+
+class ThreadingMixIn(socketserver.ThreadingMixIn):
+    """socketserver.ThreadingMixIn, choosing the ThreadPerRequest policy."""
+
+    policy = ThreadPerRequest()
+
+
+class InlineMixIn:
+    """Handle requests in the process that accepted them (Serial, and Prefork's workers)."""
+
+    policy = None
+    process_request = socketserver.BaseServer.process_request
+
+
+class ForkingUDPServer(ForkingMixIn, UDPServer):
+    pass
+
+
+class ForkingTCPServer(ForkingMixIn, TCPServer):
+    pass
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    pass
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    pass
+
+
+class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+    pass
+
+
+class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+    pass
+
+
+class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+    pass
+
+
+class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+    pass
+
+
+# -- choosing the class for a policy ------------------------------------------
+
+_PER_REQUEST = {
+    socketserver.ForkingMixIn.process_request: ForkPerRequest,
+    socketserver.ThreadingMixIn.process_request: ThreadPerRequest,
+}
+_MIXIN_FOR = {ForkPerRequest: ForkingMixIn, ThreadPerRequest: ThreadingMixIn}
+
+
+def _policy_of(cls):
+    """The policy that cls's own process_request implements."""
+    return _PER_REQUEST.get(cls.process_request, Serial)()
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(mixin, cls):
+    name = mixin.__name__.replace("MixIn", "") + cls.__name__
+    return type(name, (mixin, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def _class_for(cls, policy):
+    """cls, or cls with the mixin in front that gives it policy's process_request."""
+    have = _PER_REQUEST.get(cls.process_request)
+    want = type(policy) if type(policy) in _MIXIN_FOR else None
+    if have is want:
+        return cls
+    return _composed(_MIXIN_FOR.get(want, InlineMixIn), cls)
+
+
+# -- the in-process request loop ------------------------------------------------
+
+class RequestLoop:
+    """serve_forever() for in-process policies, over one server or several at once.
+
+    Waits on every server's socket plus a wake-up socket, so shutdown()
+    returns at once; calls service_actions() of each server every pass (at
+    least every poll_interval), as socketserver does.
+    """
+
+    def __init__(self, servers, poll_interval=0.5):
+        self.servers = servers
+        self.poll_interval = poll_interval
+        self._stopped = False
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    def run(self):
+        poll_interval = self.poll_interval
+        try:
+            with selectors.DefaultSelector() as selector:
+                for server in self.servers:
+                    selector.register(server, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopped:
+                    ready = selector.select(poll_interval)
+                    for key, _ in ready:
+                        if self._stopped:
+                            break
+                        if key.fileobj is not self._wake_r:
+                            handle_one(key.fileobj)
+                    for server in self.servers:
+                        server.service_actions()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def stop(self, graceful=True):
+        self._stopped = True
+        for server in self.servers:
+            server.stopping = True
+        try:
+            self._wake_w.send(b"s")
+        except OSError:
+            pass
+
+
+def serve_together(servers, poll_interval=0.5, load_handler=None):
+    """Serve several servers with the first one's policy until shutdown() is called on any.
+
+    With a pooled policy this process becomes the master: it returns after a
+    graceful stop (SIGTERM, shutdown()) or a quick one (SIGINT, SIGQUIT) and
+    raises HaltServer when no worker can boot.
+    """
+    first = servers[0]
+    if first.policy.pooled:
+        runner = Master(servers, load_handler=load_handler, poll_interval=poll_interval)
+    else:
+        runner = RequestLoop(servers, poll_interval)
+    for server in servers:
+        server._is_shut_down.clear()
+        server._runner = runner
+        server.stopping = False
+    try:
+        if not any(server._shutdown_requested for server in servers):
+            runner.run()
+    finally:
+        for server in servers:
+            server._runner = None
+            server._shutdown_requested = False
+            server._is_shut_down.set()
