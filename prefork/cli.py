@@ -14,7 +14,7 @@ import signal
 import sys
 
 from . import __version__, loader
-from .config import Config
+from .config import Config, settings_markdown
 from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer
 from .listeners import parse_bind, open_listener
 from .policies import POLICIES_BY_NAME, Prefork, cpu_count
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, not a usage block."""
 
     def error(self, message):
-        self.exit(Exit.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(Exit.USAGE, f"prefork: error: {message} (see '{self.prog} --help')\n")
 
 
 def whole_number(low):
@@ -82,6 +82,8 @@ def build_parser():
             options.update(type=f.type, metavar=f.metadata["metavar"])
         serve.add_argument(*flags, **options)
     serve.set_defaults(run=run_serve)
+    settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
+    settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
     return parser
 
 

@@ -158,21 +158,24 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
 class UnixPathOwner:
     """Remembers the socket file a process created, to remove exactly that file later.
 
-    The inode check keeps us from deleting a path another server has since
-    bound; the pid check keeps forked children (workers) from removing the
+    The identity check (device, inode and change time: inode numbers are
+    recycled) keeps us from deleting a path another server has since bound; the pid check keeps forked children (workers) from removing the
     master's socket when they exit.
     """
 
     def __init__(self, path):
-        info = os.stat(path)
-        self.path, self._identity, self._pid = path, (info.st_dev, info.st_ino), os.getpid()
+        self.path, self._identity, self._pid = path, _identity(path), os.getpid()
 
     def remove(self):
         if os.getpid() != self._pid:
             return
         try:
-            info = os.stat(self.path)
-            if (info.st_dev, info.st_ino) == self._identity:
+            if _identity(self.path) == self._identity:
                 os.unlink(self.path)
         except OSError:
             pass
+
+
+def _identity(path):
+    info = os.stat(path)
+    return info.st_dev, info.st_ino, info.st_ctime_ns

@@ -241,7 +241,7 @@ class Master:
             getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
         request, self._stop_request = self._stop_request, None
         if request:
-            self.begin_stop(graceful=request == "graceful")
+            self.begin_stop(graceful=request == "graceful", why="shutdown()")
 
     def notice_workers(self, now):
         """Read the scoreboard: workers that became ready since the last pass."""
@@ -387,13 +387,13 @@ class Master:
         worker.kill_at = time.monotonic() + kill_after
         _signal(worker.pid, signum)
 
-    def begin_stop(self, graceful):
+    def begin_stop(self, graceful, why):
         """Stop every worker: SIGTERM and wait graceful_timeout, or SIGQUIT and wait KILL_GRACE."""
         if self.state == STOPPING and (graceful or not self.stop_graceful):
             return
         self.state, self.stop_graceful = STOPPING, graceful
-        log.info("master %s: %s stop of %s worker(s)", os.getpid(), "graceful" if graceful else "quick",
-                 len(self.workers))
+        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
+                 len(self.workers), why)
         for worker in self.workers.values():
             if graceful:
                 self._signal_worker(worker, signal.SIGTERM, "stop", self.config.graceful_timeout)
@@ -427,7 +427,7 @@ class Master:
         (log.error if first_time else log.debug)("worker %s failed to boot: %s", worker.slot, message)
         if not self.ever_ready and self.failed_boots_in_a_row >= self.config.max_boot_failures:
             self.halt_reason = f"no worker could boot ({self.failed_boots_in_a_row} attempts): {message}"
-            self.begin_stop(graceful=False)
+            self.begin_stop(graceful=False, why="no worker could boot")
             return
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
         self.next_spawn_at = time.monotonic() + delay
@@ -488,12 +488,13 @@ class Master:
         self._signals.append(signum)     # and set_wakeup_fd wakes the loop
 
     def handle_term(self):
-        self.begin_stop(graceful=True)
+        self.begin_stop(graceful=True, why="SIGTERM")
 
     def handle_int(self):
-        self.begin_stop(graceful=False)
+        self.begin_stop(graceful=False, why="SIGINT")
 
-    handle_quit = handle_int
+    def handle_quit(self):
+        self.begin_stop(graceful=False, why="SIGQUIT")
 
     def handle_chld(self):
         pass              # reap_workers runs on the next pass

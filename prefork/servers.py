@@ -207,35 +207,42 @@ class InlineMixIn:
     process_request = socketserver.BaseServer.process_request
 
 
-class ForkingUDPServer(ForkingMixIn, UDPServer):
+def _stdlib(name):
+    """socketserver's class of that name, as an extra base: isinstance checks against it hold.
+    (socketserver has no ForkingUnix* classes before Python 3.12.)"""
+    cls = getattr(socketserver, name, None)
+    return (cls,) if cls else ()
+
+
+class ForkingUDPServer(ForkingMixIn, UDPServer, *_stdlib("ForkingUDPServer")):
     pass
 
 
-class ForkingTCPServer(ForkingMixIn, TCPServer):
+class ForkingTCPServer(ForkingMixIn, TCPServer, *_stdlib("ForkingTCPServer")):
     pass
 
 
-class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+class ThreadingUDPServer(ThreadingMixIn, UDPServer, *_stdlib("ThreadingUDPServer")):
     pass
 
 
-class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+class ThreadingTCPServer(ThreadingMixIn, TCPServer, *_stdlib("ThreadingTCPServer")):
     pass
 
 
-class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer, *_stdlib("ForkingUnixStreamServer")):
     pass
 
 
-class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer, *_stdlib("ForkingUnixDatagramServer")):
     pass
 
 
-class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer, *_stdlib("ThreadingUnixStreamServer")):
     pass
 
 
-class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer, *_stdlib("ThreadingUnixDatagramServer")):
     pass
 
 

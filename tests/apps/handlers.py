@@ -1,0 +1,61 @@
+"""Request handlers the tests serve, in this process and through `prefork serve apps.handlers:...`."""
+
+import os
+import threading
+import time
+
+import prefork
+
+
+def _reply(handler, make_reply):
+    """Answer one request on any socket kind: a line on streams, a datagram on datagrams."""
+    if isinstance(handler.request, tuple):
+        data, sock = handler.request
+        sock.sendto(make_reply(data), handler.client_address)
+        return
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = handler.request.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    handler.request.sendall(make_reply(data))
+
+
+class PidEcho(prefork.BaseRequestHandler):
+    """Echo, prefixed with "pid thread|" so a test can tell who served it."""
+
+    def handle(self):
+        _reply(self, lambda data: f"{os.getpid()} {threading.get_ident()}|".encode() + data)
+
+
+class Sleepy(prefork.BaseRequestHandler):
+    """Sleep for the number of seconds the request names ("0.5\\n"), then answer "done"."""
+
+    def handle(self):
+        def sleep_then_answer(data):
+            time.sleep(float(data))
+            return f"done {os.getpid()}\n".encode()
+        _reply(self, sleep_then_answer)
+
+
+class Raising(prefork.BaseRequestHandler):
+    """Raise on every request."""
+
+    def handle(self):
+        raise RuntimeError("handler exploded on purpose")
+
+
+class Leaky(prefork.BaseRequestHandler):
+    """Keep MB of memory per request (the request says how many MB), answer the pid."""
+
+    kept = []
+
+    def handle(self):
+        def leak(data):
+            Leaky.kept.append(bytearray(int(float(data) * 2**20)))
+            return f"{os.getpid()}\n".encode()
+        _reply(self, leak)
+
+
+NOT_A_HANDLER = 42

@@ -1,0 +1,254 @@
+"""`prefork serve` as a user runs it: binds, titles, signals, replacement, bad input."""
+
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import REPO, exchange, process_gone, run_cli, stream_exchange, wait_for
+
+TESTS = os.path.join(REPO, "tests")
+
+
+def start_in_tests(serve_cli, *args):
+    return serve_cli(*args, cwd=TESTS)
+
+
+def send_later(address, payload, results, timeout=30):
+    """Start a request in a thread (for requests in flight during a signal)."""
+    def run():
+        try:
+            results.append(stream_exchange(socket.AF_INET, address, payload, timeout))
+        except OSError as exc:
+            results.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_default_serve_is_echo_on_port_8000_with_a_worker_per_cpu(serve_cli):
+    server = serve_cli()
+    assert server.addresses() == [("127.0.0.1", 8000)]
+    server.wait_workers(len(os.sched_getaffinity(0)))
+    assert exchange("tcp", ("127.0.0.1", 8000), b"one\ntwo\n") == b"one\ntwo\n"
+    assert server.stop() == 0
+
+
+def test_several_binds_of_every_kind_at_once(serve_cli):
+    directory = tempfile.mkdtemp(prefix="pf-")
+    stream, dgram = os.path.join(directory, "s.sock"), os.path.join(directory, "d.sock")
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "-b", "[::1]:0", "-b", f"unix:{stream}",
+                       "-b", "udp://127.0.0.1:0", "-b", f"unix-dgram:{dgram}", "-b", "udp://[::1]:0")
+    tcp4, tcp6, unix, udp4, unix_dgram, udp6 = server.addresses()
+    server.wait_workers(2)
+    assert exchange("tcp", tcp4, b"a\n") == b"a\n"
+    assert exchange("tcp", tcp6, b"b\n") == b"b\n"
+    assert exchange("unix", unix, b"c\n") == b"c\n"
+    assert exchange("udp", udp4, b"d") == b"d"
+    assert exchange("unix-dgram", unix_dgram, b"e") == b"e"
+    assert exchange("udp", udp6, b"f") == b"f"
+    assert server.stop() == 0
+    assert not os.path.exists(stream) and not os.path.exists(dgram)
+
+
+def test_process_titles_name_master_and_workers(serve_cli):
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "-n", "myapp")
+    server.addresses()
+    pids = server.wait_workers(2)
+    assert " ".join(psutil.Process(server.pid).cmdline()).startswith("prefork: master [myapp]")
+    titles = sorted(" ".join(psutil.Process(pid).cmdline()).strip() for pid in pids)
+    assert titles == ["prefork: worker 1 [myapp]", "prefork: worker 2 [myapp]"]
+
+
+def request_in_hand(*pids):
+    """True once one of the workers holds an accepted connection."""
+    return any(c.status == "ESTABLISHED" for pid in pids for c in psutil.Process(pid).net_connections())
+
+
+def test_killed_worker_is_replaced_and_its_queue_is_not_lost(serve_cli):
+    server = start_in_tests(serve_cli, "apps.handlers:Sleepy", "-w", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    (victim,) = server.wait_workers(1)
+    in_flight = socket.create_connection(address, timeout=10)
+    in_flight.sendall(b"30\n")
+    wait_for(lambda: request_in_hand(victim), message="the only worker busy")
+    queued = [socket.create_connection(address, timeout=10) for _ in range(3)]   # in the listen queue
+    for sock in queued:
+        sock.sendall(b"0\n")
+    os.kill(victim, signal.SIGKILL)
+    (replacement,) = server.wait_workers(1)
+    assert replacement != victim
+    for sock in queued:
+        with sock:
+            assert sock.recv(100) == f"done {replacement}\n".encode(), "queued connections survive"
+    with in_flight:
+        try:
+            assert in_flight.recv(100) == b""
+        except ConnectionResetError:
+            pass                           # the request in the dead worker's hands is lost
+    assert "died unexpectedly (signal SIGKILL)" in server.log()
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(serve_cli):
+    server = start_in_tests(serve_cli, "apps.handlers:Sleepy", "-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    workers = server.wait_workers(2)
+    results = []
+    client = send_later(address, b"1\n", results)
+    wait_for(lambda: request_in_hand(*workers), message="request in hand")
+    assert server.stop(signal.SIGTERM) == 0
+    client.join(5)
+    assert results[0].startswith(b"done ")
+    assert all(process_gone(pid) for pid in workers)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=2)
+
+
+def test_graceful_timeout_kills_a_request_that_takes_too_long(serve_cli):
+    server = start_in_tests(serve_cli, "apps.handlers:Sleepy", "-w", "1", "-b", "127.0.0.1:0",
+                            "--graceful-timeout", "0.5")
+    address = server.addresses()[0]
+    (worker,) = server.wait_workers(1)
+    results = []
+    client = send_later(address, b"60\n", results)
+    wait_for(lambda: request_in_hand(worker))
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    client.join(5)
+    assert "still alive after its graceful timeout: SIGKILL" in server.log()
+    assert process_gone(worker)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
+def test_sigint_and_sigquit_stop_at_once(serve_cli, signum):
+    server = start_in_tests(serve_cli, "apps.handlers:Sleepy", "-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    workers = server.wait_workers(2)
+    results = []
+    client = send_later(address, b"60\n", results)
+    wait_for(lambda: request_in_hand(*workers))
+    started = time.monotonic()
+    assert server.stop(signum) == 0
+    assert time.monotonic() - started < 5, "a quick stop does not wait for the 60 s request"
+    client.join(5)
+    assert results == [b""] or isinstance(results[0], OSError), "the request in hand was abandoned"
+    assert all(process_gone(pid) for pid in workers)
+
+
+def test_handler_that_raises_is_logged_and_the_worker_keeps_serving(serve_cli):
+    server = start_in_tests(serve_cli, "apps.handlers:Raising", "-w", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    (worker,) = server.wait_workers(1)
+    for _ in range(5):
+        stream_exchange(socket.AF_INET, address, b"x\n")
+    server.wait_log("handler exploded on purpose", count=5)
+    log = server.log()
+    assert "Traceback" in log and "exception while handling a request" in log
+    assert server.wait_workers(1) == {worker}
+
+
+def test_oversized_datagram_does_not_crash_a_worker(serve_cli):
+    directory = tempfile.mkdtemp(prefix="pf-")
+    server = serve_cli("-w", "1", "-b", "udp://127.0.0.1:0", "-b", f"unix-dgram:{directory}/d.sock")
+    udp, unix_dgram = server.addresses()
+    (worker,) = server.wait_workers(1)
+    big = b"x" * 60000                     # far over socketserver's max_packet_size of 8192
+    assert exchange("udp", udp, big) == big[:8192]
+    assert exchange("unix-dgram", unix_dgram, big) == big[:8192]
+    assert exchange("udp", udp, b"small") == b"small"
+    assert server.wait_workers(1) == {worker}
+
+
+def test_workers_never_outlive_a_killed_master(serve_cli):
+    server = serve_cli("-w", "3", "-b", "127.0.0.1:0")
+    server.addresses()
+    workers = server.wait_workers(3)
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+    wait_for(lambda: all(process_gone(pid) for pid in workers), timeout=2,
+             message="workers gone within 2 s of the master's death")
+
+
+def test_sighup_replaces_every_worker_and_keeps_serving(serve_cli):
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    old = server.wait_workers(2)
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: not (old & {w.pid for w in server.workers()}) and len(server.workers()) == 2,
+             message="both workers replaced")
+    assert exchange("tcp", address, b"still here\n") == b"still here\n"
+    assert server.log().count("(reload, exit code 0)") == 2
+
+
+def test_sigttin_and_sigttou_resize_the_pool(serve_cli):
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0")
+    server.addresses()
+    server.wait_workers(2)
+    os.kill(server.pid, signal.SIGTTIN)
+    server.wait_workers(3)
+    for wanted in (2, 1):          # one at a time: two quick signals of a kind may arrive as one
+        os.kill(server.pid, signal.SIGTTOU)
+        server.wait_log(rf"SIGTTOU: {wanted} worker\(s\) wanted")
+    wait_for(lambda: len(server.workers()) == 1)
+    assert server.log().count("(stop, exit code 0)") == 2
+
+
+# -- bad input: one line, a non-zero exit, no traceback ------------------------------
+
+def one_line_error(code, stdout, stderr):
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code != 0
+    assert "Traceback" not in stderr
+    assert lines and lines[-1].startswith("prefork: error: "), stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize("args, expected, code", [
+    (["-b", "127.0.0.1:70000"], "port 70000 is out of range", 2),
+    (["-b", "127.0.0.1"], "expected HOST:PORT", 2),
+    (["-b", "ftp://host:21"], "unknown scheme", 2),
+    (["-b", "no-such-host.invalid:8000"], "unknown host 'no-such-host.invalid'", 1),
+    (["-w", "0"], "--workers: must be at least 1, got 0", 2),
+    (["-w", "-2"], "--workers: must be at least 1, got -2", 2),
+    (["--threads", "0"], "--threads: must be at least 1, got 0", 2),
+    (["-w", "many"], "'many' is not a whole number", 2),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag", 2),
+    (["--graceful-timeout", "-1"], "--graceful-timeout must be at least 0", 2),
+    (["no_such_module:Handler"], "cannot import handler 'no_such_module:Handler': no module named", 2),
+    (["apps.handlers"], "expected MODULE:CLASS", 2),
+    (["apps.handlers:Raising", "--preload", "--hooks", "no_such_hooks"], "cannot import hooks module", 2),
+    (["apps.handlers:NOT_A_HANDLER", "--preload"], "is not a request handler class", 2),
+    (["apps.handlers:Missing", "--preload"], "module 'apps.handlers' has no 'Missing'", 2),
+    (["--policy", "thread", "-w", "2"], "--workers applies to --policy prefork only", 2),
+])
+def test_bad_input_gets_one_clear_line(args, expected, code):
+    returncode, stdout, stderr = run_cli("serve", *args, cwd=TESTS)
+    line = one_line_error(returncode, stdout, stderr)
+    assert expected in line and returncode == code
+
+
+def test_port_already_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        returncode, stdout, stderr = run_cli("serve", "-b", f"127.0.0.1:{port}")
+    line = one_line_error(returncode, stdout, stderr)
+    assert line == f"prefork: error: cannot bind 127.0.0.1:{port}: address already in use" and returncode == 1
+    assert stderr.strip() == line
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("apps.handlers:NOT_A_HANDLER", "is not a request handler class"),
+    ("apps.handlers:Missing", "module 'apps.handlers' has no 'Missing'"),
+])
+def test_handler_problem_found_by_workers_stops_the_master(spec, expected):
+    returncode, stdout, stderr = run_cli("serve", spec, "-w", "2", "-b", "127.0.0.1:0", cwd=TESTS)
+    line = one_line_error(returncode, stdout, stderr)
+    assert expected in line and "no worker could boot" in line and returncode == 3

@@ -1,0 +1,41 @@
+import os
+
+import pytest
+
+from prefork import Config, ConfigError
+from prefork.config import settings_markdown
+
+from conftest import REPO
+
+
+def test_defaults_are_valid_and_frozen():
+    config = Config()
+    assert config.graceful_timeout == 30.0 and config.worker_timeout == 30.0
+    with pytest.raises(Exception):
+        config.worker_timeout = 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("graceful_timeout", -1, "--graceful-timeout must be at least 0, got -1"),
+    ("worker_timeout", "10", "--timeout must be a number"),
+    ("max_requests", 1.5, "--max-requests must be a whole number"),
+    ("max_requests", True, "--max-requests must be a number"),
+    ("max_boot_failures", 0, "--max-boot-failures must be at least 1"),
+    ("monitor_interval", 0, "--monitor-interval must be greater than 0"),
+    ("preload", 1, "--preload must be true or false"),
+])
+def test_bad_values_name_the_flag(field, value, message):
+    with pytest.raises(ConfigError) as info:
+        Config(**{field: value})
+    assert message in str(info.value)
+
+
+def test_replace_validates():
+    assert Config().replace(max_requests=5).max_requests == 5
+    with pytest.raises(ConfigError):
+        Config().replace(max_requests=-5)
+
+
+def test_docs_settings_table_is_generated_from_the_field_table():
+    with open(os.path.join(REPO, "docs", "settings.md")) as f:
+        assert f.read() == settings_markdown(), "run: prefork settings > docs/settings.md"

@@ -1,0 +1,103 @@
+import os
+import socket
+
+import pytest
+
+from prefork.errors import BindError
+from prefork.listeners import UnixPathOwner, open_listener, parse_bind, remove_stale_unix_socket
+
+
+@pytest.mark.parametrize("text, kind, address", [
+    ("127.0.0.1:8000", "tcp", ("127.0.0.1", 8000)),
+    ("localhost:0", "tcp", ("localhost", 0)),
+    (":9000", "tcp", ("", 9000)),
+    ("tcp://0.0.0.0:65535", "tcp", ("0.0.0.0", 65535)),
+    ("[::1]:8000", "tcp", ("::1", 8000)),
+    ("tcp://[::]:80", "tcp", ("::", 80)),
+    ("udp://127.0.0.1:9001", "udp", ("127.0.0.1", 9001)),
+    ("udp://[::1]:9001", "udp", ("::1", 9001)),
+    ("unix:/run/app.sock", "unix", "/run/app.sock"),
+    ("unix:///run/app.sock", "unix", "/run/app.sock"),
+    ("unix:relative.sock", "unix", "relative.sock"),
+    ("unix-dgram:/run/app.dgram", "unix-dgram", "/run/app.dgram"),
+])
+def test_parse_bind_accepts_every_documented_form(text, kind, address):
+    bind = parse_bind(text)
+    assert (bind.kind, bind.address, bind.text) == (kind, address, text)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("localhost", "expected HOST:PORT"),
+    ("8000", "expected HOST:PORT"),
+    ("127.0.0.1:http", "is not a number"),
+    ("127.0.0.1:65536", "out of range"),
+    ("127.0.0.1:-1", "is not a number"),
+    ("::1:8000", "in brackets"),
+    ("[::1]8000", "[ADDRESS]:PORT"),
+    ("[]:8000", "[ADDRESS]:PORT"),
+    ("http://127.0.0.1:80", "unknown scheme"),
+    ("unix:", "needs a socket path"),
+    ("unix-dgram:", "needs a socket path"),
+])
+def test_parse_bind_rejects_malformed_with_a_reason(text, problem):
+    with pytest.raises(BindError) as info:
+        parse_bind(text)
+    assert problem in str(info.value) and text in str(info.value)
+
+
+def test_open_listener_binds_tcp_with_reuseaddr_and_listens():
+    sock = open_listener(parse_bind("127.0.0.1:0"))
+    with sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        socket.create_connection(sock.getsockname(), timeout=2).close()
+
+
+def test_open_listener_ipv6_and_udp():
+    with open_listener(parse_bind("[::1]:0")) as sock:
+        assert sock.family == socket.AF_INET6
+    with open_listener(parse_bind("udp://127.0.0.1:0")) as sock:
+        assert sock.type == socket.SOCK_DGRAM
+
+
+def test_port_in_use_is_a_clear_error():
+    with open_listener(parse_bind("127.0.0.1:0")) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError, match="address already in use"):
+            open_listener(parse_bind(f"127.0.0.1:{port}"))
+
+
+def test_unknown_host_is_a_clear_error():
+    with pytest.raises(BindError, match="unknown host 'no-such-host.invalid'"):
+        open_listener(parse_bind("no-such-host.invalid:8000"))
+
+
+def test_stale_unix_socket_is_replaced_but_live_one_is_refused(tmp_path):
+    path = str(tmp_path / "s.sock")
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)
+    dead.close()                                # leaves the file, nobody listening
+    with open_listener(parse_bind(f"unix:{path}")) as live:
+        with pytest.raises(BindError, match="address already in use"):
+            open_listener(parse_bind(f"unix:{path}"))
+        assert live.getsockname() == path
+
+
+def test_unix_path_that_is_not_a_socket_is_left_alone(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(BindError, match="not a socket"):
+        remove_stale_unix_socket(str(path))
+    assert path.read_text() == "precious"
+
+
+def test_unix_path_owner_removes_only_its_own_file(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with open_listener(parse_bind(f"unix:{path}")):
+        owner = UnixPathOwner(path)
+    os.unlink(path)
+    with open_listener(parse_bind(f"unix:{path}")):   # someone else's socket now
+        owner.remove()
+        assert os.path.exists(path)
+    UnixPathOwner(path).remove()
+    assert not os.path.exists(path)
