@@ -223,10 +223,10 @@ class _ChildProcess:
                     slot.tick(monotonic())
                     self._check_master()
                 for fd, _ in events:
+                    # Even when stopping, serve what this batch holds: with EPOLLEXCLUSIVE the
+                    # kernel may have woken only us for it, and nobody else would look soon.
                     server = by_fd.get(fd)
-                    if server is None or self.stopping:
-                        break
-                    if handle_one(server, slot):
+                    if server is not None and handle_one(server, slot):
                         self._count_request()
                 for server in servers:
                     server.service_actions()

@@ -109,17 +109,28 @@ def ready_workers(server):
 # -- servers run as `prefork serve` subprocesses -------------------------------
 
 class ServerProcess:
-    """`python -m prefork serve ...` in its own session, with its log in a file."""
+    """`python -m prefork serve ...` in its own session, with its log in a file.
+
+    prefix runs it under another command (such as `unshare --pid --fork`); the
+    master is then that command's child, found by master_pid.
+    """
 
     ADDRESS_LINE = re.compile(r"listening on (.*)$", re.M)
 
-    def __init__(self, args, tmp_path, env=None, cwd=REPO):
+    def __init__(self, args, tmp_path, env=None, cwd=REPO, prefix=()):
         self.log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefork", "serve", *args], cwd=cwd, stdout=self._log_file,
+            [*prefix, sys.executable, "-m", "prefork", "serve", *args], cwd=cwd, stdout=self._log_file,
             stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ, **(env or {})))
         self.pid = self.proc.pid
+        self._prefixed = bool(prefix)
+
+    @property
+    def master_pid(self):
+        if not self._prefixed:
+            return self.pid
+        return wait_for(lambda: next((c.pid for c in psutil.Process(self.pid).children()), None))
 
     def log(self):
         return self.log_path.read_text(errors="replace")
@@ -148,7 +159,7 @@ class ServerProcess:
 
     def workers(self):
         try:
-            children = psutil.Process(self.pid).children()
+            children = psutil.Process(self.master_pid).children()
         except psutil.NoSuchProcess:
             return []
         alive = []
@@ -168,6 +179,15 @@ class ServerProcess:
             self._died()
             return len(pids) == count and pids <= logged and pids
         return wait_for(ready, timeout, message=lambda: f"{count} ready workers; log:\n{self.log()}")
+
+    def wait_replaced(self, old, count, timeout=10.0):
+        """Wait for count ready workers, none of them in old; return their pids."""
+        def replaced():
+            pids = {w.pid for w in self.workers()}
+            logged = set(int(p) for p in re.findall(r"ready \(pid (\d+)", self.log()))
+            self._died()
+            return len(pids) == count and not pids & set(old) and pids <= logged and pids
+        return wait_for(replaced, timeout, message=lambda: f"{count} workers not in {old}; log:\n{self.log()}")
 
     def stop(self, signum=signal.SIGTERM, timeout=15.0):
         if self.proc.poll() is None:
@@ -191,8 +211,8 @@ def serve_cli(tmp_path):
     """Start `prefork serve` subprocesses; everything they started is killed afterwards."""
     started = []
 
-    def start(*args, env=None, cwd=REPO):
-        server = ServerProcess(list(args), tmp_path, env, cwd)
+    def start(*args, env=None, cwd=REPO, prefix=()):
+        server = ServerProcess(list(args), tmp_path, env, cwd, prefix)
         started.append(server)
         return server
 

@@ -59,3 +59,23 @@ class Leaky(prefork.BaseRequestHandler):
 
 
 NOT_A_HANDLER = 42
+
+
+IMPORTED_BY = os.getpid()
+
+
+class ImportReport(prefork.BaseRequestHandler):
+    """Answer "<worker pid> <pid that imported this module> <gc freeze count>"."""
+
+    def handle(self):
+        import gc
+        _reply(self, lambda data: f"{os.getpid()} {IMPORTED_BY} {gc.get_freeze_count()}\n".encode())
+
+
+class Orphaner(prefork.BaseRequestHandler):
+    """Leave an orphan behind: a shell that exits at once, its `sleep` child outliving it."""
+
+    def handle(self):
+        import subprocess
+        subprocess.run(["sh", "-c", "sleep 0.3 &"], check=True)
+        _reply(self, lambda data: b"orphaned\n")

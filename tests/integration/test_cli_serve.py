@@ -81,8 +81,7 @@ def test_killed_worker_is_replaced_and_its_queue_is_not_lost(serve_cli):
     for sock in queued:
         sock.sendall(b"0\n")
     os.kill(victim, signal.SIGKILL)
-    (replacement,) = server.wait_workers(1)
-    assert replacement != victim
+    (replacement,) = server.wait_replaced({victim}, 1)
     for sock in queued:
         with sock:
             assert sock.recv(100) == f"done {replacement}\n".encode(), "queued connections survive"

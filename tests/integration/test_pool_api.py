@@ -1,0 +1,178 @@
+"""The Prefork policy through the Python API: stats(), shutdown(), hooks as methods, signals."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+import prefork
+from apps.handlers import PidEcho, Sleepy
+from conftest import REPO, exchange, process_gone, ready_workers, serving, stream_exchange, wait_for
+
+FAST_MONITOR = prefork.Config(monitor_interval=0.05)
+
+
+def test_stats_reports_each_worker_with_psutil_figures():
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2), config=FAST_MONITOR)
+    with serving(server, workers=2):
+        for _ in range(10):
+            exchange("tcp", server.server_address)
+        stats = wait_for(lambda: (lambda s: s if all(w["uss"] for w in s["workers"]) else None)(server.stats()))
+        assert stats["master"]["pid"] == os.getpid() and stats["master"]["state"] == "running"
+        assert stats["master"]["target_workers"] == 2
+        workers = stats["workers"]
+        assert [w["slot"] for w in workers] == [1, 2]
+        assert sum(w["requests"] for w in workers) == 10
+        for w in workers:
+            assert w["state"] == "idle" and psutil.pid_exists(w["pid"])
+            assert 0 < w["uss"] <= w["rss"] and w["cpu_percent"] >= 0 and w["num_fds"] > 0
+            assert abs(w["started_at"] - time.time()) < 60
+            assert w["restarts"] == 0 and w["last_exit_reason"] is None
+        assert stats["restarts"] == dict.fromkeys(prefork.master.EXIT_REASONS, 0)
+        assert stats["boot_failures"] == 0
+
+
+def test_stats_count_restarts_by_reason_and_per_slot():
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2), config=FAST_MONITOR)
+    with serving(server, workers=2):
+        victim = server.stats()["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        stats = wait_for(lambda: (lambda s: s if s["restarts"]["signal"] == 1 and ready_workers(server) == 2
+                                  else None)(server.stats()))
+        slot = next(w for w in stats["workers"] if w["slot"] == victim["slot"])
+        assert slot["pid"] != victim["pid"]
+        assert (slot["restarts"], slot["last_exit_reason"]) == (1, "signal")
+
+
+def test_stats_is_safe_from_another_thread_while_the_pool_churns():
+    config = prefork.Config(max_requests=1, monitor_interval=0.05)
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2), config=config)
+    with serving(server, workers=2):
+        errors, done = [], threading.Event()
+
+        def read_stats():
+            while not done.is_set():
+                try:
+                    assert isinstance(server.stats()["workers"], list)
+                except Exception as exc:
+                    errors.append(exc)
+
+        reader = threading.Thread(target=read_stats)
+        reader.start()
+        for _ in range(60):
+            exchange("tcp", server.server_address)
+        done.set()
+        reader.join(5)
+        assert errors == []
+        assert server.stats()["restarts"]["recycle"] >= 1
+
+
+def test_shutdown_from_another_thread_lets_the_request_in_flight_finish():
+    server = prefork.TCPServer(("127.0.0.1", 0), Sleepy, policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        result = []
+        client = threading.Thread(target=lambda: result.append(
+            stream_exchange(socket.AF_INET, server.server_address, b"0.5\n")))
+        client.start()
+        wait_for(lambda: server.stats()["workers"][0]["state"] == "busy")
+        worker = server.stats()["workers"][0]["pid"]
+    client.join(5)
+    assert result and result[0] == f"done {worker}\n".encode()
+    assert process_gone(worker)
+
+
+def test_the_listening_socket_is_blocking_again_after_serve_forever():
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        assert server.socket.gettimeout() == 0.0
+    assert server.socket.fileno() == -1 or server.socket.gettimeout() is None
+
+
+class HookedServer(prefork.TCPServer):
+    """Records the hooks that run in this process (the master)."""
+
+    def __init__(self, *args, **kwargs):
+        self.events = []
+        super().__init__(*args, **kwargs)
+
+    def on_starting(self):
+        self.events.append(("on_starting",))
+
+    def pre_fork(self, worker):
+        self.events.append(("pre_fork", worker.slot))
+
+    def worker_exit(self, worker, status, reason):
+        self.events.append(("worker_exit", worker.slot, status, reason))
+
+    def on_exit(self):
+        self.events.append(("on_exit",))
+
+
+def test_hooks_are_overridable_methods():
+    server = HookedServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2))
+    with serving(server, workers=2):
+        pass
+    events = sorted(server.events[1:3])
+    assert server.events[0] == ("on_starting",) and events == [("pre_fork", 1), ("pre_fork", 2)]
+    assert sorted(server.events[3:5]) == [("worker_exit", 1, 0, "stop"), ("worker_exit", 2, 0, "stop")]
+    assert server.events[-1] == ("on_exit",)
+
+
+def test_master_that_cannot_boot_raises_halt_server():
+    class Broken(prefork.TCPServer):
+        def post_fork(self, worker):
+            raise RuntimeError("no database")
+
+    config = prefork.Config(max_boot_failures=2)
+    with Broken(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=1), config=config) as server:
+        with pytest.raises(prefork.HaltServer, match="post_fork hook raised RuntimeError: no database"):
+            server.serve_forever()
+        assert server.stats()["workers"] == []
+
+
+API_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import prefork
+    from apps.handlers import Sleepy
+
+    with prefork.TCPServer(("127.0.0.1", 0), Sleepy, policy=prefork.Prefork(workers=2)) as server:
+        print(server.server_address[1], flush=True)
+        server.serve_forever()
+    print("serve_forever returned", flush=True)
+""")
+
+
+@pytest.mark.parametrize("signum, finishes", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_signals_reach_a_master_run_from_the_api(signum, finishes):
+    script = API_SCRIPT.format(tests=os.path.join(REPO, "tests"))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        port = int(proc.stdout.readline())
+        wait_for(lambda: len(psutil.Process(proc.pid).children()) == 2)
+        workers = [c.pid for c in psutil.Process(proc.pid).children()]
+        assert all("prefork: worker" in " ".join(psutil.Process(pid).cmdline()) for pid in workers)
+        result = []
+        client = threading.Thread(target=lambda: result.append(
+            stream_exchange(socket.AF_INET, ("127.0.0.1", port), b"1\n")))
+        client.start()
+        wait_for(lambda: any(c.status == "ESTABLISHED" for pid in workers
+                             for c in psutil.Process(pid).net_connections()))
+        os.kill(proc.pid, signum)
+        assert proc.wait(10) == 0
+        assert proc.stdout.read() == "serve_forever returned\n"
+        client.join(5)
+        assert result[0].startswith(b"done") if finishes else result[0] == b""
+        assert all(process_gone(pid) for pid in workers)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
