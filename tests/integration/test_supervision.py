@@ -114,7 +114,7 @@ def test_max_requests_recycles_under_concurrent_load_without_a_failed_request(se
         thread.start()
     for thread in clients:
         thread.join(100)
-    assert failures == []
+    assert failures == [], server.log()[-3000:]
     assert len(served_by) >= 500, f"{len(served_by)} workers served {requests[0]} requests in 90 s"
     wait_for(lambda: len(server.workers()) == 2 and not zombies_of(server.pid), message="pool settled")
     wait_for(lambda: master.num_fds() == fds_before, message=lambda: f"fds {master.num_fds()} != {fds_before}")
@@ -126,10 +126,16 @@ def test_every_retired_worker_served_at_least_max_requests(serve_cli):
     server = serve(serve_cli, "apps.handlers:PidEcho", "-w", "1", "-b", "127.0.0.1:0",
                    "--max-requests", "3", "--max-requests-jitter", "4")
     address = server.addresses()[0]
-    served = collections.Counter(exchange("tcp", address, b"x\n").split()[0] for _ in range(60))
-    alive = {str(w.pid).encode() for w in server.workers()}
-    retired = [count for pid, count in served.items() if pid not in alive]
-    assert retired and all(count >= 3 for count in retired), served
+    served = collections.Counter()
+
+    def three_retired():
+        served[exchange("tcp", address, b"x\n").split()[0]] += 1
+        alive = {str(w.pid).encode() for w in server.workers()}
+        retired = [count for pid, count in served.items() if pid not in alive]
+        return retired if len(retired) >= 3 else None
+
+    retired = wait_for(three_retired, timeout=30, interval=0.001, message=lambda: f"3 retired workers: {served}")
+    assert all(count >= 3 for count in retired), served
 
 
 def test_worker_over_the_memory_limit_is_replaced(serve_cli):

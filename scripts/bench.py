@@ -1,0 +1,556 @@
+#!/usr/bin/env python3
+"""prefork side by side with socketserver, gunicorn and nginx, in one run on one machine.
+
+    python scripts/bench.py              # the full run: 3 interleaved rounds of 5 s, about 10 minutes
+    python scripts/bench.py --quick      # proves the harness works: 1 round of 1 s (CI runs this)
+
+Workloads (every server has 2 worker processes):
+  http-close      wrk, 50 connections, a new connection per request (Connection: close)
+  http-keepalive  wrk, 50 keep-alive connections
+  echo-short      64-byte line echo, a new connection per line (scripts/echo_load.c)
+  echo-long       64-byte line echo on 50 long-lived connections
+  respawn         SIGKILL the only worker; time until its replacement answers
+  memory          unique memory (USS) per worker, with and without --preload
+  idle            CPU used by an idle master and its workers
+
+Each throughput figure is the median of the rounds; within a round the servers
+run one after another, so drift over the run touches all of them alike. The
+load generator shares the machine's cores with the server, so compare ratios,
+not absolute numbers. Results: a table on stdout, and a JSON file with every
+figure and the machine's description (bench-results/).
+
+What it needs, and how it gets it: wrk and nginx from Debian's packages
+(installed with apt-get when running as root, else reported missing), gunicorn
+from PyPI into .bench/venv, and a C compiler for echo_load. A workload whose
+tool is missing is skipped with a line saying what to install.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+CACHE = os.path.join(REPO, ".bench")
+RESULTS = os.path.join(REPO, "bench-results")
+CONNECTIONS = 50
+THREADS = 25                # per worker in the threaded pools: 2 x 25 holds 50 keep-alive connections
+PY = sys.executable
+
+
+# -- tools ------------------------------------------------------------------------
+
+class Tools:
+    """Finds or installs what the workloads need; remembers what is missing and why."""
+
+    def __init__(self, install):
+        self.missing = []
+        self.wrk = self._debian("wrk", "wrk", install)
+        self.nginx = self._debian("nginx", "nginx", install)
+        self.gunicorn = self._gunicorn(install)
+        self.echo_load = self._echo_load()
+
+    def _debian(self, command, package, install):
+        found = shutil.which(command) or shutil.which(command, path="/usr/sbin")
+        if found or not install:
+            return found or self._miss(command, f"apt-get install {package}")
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            return self._miss(command, f"apt-get install {package} (as root)")
+        print(f"installing {package} with apt-get ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        done = subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            done = subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True)
+        found = shutil.which(command) or shutil.which(command, path="/usr/sbin")
+        return found or self._miss(command, f"apt-get install {package} failed: {done.stderr.strip()[-200:]}")
+
+    def _gunicorn(self, install):
+        venv = os.path.join(CACHE, "venv")
+        gunicorn = os.path.join(venv, "bin", "gunicorn")
+        if os.path.exists(gunicorn) or not install:
+            return gunicorn if os.path.exists(gunicorn) else self._miss("gunicorn", "pip install gunicorn")
+        print("installing gunicorn into .bench/venv ...", flush=True)
+        made = subprocess.run([PY, "-m", "venv", venv], capture_output=True, text=True)
+        if made.returncode == 0:
+            made = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "gunicorn"],
+                                  capture_output=True, text=True)
+        if made.returncode != 0 or not os.path.exists(gunicorn):
+            return self._miss("gunicorn", f"pip install gunicorn failed: {made.stderr.strip()[-200:]}")
+        return gunicorn
+
+    def _echo_load(self):
+        source, binary = os.path.join(SCRIPTS, "echo_load.c"), os.path.join(CACHE, "echo_load")
+        if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+            return binary
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if not compiler:
+            return self._miss("echo_load", "a C compiler (apt-get install gcc)")
+        os.makedirs(CACHE, exist_ok=True)
+        built = subprocess.run([compiler, "-O2", "-o", binary, source], capture_output=True, text=True)
+        return binary if built.returncode == 0 else self._miss("echo_load", f"cc failed: {built.stderr[-200:]}")
+
+    def _miss(self, what, how):
+        self.missing.append(f"{what}: {how}")
+        return None
+
+    def versions(self):
+        def first_line(argv):
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                return (done.stdout + done.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.SubprocessError):
+                return None
+        return {"wrk": self.wrk and first_line([self.wrk, "--version"]),
+                "nginx": self.nginx and first_line([self.nginx, "-v"]),
+                "gunicorn": self.gunicorn and first_line([self.gunicorn, "--version"])}
+
+
+# -- servers ------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prefork_cmd(handler, *flags):
+    return lambda port: [PY, "-m", "prefork", "serve", handler, "-b", f"127.0.0.1:{port}",
+                         "--log-level", "warning", *flags]
+
+
+def stdlib_cmd(kind, handler):
+    return lambda port: [PY, os.path.join(SCRIPTS, "stdlib_server.py"), kind, str(port), handler]
+
+
+def gunicorn_cmd(tools, *flags, workers=2):
+    return lambda port: [tools.gunicorn, "--chdir", SCRIPTS, "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                         "-w", str(workers), *flags, "wsgi_hello:app"]
+
+
+def nginx_cmd(tools, workdir):
+    def command(port):
+        conf = os.path.join(workdir, f"nginx-{port}.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(port=port, tmp=workdir))
+        return [tools.nginx, "-c", conf, "-p", workdir]
+    return command
+
+
+NGINX_CONF = """
+worker_processes 2;
+daemon off;
+pid {tmp}/nginx-{port}.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        location / {{ default_type text/plain; return 200 "Hello, World!"; }}
+    }}
+}}
+"""
+
+
+class Server:
+    """One server under test, started in its own session so that stopping it stops all of it."""
+
+    def __init__(self, name, command, peer):
+        self.name, self.command, self.peer = name, command, peer
+        self.proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(self.command(self.port), cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.proc.stderr.read().decode()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                time.sleep(0.3)       # let every worker finish booting
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on {self.port}")
+
+    def processes(self):
+        root = psutil.Process(self.proc.pid)
+        return root, [c for c in root.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+
+
+def http_servers(tools, workdir):
+    hello = "workers.hello:HelloHandler"
+    servers = [
+        Server("prefork 2x1", prefork_cmd(hello, "-w", "2", "--preload"), peer=False),
+        Server(f"prefork 2x{THREADS} threads", prefork_cmd(hello, "-w", "2", "--threads", str(THREADS),
+                                                           "--preload"), peer=False),
+        Server("prefork fork-per-request", prefork_cmd(hello, "--policy", "fork", "--preload"), peer=False),
+        Server("socketserver Forking", stdlib_cmd("forking", hello), peer=True),
+        Server("socketserver Threading", stdlib_cmd("threading", hello), peer=True),
+    ]
+    if tools.gunicorn:
+        servers += [Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync"), peer=True),
+                    Server(f"gunicorn gthread x{THREADS}", gunicorn_cmd(tools, "-k", "gthread", "--threads",
+                                                                       str(THREADS)), peer=True)]
+    if tools.nginx:
+        servers.append(Server("nginx", nginx_cmd(tools, workdir), peer=True))
+    return servers
+
+
+def echo_servers():
+    echo = "workers.echo:EchoHandler"
+    return [
+        Server("prefork 2x1", prefork_cmd(echo, "-w", "2", "--preload"), peer=False),
+        Server(f"prefork 2x{THREADS} threads", prefork_cmd(echo, "-w", "2", "--threads", str(THREADS), "--preload"),
+               peer=False),
+        Server("prefork fork-per-request", prefork_cmd(echo, "--policy", "fork", "--preload"), peer=False),
+        Server("socketserver Forking", stdlib_cmd("forking", echo), peer=True),
+        Server("socketserver Threading", stdlib_cmd("threading", echo), peer=True),
+    ]
+
+
+# -- load generators --------------------------------------------------------------------
+
+def run_wrk(tools, port, seconds, close):
+    argv = [tools.wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not rps:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)), "p50_ms": _wrk_latency(out, "50%"), "p99_ms": _wrk_latency(out, "99%"),
+            "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0)}
+
+
+def _wrk_latency(out, label):
+    match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not match:
+        return None
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+
+def run_echo(tools, port, seconds, mode):
+    out = subprocess.run([tools.echo_load, "127.0.0.1", str(port), mode, str(CONNECTIONS), str(seconds)],
+                         capture_output=True, text=True, timeout=seconds + 30)
+    result = json.loads(out.stdout)
+    return {key: result[key] for key in ("rps", "p50_ms", "p99_ms", "errors", "served")}
+
+
+# -- throughput workloads ------------------------------------------------------------------
+
+def throughput(name, servers, run, rounds, seconds):
+    """Run `run(port)` on every server, rounds times, interleaved; the median per server."""
+    started = []
+    try:
+        for server in servers:
+            try:
+                started.append(server.start())
+            except RuntimeError as exc:
+                print(f"  {server.name}: could not start: {exc}", flush=True)
+        for server in started:          # warm up: imports, page cache, branch predictors
+            run(server.port, 1)
+        runs = {server.name: [] for server in started}
+        for round_number in range(rounds):
+            for server in started:
+                runs[server.name].append(run(server.port, seconds))
+            print(f"  {name}: round {round_number + 1}/{rounds} done", flush=True)
+    finally:
+        for server in started:
+            server.stop()
+    return {server.name: summarize(runs[server.name]) | {"peer": server.peer} for server in started}
+
+
+def summarize(runs):
+    result = {"runs": runs, "rps": statistics.median(r["rps"] for r in runs),
+              "errors": sum(r["errors"] for r in runs)}
+    for key in ("p50_ms", "p99_ms", "served"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        result[key] = statistics.median(values) if values else None
+    return result
+
+
+# -- respawn, memory, idle ---------------------------------------------------------------------
+
+def http_get(port, timeout=5):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def respawn(tools, repeats):
+    """Median and max milliseconds from SIGKILL of the only worker to the next answered request."""
+    hello = "workers.hello:HelloHandler"
+    cases = [Server("prefork (handler imported by each worker)", prefork_cmd(hello, "-w", "1"), False),
+             Server("prefork --preload", prefork_cmd(hello, "-w", "1", "--preload"), False)]
+    if tools.gunicorn:
+        cases.append(Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", workers=1), True))
+    results = {}
+    for server in cases:
+        server.start()
+        try:
+            samples = []
+            for _ in range(repeats):
+                _, workers = server.processes()
+                victim = workers[0].pid
+                started = time.perf_counter()
+                os.kill(victim, signal.SIGKILL)
+                reply = http_get(server.port, timeout=30)
+                samples.append((time.perf_counter() - started) * 1000)
+                if not reply.endswith(b"Hello, World!"):
+                    raise RuntimeError(f"{server.name}: bad reply after respawn: {reply[-80:]!r}")
+                _wait(lambda: [w.pid for w in server.processes()[1]] not in ([], [victim]))
+            results[server.name] = {"median_ms": statistics.median(samples), "max_ms": max(samples),
+                                    "samples_ms": samples, "peer": server.peer}
+        finally:
+            server.stop()
+    return results
+
+
+def memory(seconds_to_settle=1.0):
+    """Unique memory (USS) of each worker serving scripts/memory_app.py, without and with --preload."""
+    app = "memory_app:LookupHandler"
+    results = {}
+    for label, flags in (("handler imported by each worker", ()), ("--preload", ("--preload",))):
+        server = Server(f"prefork {label}", lambda port, flags=flags: [
+            PY, "-m", "prefork", "serve", app, "-b", f"127.0.0.1:{port}", "-w", "4", "--log-level", "warning",
+            *flags], False)
+        server.command = _in_dir(server.command, SCRIPTS)
+        server.start()
+        try:
+            for n in range(40):                 # touch the table in every worker
+                _ask(server.port, f"key-{n * 997}")
+            time.sleep(seconds_to_settle)
+            master, workers = server.processes()
+            uss = [w.memory_full_info().uss for w in workers]
+            results[label] = {"worker_uss_mb": [round(u / 2**20, 1) for u in uss],
+                              "median_worker_uss_mb": round(statistics.median(uss) / 2**20, 1),
+                              "master_uss_mb": round(master.memory_full_info().uss / 2**20, 1)}
+        finally:
+            server.stop()
+    return results
+
+
+def _in_dir(command, directory):
+    """Run a prefork command with a directory on PYTHONPATH (scripts/ holds the memory app)."""
+    def wrapped(port):
+        argv = command(port)
+        return ["env", f"PYTHONPATH={directory}"] + argv
+    return wrapped
+
+
+def _ask(port, line):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(line.encode() + b"\n")
+        return sock.recv(4096)
+
+
+def idle(tools, workdir, seconds):
+    """Percent of one CPU used by an idle master and by all its workers together."""
+    hello = "workers.hello:HelloHandler"
+    cases = [Server("prefork 2x1", prefork_cmd(hello, "-w", "2"), False)]
+    if tools.gunicorn:
+        cases.append(Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync"), True))
+    if tools.nginx:
+        cases.append(Server("nginx", nginx_cmd(tools, workdir), True))
+    results = {}
+    for server in cases:
+        server.start()
+        try:
+            time.sleep(1.0)
+            master, workers = server.processes()
+            before = [_cpu_seconds(p) for p in [master] + workers]
+            time.sleep(seconds)
+            after = [_cpu_seconds(p) for p in [master] + workers]
+            used = [(b - a) / seconds * 100 for a, b in zip(before, after)]
+            results[server.name] = {"master_cpu_percent": round(used[0], 3),
+                                    "workers_cpu_percent": round(sum(used[1:]), 3),
+                                    "seconds": seconds, "peer": server.peer}
+        finally:
+            server.stop()
+    return results
+
+
+def _cpu_seconds(process):
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _wait(predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        time.sleep(0.005)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "cpu_model": model,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def print_throughput(name, results):
+    print(f"\n{name}  (median of rounds; {CONNECTIONS} connections; 2 worker processes each)")
+    peers = [n for n, r in results.items() if r["peer"]]
+    header = f"  {'server':<26}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'served':>8}"
+    print(header + "".join(f"{'/' + p[:11]:>13}" for p in peers))
+    for server, r in results.items():
+        ratios = "".join(f"{r['rps'] / results[p]['rps']:>13.2f}" for p in peers)
+        print(f"  {server:<26}{r['rps']:>10.0f}{_ms(r['p50_ms'])}{_ms(r['p99_ms'])}{r['errors']:>8}"
+              f"{'' if r['served'] is None else r['served']:>8}" + ratios)
+
+
+def _ms(value):
+    return f"{value:>9.2f}" if value is not None else f"{'-':>9}"
+
+
+def targets(report):
+    """The goals of the performance issue, each with the figure measured in this run."""
+    lines = []
+
+    def ratio(workload, ours, peer):
+        results = report["workloads"].get(workload, {})
+        if ours in results and peer in results:
+            return results[ours]["rps"] / results[peer]["rps"]
+        return None
+
+    def check(text, value, goal, fmt="{:.2f}x", below=False):
+        if value is None:
+            lines.append(f"  [ n/a ] {text}: not measured (a tool is missing)")
+        else:
+            met = value < goal if below else value >= goal
+            lines.append(f"  [{'met ' if met else 'MISS'}] {text}: {fmt.format(value)} (goal {fmt.format(goal)})")
+
+    keep_alive = f"prefork 2x{THREADS} threads"
+    check("http-close, prefork 2x1 vs gunicorn sync", ratio("http-close", "prefork 2x1", "gunicorn sync"), 2.0)
+    check("http-close, prefork 2x1 vs nginx", ratio("http-close", "prefork 2x1", "nginx"), 0.6)
+    check(f"http-keepalive, {keep_alive} vs socketserver Forking",
+          ratio("http-keepalive", keep_alive, "socketserver Forking"), 1.0)
+    check(f"http-keepalive, {keep_alive} vs nginx", ratio("http-keepalive", keep_alive, "nginx"), 0.5)
+    spawn = report.get("respawn", {}).get("prefork --preload")
+    check("respawn median, prefork --preload", spawn and spawn["median_ms"], 5.0, "{:.2f} ms", below=True)
+    spawn = report.get("respawn", {}).get("prefork (handler imported by each worker)")
+    check("respawn median, prefork without --preload", spawn and spawn["median_ms"], 5.0, "{:.2f} ms",
+          below=True)
+    idle_cost = report.get("idle", {}).get("prefork 2x1")
+    check("idle master CPU", idle_cost and idle_cost["master_cpu_percent"], 0.5, "{:.3f} %", below=True)
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 s: proves the harness works")
+    parser.add_argument("--seconds", type=float, help="length of each measurement (default 5, quick 1)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
+    parser.add_argument("--only", help="comma-separated workloads: http-close,http-keepalive,echo-short,"
+                                       "echo-long,respawn,memory,idle")
+    parser.add_argument("--no-install", action="store_true", help="use only what is already installed")
+    parser.add_argument("--json", help="where to write the JSON results (default bench-results/bench-<time>.json)")
+    args = parser.parse_args()
+    seconds = args.seconds or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 3)
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def want(name):
+        return wanted is None or name in wanted
+
+    tools = Tools(install=not args.no_install)
+    for line in tools.missing:
+        print(f"missing {line} -- the workloads that need it are skipped", flush=True)
+    report = {"machine": machine(), "tools": tools.versions(), "seconds": seconds, "rounds": rounds,
+              "connections": CONNECTIONS, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workloads": {}}
+    workdir = tempfile.mkdtemp(prefix="prefork-bench-")
+    seconds_int = max(1, int(round(seconds)))
+
+    if tools.wrk:
+        for name, close in (("http-close", True), ("http-keepalive", False)):
+            if want(name):
+                report["workloads"][name] = throughput(
+                    name, http_servers(tools, workdir),
+                    lambda port, s, close=close: run_wrk(tools, port, max(1, int(round(s))), close),
+                    rounds, seconds_int)
+    if tools.echo_load:
+        for name, mode in (("echo-short", "short"), ("echo-long", "long")):
+            if want(name):
+                report["workloads"][name] = throughput(
+                    name, echo_servers(), lambda port, s, mode=mode: run_echo(tools, port, s, mode),
+                    rounds, seconds)
+    if want("respawn"):
+        report["respawn"] = respawn(tools, 5 if args.quick else 25)
+    if want("memory"):
+        report["memory"] = memory()
+    if want("idle"):
+        report["idle"] = idle(tools, workdir, 2 if args.quick else 10)
+
+    print(f"\nmachine: {report['machine']}")
+    for name, results in report["workloads"].items():
+        print_throughput(name, results)
+    print()
+    for name, results in report.get("respawn", {}).items():
+        print(f"respawn, {name}: median {results['median_ms']:.2f} ms, max {results['max_ms']:.2f} ms")
+    for label, figures in report.get("memory", {}).items():
+        print(f"memory, 4 workers, {label}: median worker USS {figures['median_worker_uss_mb']} MB "
+              f"(each: {figures['worker_uss_mb']}), master USS {figures['master_uss_mb']} MB")
+    for name, figures in report.get("idle", {}).items():
+        print(f"idle {figures['seconds']} s, {name}: master {figures['master_cpu_percent']:.3f} % of a CPU, "
+              f"workers {figures['workers_cpu_percent']:.3f} %")
+    report["targets"] = targets(report)
+    print("\ntargets (from the performance issue):")
+    print("\n".join(report["targets"]))
+    os.makedirs(RESULTS, exist_ok=True)
+    path = args.json or os.path.join(RESULTS, f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nall figures: {path}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
