@@ -363,11 +363,8 @@ class Master:
         worker.pid = pid
         self.workers[pid] = worker
         if HAS_PIDFD:
-            try:
-                worker.pidfd = os.pidfd_open(pid)
-                self.selector.register(worker.pidfd, selectors.EVENT_READ)
-            except OSError:       # already reaped by someone? the scan finds it
-                worker.pidfd = None
+            worker.pidfd = os.pidfd_open(pid)      # the child is not reaped yet, so this cannot fail
+            self.selector.register(worker.pidfd, selectors.EVENT_READ)
         log.debug("spawned worker %s (pid %s)", slot, pid)
         return worker
 
@@ -410,7 +407,7 @@ class Master:
         if reason != "stop":
             history.restarts += 1
             self.restarts[reason] += 1
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = f"signal {_signal_name(-code)}" if code < 0 else f"exit code {code}"
         if not worker.ready and reason in ("boot", "timeout"):
             self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
         elif reason in ("crash", "signal"):
@@ -562,6 +559,13 @@ def _signal(pid, signum):
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:            # a real-time signal without a name
+        return str(signum)
 
 
 def _handler_name(server):

@@ -26,19 +26,20 @@ class Monitor:
         self._processes = {}
 
     def sample(self, pid):
-        """A Sample of pid, or None when it has gone."""
+        """A Sample of pid, or None when it has gone or cannot be read.
+
+        Best effort by design: a worker may exit halfway through a read of
+        /proc, and nothing here may raise into the master's loop.
+        """
         process = self._processes.get(pid)
-        if process is None:
-            try:
-                process = self._processes[pid] = psutil.Process(pid)
-            except psutil.Error:
-                return None
         try:
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
             with process.oneshot():
                 memory = process.memory_full_info()
                 return Sample(memory.rss, memory.uss, process.cpu_percent(None),
                               process.num_fds(), process.num_threads())
-        except psutil.Error:
+        except (psutil.Error, OSError, ValueError):
             self.forget(pid)
             return None
 

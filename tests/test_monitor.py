@@ -21,3 +21,13 @@ def test_samples_a_live_process_and_returns_none_once_it_is_gone():
 def test_unknown_pid_is_none():
     assert Monitor().sample(2**22 + 12345) is None
     assert Monitor().sample(os.getpid()).rss > 0
+
+
+def test_a_read_that_fails_midway_is_none_not_an_exception(monkeypatch):
+    import psutil
+
+    def broken(self):
+        raise ValueError("smaps_rollup cut short")
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", broken)
+    assert Monitor().sample(os.getpid()) is None
