@@ -63,6 +63,10 @@ class Config:
     max_worker_memory: float = setting(
         0.0, "--max-worker-memory",
         "retire a worker whose unique memory (USS) exceeds this many MB; 0 disables", at_least(0), "MB")
+    spare_workers: int = setting(
+        0, "--spare-workers",
+        "keep N more workers booted but not accepting; one takes over at once when a worker dies "
+        "or retires, so no fork and boot stands between them", at_least(0), "N")
     min_worker_lifetime: float = setting(
         10.0, "--min-worker-lifetime",
         "never retire a worker for memory before it has lived this long (prevents retire storms)",

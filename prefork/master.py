@@ -4,9 +4,10 @@ One thread, no locks. Each pass of the loop:
 
     reap_workers      collect every exited worker (exit status, reason, boot failures)
     handle_signals    act on the signals and stop requests that arrived
-    notice_workers    read the scoreboard: who became ready, who asks to retire
-    check_workers     timeouts (soft SIGABRT, then SIGKILL), memory, psutil samples
+    notice_workers    read the scoreboard: who became ready
+    check_workers     timeouts: soft SIGABRT, then SIGKILL
     manage_workers    spawn up to the policy's target, recycle one at a time, shrink
+    sample_workers    psutil figures (memory, CPU) every monitor_interval, after any spawn
     sleep             on the selector until the nearest deadline or a wake-up
 
 How the loop learns that something happened, and why:
@@ -53,7 +54,9 @@ HAS_PIDFD = hasattr(os, "pidfd_open")
 KILL_GRACE = 1.0         # seconds between the polite signal and SIGKILL, for timeouts and quick stops
 AWAY_THRESHOLD = 1.0     # if a sleep overran by this much, the master itself was stopped or suspended
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
+SPARE_REFILL_DELAY = 0.05  # seconds between activating a spare and forking the next one
 
+_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE)
 EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
 RUNNING, STOPPING = "running", "stopping"
 _MASTER_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU")
@@ -91,7 +94,7 @@ class Master:
         self.load_handler = load_handler
         self.poll_interval = poll_interval
         self.name = self.config.name or _handler_name(first)
-        self.capacity = max(64, 4 * self.policy.workers)
+        self.capacity = max(64, 4 * self.policy.workers + self.config.spare_workers)
         self.workers = {}                     # pid -> Worker
         self.history = collections.defaultdict(SlotHistory)
         self.restarts = dict.fromkeys(EXIT_REASONS, 0)
@@ -104,6 +107,7 @@ class Master:
         self.stop_graceful = True
         self.halt_reason = None
         self.next_spawn_at = 0.0
+        self.next_spare_at = 0.0
         self.next_sample_at = 0.0
         self.resumed_at = 0.0                 # when the master last came back from being stopped
         self.started_at = None
@@ -207,6 +211,7 @@ class Master:
         self.notice_workers(now)
         self.check_workers(now)
         self.manage_workers(now)
+        self.sample_workers(now)
         self._snapshot = tuple(self.workers.values())
         self.sleep(now)
         return True
@@ -246,8 +251,7 @@ class Master:
     def notice_workers(self, now):
         """Read the scoreboard: workers that became ready since the last pass."""
         for worker in self.workers.values():
-            if not worker.ready and self.board.read(worker.slot, scoreboard.STATE) in (scoreboard.IDLE,
-                                                                                      scoreboard.BUSY):
+            if not worker.ready and self.board.read(worker.slot, scoreboard.STATE) in _READY_STATES:
                 worker.ready = True
                 self.ever_ready = True
                 self.failed_boots_in_a_row = 0
@@ -256,7 +260,7 @@ class Master:
                          (now - worker.born) * 1000)
 
     def check_workers(self, now):
-        """Escalate overdue stops, kill silent workers, sample them with psutil."""
+        """Escalate overdue stops to SIGKILL; SIGABRT workers silent for too long."""
         config = self.config
         for worker in list(self.workers.values()):
             if worker.kill_at is not None and now >= worker.kill_at:
@@ -276,28 +280,48 @@ class Master:
                           "SIGABRT (stack traces follow), then SIGKILL", worker.slot, worker.pid,
                           silent, what, limit)
                 self._signal_worker(worker, signal.SIGABRT, "timeout", KILL_GRACE)
+
+    def sample_workers(self, now):
+        """psutil figures for stats() and memory limits; after spawning, never delaying it."""
         if now >= self.next_sample_at:
-            self.next_sample_at = now + config.monitor_interval
+            self.next_sample_at = now + self.config.monitor_interval
             for worker in self.workers.values():
                 worker.sample = self.monitor.sample(worker.pid) or worker.sample
 
     def manage_workers(self, now):
-        """Bring the pool to the policy's size: recycle one worker at a time, spawn, shrink."""
+        """Bring the pool to the policy's size: recycle one worker at a time, activate a spare
+        or spawn for each missing worker, shrink, and keep config.spare_workers spares."""
         if self.state != RUNNING:
             return
+        for worker in list(self.workers.values()):
+            if worker.spare and worker.stop_reason is None and worker.generation < self.generation:
+                self._signal_worker(worker, signal.SIGTERM, "reload", self.config.graceful_timeout)
         active = [w for w in self.workers.values() if w.stop_reason is None]
         recycling = any(w.retire_reason or w.stop_reason in ("recycle", "memory", "reload")
                         for w in self.workers.values())
         if not recycling:
-            self._choose_recycle(active, now)
-        serving = [w for w in active if not w.retire_reason]
+            self._choose_recycle([w for w in active if not w.spare], now)
+        serving = [w for w in active if not w.spare and not w.retire_reason]
+        spares = [w for w in active if w.spare]
         target = self._target()
-        missing = target - len(serving)
-        if missing > 0 and now >= self.next_spawn_at:
+        for spare in [s for s in spares if s.ready][:max(0, target - len(serving))]:
+            self._activate(spare)
+            serving.append(spare)
+            spares.remove(spare)
+            # Fork its successor a moment later: on a small machine the new spare's boot would
+            # compete for the CPU with the one that is taking over right now.
+            self.next_spare_at = now + SPARE_REFILL_DELAY
+        missing, spares_missing = target - len(serving), self.config.spare_workers - len(spares)
+        if now < self.next_spare_at:
+            spares_missing = 0
+        if (missing > 0 or spares_missing > 0) and now >= self.next_spawn_at:
             if self.failed_boots_in_a_row:      # probe with one worker until one boots
-                missing = 0 if any(not w.ready for w in serving) else 1
+                probing = any(not w.ready for w in active)
+                missing, spares_missing = (0, 0) if probing else (1, 0) if missing > 0 else (0, 1)
             for _ in range(missing):
                 self.spawn_worker()
+            for _ in range(spares_missing):
+                self.spawn_worker(spare=True)
         ready = sum(1 for w in serving if w.ready)
         for worker in active:
             if worker.retire_reason and ready >= target:
@@ -312,6 +336,12 @@ class Master:
             chosen = self.policy.choose_retire([self._candidate(w, now) for w in candidates.values()])
             self._signal_worker(candidates[chosen.slot], signal.SIGTERM, "stop", self.config.graceful_timeout)
             excess -= 1
+
+    def _activate(self, spare):
+        """Turn a booted spare into a serving worker: one signal, no fork, no import."""
+        spare.spare = False
+        _signal(spare.pid, signal.SIGUSR1)
+        log.info("spare worker %s (pid %s) now serving", spare.slot, spare.pid)
 
     def sleep(self, now):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
@@ -333,8 +363,7 @@ class Master:
 
     def _seconds_to_next_deadline(self, now):
         deadlines = [self.next_sample_at]
-        if self.next_spawn_at > now:
-            deadlines.append(self.next_spawn_at)
+        deadlines += [t for t in (self.next_spawn_at, self.next_spare_at) if t > now]
         for worker in self.workers.values():
             if worker.kill_at is not None:
                 deadlines.append(worker.kill_at)
@@ -349,12 +378,12 @@ class Master:
 
     # -- spawning and stopping workers -------------------------------------
 
-    def spawn_worker(self):
+    def spawn_worker(self, spare=False):
         slot = self._free_slot()
         if slot is None:
             log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
             return None
-        worker = Worker(slot, self.setup, self.generation)
+        worker = Worker(slot, self.setup, self.generation, spare)
         self._call_hook("pre_fork", worker)
         self.board.reset(slot, time.monotonic())
         pid = os.fork()
@@ -369,8 +398,10 @@ class Master:
         return worker
 
     def _close_in_child(self):
-        """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell)."""
-        self._restore_signals()
+        """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell).
+
+        Its signal handlers need no restoring here: the worker sets every one of them.
+        """
         self.selector.close()
         self._wake_r.close()
         for worker in self.workers.values():

@@ -12,9 +12,9 @@ by a short UTF-8 text the worker leaves when it fails to boot.
 
 import mmap
 
-# Worker states, stored in the STATE field.
-FREE, BOOTING, IDLE, BUSY, STOPPING = range(5)
-STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
+# Worker states, stored in the STATE field. A SPARE is booted but not accepting yet.
+FREE, BOOTING, IDLE, BUSY, STOPPING, SPARE = range(6)
+STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping", SPARE: "spare"}
 
 # Field indexes within a slot, in float64 units.
 PID, STATE, REQUESTS, TICK, REQUEST_START, RETIRE = range(6)

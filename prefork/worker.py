@@ -72,13 +72,15 @@ class Worker:
     """One worker process: a handle in the master, the running code in the child.
 
     Public attributes (read them in hooks): slot, pid, started_at (wall
-    clock), born (monotonic), generation, requests, last_exit_reason.
+    clock), born (monotonic), generation, spare (booted, waiting to be
+    activated by the master before it accepts).
     """
 
-    def __init__(self, slot, setup, generation=0):
+    def __init__(self, slot, setup, generation=0, spare=False):
         self.slot = slot
         self.setup = setup
         self.generation = generation
+        self.spare = spare
         self.pid = None
         self.started_at = time.time()
         self.born = time.monotonic()
@@ -133,6 +135,8 @@ class _ChildProcess:
         code = self._boot()
         if code != WorkerExit.OK:
             return code
+        if self.worker.spare:
+            self._wait_until_activated()
         if self.setup.threads == 1:
             self._accept_loop()
         else:
@@ -148,8 +152,10 @@ class _ChildProcess:
         signal.signal(signal.SIGTERM, self._on_graceful_stop)
         signal.signal(signal.SIGINT, _on_quick_stop)
         signal.signal(signal.SIGQUIT, _on_quick_stop)
-        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(signum, signal.SIG_IGN)     # meant for the master
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_IGN)     # meant for the master; SIGUSR1 activates a spare
+        if self.worker.spare:                         # received by sigtimedwait, see _wait_until_activated
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SPARE_SIGNALS)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # SIGABRT is the master's "you are hung" signal: dump every thread's stack, then die.
         faulthandler.enable(file=sys.stderr, all_threads=True)
@@ -157,7 +163,7 @@ class _ChildProcess:
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != setup.master_pid:          # the master died before prctl took effect
             self._on_graceful_stop(signal.SIGTERM, None)
-        setproctitle.setproctitle(f"prefork: worker {self.worker.slot} [{setup.name}]")
+        self._set_title()
         self.slot.set(scoreboard.PID, self.worker.pid)
         for server in setup.servers:
             server.stopping = False
@@ -189,8 +195,31 @@ class _ChildProcess:
         if self.stopping:
             return WorkerExit.OK
         self.slot.end_request(time.monotonic(), 0)    # IDLE, with a fresh tick
+        if self.worker.spare:
+            self.slot.set(scoreboard.STATE, scoreboard.SPARE)
         self._ring_master()
         return WorkerExit.OK
+
+    def _wait_until_activated(self):
+        """A spare: booted and heartbeating, not accepting, until the master's SIGUSR1.
+
+        The signal is blocked and taken with sigtimedwait, so it cannot be
+        lost between checks; SIGTERM (a stop, or the master's death) is taken
+        the same way while we wait.
+        """
+        while True:
+            received = signal.sigtimedwait(_SPARE_SIGNALS, self.setup.poll_interval)
+            if received is not None:
+                break
+            self.slot.tick(time.monotonic())
+            self._check_master()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SPARE_SIGNALS)
+        if received.si_signo == signal.SIGTERM:
+            self._on_graceful_stop(signal.SIGTERM, None)
+            return
+        self.worker.spare = False
+        self._set_title()
+        self.slot.end_request(time.monotonic(), 0)    # IDLE: serving from now on
 
     # -- signals -----------------------------------------------------------
 
@@ -266,6 +295,10 @@ class _ChildProcess:
             log.warning("worker %s: master %s is gone, stopping", self.worker.slot, self.setup.master_pid)
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def _set_title(self):
+        spare = " (spare)" if self.worker.spare else ""
+        setproctitle.setproctitle(f"prefork: worker {self.worker.slot} [{self.setup.name}]{spare}")
+
     def _heartbeat(self):
         """server.heartbeat(): a long-lived handler says it is alive, not hung."""
         self.slot.tick(time.monotonic())
@@ -305,6 +338,9 @@ def handle_one(server, slot=None):
     else:
         server.shutdown_request(request)
     return True
+
+
+_SPARE_SIGNALS = {signal.SIGUSR1, signal.SIGTERM}
 
 
 def _on_quick_stop(signum, frame):

@@ -319,7 +319,8 @@ def respawn(tools, repeats):
     """Median and max milliseconds from SIGKILL of the only worker to the next answered request."""
     hello = "workers.hello:HelloHandler"
     cases = [Server("prefork (handler imported by each worker)", prefork_cmd(hello, "-w", "1"), False),
-             Server("prefork --preload", prefork_cmd(hello, "-w", "1", "--preload"), False)]
+             Server("prefork --preload", prefork_cmd(hello, "-w", "1", "--preload"), False),
+             Server("prefork --spare-workers 1", prefork_cmd(hello, "-w", "1", "--spare-workers", "1"), False)]
     if tools.gunicorn:
         cases.append(Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", workers=1), True))
     results = {}
@@ -327,21 +328,30 @@ def respawn(tools, repeats):
         server.start()
         try:
             samples = []
+            expected = len(_serving(server)) + len(_spares(server))
             for _ in range(repeats):
-                _, workers = server.processes()
-                victim = workers[0].pid
+                _wait(lambda: len(_serving(server)) == 1 and len(server.processes()[1]) == expected)
+                victim = _serving(server)[0].pid
                 started = time.perf_counter()
                 os.kill(victim, signal.SIGKILL)
                 reply = http_get(server.port, timeout=30)
                 samples.append((time.perf_counter() - started) * 1000)
                 if not reply.endswith(b"Hello, World!"):
                     raise RuntimeError(f"{server.name}: bad reply after respawn: {reply[-80:]!r}")
-                _wait(lambda: [w.pid for w in server.processes()[1]] not in ([], [victim]))
+                _wait(lambda: victim not in [w.pid for w in server.processes()[1]])
             results[server.name] = {"median_ms": statistics.median(samples), "max_ms": max(samples),
                                     "samples_ms": samples, "peer": server.peer}
         finally:
             server.stop()
     return results
+
+
+def _serving(server):
+    return [w for w in server.processes()[1] if not " ".join(w.cmdline()).rstrip().endswith("(spare)")]
+
+
+def _spares(server):
+    return [w for w in server.processes()[1] if " ".join(w.cmdline()).rstrip().endswith("(spare)")]
 
 
 def memory(seconds_to_settle=1.0):

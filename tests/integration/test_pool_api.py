@@ -24,7 +24,12 @@ def test_stats_reports_each_worker_with_psutil_figures():
     with serving(server, workers=2):
         for _ in range(10):
             exchange("tcp", server.server_address)
-        stats = wait_for(lambda: (lambda s: s if all(w["uss"] for w in s["workers"]) else None)(server.stats()))
+        def settled(s):      # a reply reaches the client a moment before the worker records it
+            workers = s["workers"]
+            done = all(w["uss"] and w["state"] == "idle" for w in workers)
+            return s if done and sum(w["requests"] for w in workers) == 10 else None
+
+        stats = wait_for(lambda: settled(server.stats()))
         assert stats["master"]["pid"] == os.getpid() and stats["master"]["state"] == "running"
         assert stats["master"]["target_workers"] == 2
         workers = stats["workers"]
@@ -176,3 +181,12 @@ def test_signals_reach_a_master_run_from_the_api(signum, finishes):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+
+
+def test_stats_show_the_spare_and_a_stop_takes_it_down():
+    config = prefork.Config(spare_workers=1)
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2), config=config)
+    with serving(server, workers=2):
+        states = wait_for(lambda: (lambda s: s if sorted(s) == ["idle", "idle", "spare"] else None)(
+            [w["state"] for w in server.stats()["workers"]]))
+        assert server.stats()["master"]["target_workers"] == 2 and states

@@ -309,3 +309,67 @@ def test_handler_raising_on_every_request_leaks_no_fd_in_the_worker(serve_cli):
         stream_exchange(socket.AF_INET, address, b"x\n")
     assert idle_fd_count() == fds_before
     assert {w.pid for w in server.workers()} == {pid}
+
+
+# -- spare workers ----------------------------------------------------------------------
+
+def titles(server):
+    return {w.pid: " ".join(w.cmdline()).strip() for w in server.workers()}
+
+
+def spare_and_serving(server, serving_count):
+    """Wait for serving_count serving workers and one spare, all ready; return (spare, serving)."""
+    def settled():
+        now = titles(server)
+        spares = [pid for pid, title in now.items() if title.endswith("(spare)")]
+        serving = {pid for pid, title in now.items() if not title.endswith("(spare)")}
+        logged = set(int(p) for p in re.findall(r"ready \(pid (\d+)", server.log()))
+        if len(spares) == 1 and len(serving) == serving_count and set(now) <= logged:
+            return spares[0], serving
+        return None
+    return wait_for(settled, message=lambda: f"a spare and {serving_count} serving; log:\n{server.log()}")
+
+
+def test_spare_does_not_serve_until_a_worker_dies_then_takes_over(serve_cli):
+    server = serve(serve_cli, "apps.handlers:PidEcho", "-w", "2", "--spare-workers", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    spare, serving = spare_and_serving(server, 2)
+    served_by = {int(exchange("tcp", address, b"x\n").split()[0]) for _ in range(40)}
+    assert served_by <= serving and spare not in served_by
+    victim = min(serving)
+    os.kill(victim, signal.SIGKILL)
+    server.wait_log(rf"spare worker \d+ \(pid {spare}\) now serving")
+    new_spare, now_serving = spare_and_serving(server, 2)
+    assert now_serving == serving - {victim} | {spare} and new_spare not in serving | {spare}
+    served_by = {int(exchange("tcp", address, b"x\n").split()[0]) for _ in range(40)}
+    assert spare in served_by and new_spare not in served_by
+
+
+def test_spare_makes_recycling_prompt(serve_cli):
+    server = serve(serve_cli, "apps.handlers:PidEcho", "-w", "1", "--spare-workers", "1", "-b", "127.0.0.1:0",
+                   "--max-requests", "3")
+    address = server.addresses()[0]
+    spare_and_serving(server, 1)
+    served = collections.Counter()
+
+    def three_retired():
+        served[exchange("tcp", address, b"x\n").split()[0]] += 1
+        alive = {str(pid).encode() for pid in titles(server)}
+        retired = [count for pid, count in served.items() if pid not in alive]
+        return retired if len(retired) >= 3 else None
+
+    retired = wait_for(three_retired, timeout=30, interval=0.05, message=lambda: f"3 retired: {served}")
+    # A waiting spare takes over at once: a retiring worker serves hardly past its limit.
+    assert all(3 <= count <= 5 for count in retired), served
+
+
+def test_sighup_replaces_the_spare_too(serve_cli):
+    server = serve_cli("-w", "1", "--spare-workers", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    spare, serving = spare_and_serving(server, 1)
+    os.kill(server.pid, signal.SIGHUP)
+    wait_for(lambda: not ({spare} | serving) & set(titles(server)) and len(titles(server)) == 2,
+             message=lambda: f"every worker replaced: {titles(server)}")
+    spare_and_serving(server, 1)
+    assert exchange("tcp", address) == b"hello\n"
+    assert server.stop() == 0
