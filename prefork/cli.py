@@ -17,7 +17,7 @@ from . import __version__, loader
 from .config import Config, settings_markdown
 from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer
 from .listeners import parse_bind, open_listener
-from .policies import POLICIES_BY_NAME, Prefork, cpu_count
+from .policies import MAX_THREADS, MAX_WORKERS, POLICIES_BY_NAME, Prefork, cpu_count
 from .servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
 
 DEFAULT_HANDLER = "workers.echo:EchoHandler"
@@ -34,14 +34,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(Exit.USAGE, f"prefork: error: {message} (see '{self.prog} --help')\n")
 
 
-def whole_number(low):
+def whole_number(low, most):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if not low <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {most}, got {value}")
         return value
     return parse
 
@@ -61,11 +61,11 @@ def build_parser():
     serve.add_argument("--policy", choices=list(POLICIES_BY_NAME), default="prefork",
                        help="prefork: a pool of workers (default); fork / thread: one process / thread "
                             "per request; serial: one request at a time")
-    serve.add_argument("-w", "--workers", type=whole_number(1), metavar="N",
+    serve.add_argument("-w", "--workers", type=whole_number(1, MAX_WORKERS), metavar="N",
                        help="worker processes, for --policy prefork (default: one per CPU)")
-    serve.add_argument("--threads", type=whole_number(1), metavar="N",
+    serve.add_argument("--threads", type=whole_number(1, MAX_THREADS), metavar="N",
                        help="accept threads in each worker, for --policy prefork (default: 1)")
-    serve.add_argument("--backlog", type=whole_number(1), default=2048, metavar="N",
+    serve.add_argument("--backlog", type=whole_number(1, 65535), default=2048, metavar="N",
                        help="listen queue length of stream sockets (default: 2048)")
     serve.add_argument("--hooks", metavar="MODULE",
                        help="a module defining any of " + ", ".join(HOOK_NAMES) +
@@ -75,7 +75,8 @@ def build_parser():
                        help="log level of the messages on stderr (default: info)")
     for f in dataclasses.fields(Config):
         flags = [flag for flag in (f.metadata["short"], f.metadata["flag"]) if flag]
-        options = {"dest": f.name, "default": f.default, "help": f.metadata["help"] + f" (default: {f.default})"}
+        shown = "" if "(default:" in f.metadata["help"] else f" (default: {f.default})"
+        options = {"dest": f.name, "default": f.default, "help": f.metadata["help"] + shown}
         if f.type in (bool, "bool"):
             options.update(action="store_true")
         else:
@@ -84,11 +85,15 @@ def build_parser():
     serve.set_defaults(run=run_serve)
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
+    parser.commands = {"serve": serve, "settings": settings}
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:          # reported by the subcommand, so that the hint names its --help
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return Exit.USAGE

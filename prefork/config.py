@@ -10,6 +10,7 @@ threads) are not here: they belong to the server objects and the policy.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -21,9 +22,11 @@ def setting(default, flag, help, check=None, metavar=None, short=None):
                                             "metavar": metavar})
 
 
-def at_least(low):
+def at_least(low, most=None):
     def check(value):
-        return None if value >= low else f"must be at least {low}"
+        if value < low or (most is not None and value > most):
+            return f"must be at least {low}" if most is None else f"must be between {low} and {most}"
+        return None
     return check
 
 
@@ -66,7 +69,7 @@ class Config:
     spare_workers: int = setting(
         0, "--spare-workers",
         "keep N more workers booted but not accepting; one takes over at once when a worker dies "
-        "or retires, so no fork and boot stands between them", at_least(0), "N")
+        "or retires, so no fork and boot stands between them", at_least(0, 1024), "N")
     min_worker_lifetime: float = setting(
         10.0, "--min-worker-lifetime",
         "never retire a worker for memory before it has lived this long (prevents retire storms)",
@@ -106,7 +109,9 @@ def _type_problem(type_name, value):
     if type_name == "int":
         return None if isinstance(value, int) else "must be a whole number"
     if type_name == "float":
-        return None if isinstance(value, (int, float)) else "must be a number"
+        if not isinstance(value, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(value) else "must be a finite number"
     return None if isinstance(value, str) else "must be text"
 
 

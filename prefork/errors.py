@@ -44,9 +44,10 @@ class Exit(enum.IntEnum):
 class WorkerExit(enum.IntEnum):
     """Exit statuses a worker uses to tell the master why it stopped.
 
-    Like gunicorn's WORKER_BOOT_ERROR / APP_LOAD_ERROR: a worker that exits
-    with one of these *before it became ready* is a boot failure, which the
-    master retries with backoff instead of respawning in a tight loop.
+    Like gunicorn's WORKER_BOOT_ERROR / APP_LOAD_ERROR. Whether an exit is a
+    boot failure (retried with backoff, not in a tight loop) the master
+    decides from the worker's scoreboard slot: it never became ready. The
+    status, and the message the worker leaves in its slot, say why.
     """
 
     OK = 0

@@ -72,7 +72,7 @@ def _parse_host_port(text, rest):
             raise BindError(f"bad bind {text!r}: expected {_FORMS}")
         if ":" in host:
             raise BindError(f"bad bind {text!r}: put an IPv6 address in brackets, as [{host}]:{port}")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise BindError(f"bad bind {text!r}: port {port!r} is not a number")
     number = int(port)
     if not 0 <= number <= 65535:
@@ -112,6 +112,8 @@ def _resolve(bind, sock_type):
         infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, sock_type, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise BindError(f"cannot bind {bind.text}: unknown host {host!r} ({exc.strerror})") from None
+    except UnicodeError:       # the IDNA codec refuses it: an empty label, one over 63 characters
+        raise BindError(f"bad bind {bind.text}: {host!r} is not a valid host name") from None
     if not host:   # "" means every IPv4 interface, as in socketserver
         infos = [info for info in infos if info[0] == socket.AF_INET] or infos
     family, _, _, _, address = infos[0]
@@ -146,7 +148,11 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)          # nobody listens: left by a dead server
+        try:
+            os.unlink(path)      # nobody listens: left by a dead server
+        except OSError as exc:
+            raise BindError(f"cannot bind unix:{path}: cannot remove the stale socket file there: "
+                            f"{_describe(exc)}") from None
         return
     except OSError:
         return                   # let bind() report what is wrong with the path
@@ -158,8 +164,9 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
 class UnixPathOwner:
     """Remembers the socket file a process created, to remove exactly that file later.
 
-    The identity check (device, inode and change time: inode numbers are
-    recycled) keeps us from deleting a path another server has since bound; the pid check keeps forked children (workers) from removing the
+    The identity check (device, inode and modification time: inode numbers
+    are recycled, but a new socket file gets a new time, and chmod or chown
+    leave it alone) keeps us from deleting a path another server has since bound; the pid check keeps forked children (workers) from removing the
     master's socket when they exit.
     """
 
@@ -178,4 +185,4 @@ class UnixPathOwner:
 
 def _identity(path):
     info = os.stat(path)
-    return info.st_dev, info.st_ino, info.st_ctime_ns
+    return info.st_dev, info.st_ino, info.st_mtime_ns

@@ -46,7 +46,7 @@ from . import scoreboard
 from .errors import HaltServer, WorkerExit
 from .monitor import Monitor
 from .policies import Candidate, PoolState
-from .worker import PoolSetup, Worker
+from .worker import FORK_BLOCKED_SIGNALS, STOP_BYTE, PoolSetup, Worker
 
 log = logging.getLogger("prefork")
 
@@ -56,7 +56,8 @@ AWAY_THRESHOLD = 1.0     # if a sleep overran by this much, the master itself wa
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
 SPARE_REFILL_DELAY = 0.05  # seconds between activating a spare and forking the next one
 
-_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE)
+_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE, scoreboard.STOPPING)
+MAX_SLEEP = 60.0           # the loop wakes at least this often, whatever the settings
 EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
 RUNNING, STOPPING = "running", "stopping"
 _MASTER_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU")
@@ -117,12 +118,15 @@ class Master:
         self._snapshot = ()                   # immutable view of the workers, for stats()
         self._seen_boot_messages = set()
         self._reaps_orphans = False
+        # Set by _start; _finish undoes whatever part of it happened.
+        self.board = self.selector = self._wake_r = self._wake_w = self._old_title = None
+        self._socket_timeouts, self._old_handlers, self._old_wakeup_fd = [], {}, None
 
     # -- public ------------------------------------------------------------
 
     def run(self):
-        self._start()
         try:
+            self._start()
             while self._loop_once():
                 pass
         finally:
@@ -166,7 +170,11 @@ class Master:
         self.selector.register(self._wake_r, selectors.EVENT_READ)
         self._socket_timeouts = [server.socket.gettimeout() for server in self.servers]
         for server in self.servers:
-            server.socket.setblocking(False)      # see worker.py: losers of an accept race get EAGAIN
+            # See worker.py: a worker that loses an accept race gets EAGAIN instead of blocking.
+            # Datagram sockets stay blocking, as handlers reply on them (our UDPServer reads
+            # them with MSG_DONTWAIT instead).
+            if server.socket.type == socket.SOCK_STREAM:
+                server.socket.setblocking(False)
         self._install_signals()
         self.setup = PoolSetup(self.servers, self.config, self.policy.threads, self.board,
                                self._wake_w.fileno(), self.hooks, self.load_handler,
@@ -186,25 +194,28 @@ class Master:
             except ChildProcessError:
                 pass
             self._forget(worker)
-        self._call_hook("on_exit")
+        if self.state is not None:
+            self._call_hook("on_exit")
         self._restore_signals()
         for server, timeout in zip(self.servers, self._socket_timeouts):
             if server.socket.fileno() >= 0:
                 server.socket.settimeout(timeout)
-        setproctitle.setproctitle(self._old_title)
+        if self._old_title is not None:
+            setproctitle.setproctitle(self._old_title)
         self.state = None
         self._snapshot = ()
-        self.selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        self.board.close()
+        for resource in (self.selector, self._wake_r, self._wake_w, self.board):
+            if resource is not None:
+                resource.close()
         log.info("master %s stopped", os.getpid())
 
     # -- the loop ----------------------------------------------------------
 
     def _loop_once(self):
-        self.reap_workers()
+        # Signals first: after a Ctrl-C or a systemd stop, which reach the workers too, their
+        # exits must be seen as part of the stop, not as crashes.
         self.handle_signals()
+        self.reap_workers()
         if self.state == STOPPING and not self.workers:
             return False
         now = time.monotonic()
@@ -251,13 +262,16 @@ class Master:
     def notice_workers(self, now):
         """Read the scoreboard: workers that became ready since the last pass."""
         for worker in self.workers.values():
-            if not worker.ready and self.board.read(worker.slot, scoreboard.STATE) in _READY_STATES:
-                worker.ready = True
-                self.ever_ready = True
-                self.failed_boots_in_a_row = 0
-                self.next_spawn_at = 0.0
-                log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid,
-                         (now - worker.born) * 1000)
+            self._notice(worker, now)
+
+    def _notice(self, worker, now):
+        if not worker.ready and self.board.read(worker.slot, scoreboard.STATE) in _READY_STATES:
+            worker.ready = True
+            self.ever_ready = True
+            self.failed_boots_in_a_row = 0
+            self.next_spawn_at = 0.0
+            log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid,
+                     (now - worker.born) * 1000)
 
     def check_workers(self, now):
         """Escalate overdue stops to SIGKILL; SIGABRT workers silent for too long."""
@@ -346,16 +360,21 @@ class Master:
     def sleep(self, now):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
         timeout = self._seconds_to_next_deadline(now)
+        asleep = time.monotonic()
         events = self.selector.select(timeout)
         for key, _ in events:
             if key.fileobj is self._wake_r:
                 try:
-                    while self._wake_r.recv(4096):
-                        pass
+                    while True:
+                        data = self._wake_r.recv(4096)
+                        if not data:
+                            break
+                        if STOP_BYTE in data:      # signal numbers, written here by set_wakeup_fd, are < 65
+                            self._stop_request = self._stop_request or "graceful"
                 except BlockingIOError:
                     pass
         woke = time.monotonic()
-        overslept = woke - (now + timeout)
+        overslept = woke - (asleep + timeout)
         if overslept > AWAY_THRESHOLD:
             # SIGSTOP, a suspended VM, a debugger: the workers' silence was our doing, not theirs.
             log.warning("master was stopped for %.1f s; not counting that against the workers", overslept)
@@ -373,8 +392,9 @@ class Master:
                 elif worker.ready and self.config.worker_timeout:
                     tick = max(self.board.read(worker.slot, scoreboard.TICK), self.resumed_at)
                     deadlines.append(tick + self.config.worker_timeout)
-        timeout = max(0.0, min(deadlines) - now) + 0.001
-        return timeout if HAS_PIDFD and not self._reaps_orphans else min(timeout, 0.1)
+        timeout = min(max(0.0, min(deadlines) - now) + 0.001, MAX_SLEEP)
+        polling = self._reaps_orphans or any(w.pidfd is None for w in self.workers.values())
+        return min(timeout, 0.1) if polling else timeout
 
     # -- spawning and stopping workers -------------------------------------
 
@@ -386,14 +406,30 @@ class Master:
         worker = Worker(slot, self.setup, self.generation, spare)
         self._call_hook("pre_fork", worker)
         self.board.reset(slot, time.monotonic())
-        pid = os.fork()
+        # Keep signals blocked across fork: one sent to the new worker before it has installed
+        # its own handlers then waits for them, instead of running ours in the child and being lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._boot_failed(worker, f"cannot fork a worker: {exc.strerror}")
+            return None
         if pid == 0:
             worker.run_in_child(self._close_in_child)      # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.pid = pid
         self.workers[pid] = worker
         if HAS_PIDFD:
-            worker.pidfd = os.pidfd_open(pid)      # the child is not reaped yet, so this cannot fail
-            self.selector.register(worker.pidfd, selectors.EVENT_READ)
+            try:
+                worker.pidfd = os.pidfd_open(pid)
+                self.selector.register(worker.pidfd, selectors.EVENT_READ)
+            except OSError as exc:        # out of fds: find its exit by polling instead
+                log.warning("cannot watch worker %s with a pidfd (%s); polling for its exit",
+                            slot, exc.strerror)
+                if worker.pidfd is not None:
+                    os.close(worker.pidfd)
+                worker.pidfd = None
         log.debug("spawned worker %s (pid %s)", slot, pid)
         return worker
 
@@ -430,6 +466,7 @@ class Master:
 
     def _worker_exited(self, worker, status):
         code = os.waitstatus_to_exitcode(status)
+        self._notice(worker, time.monotonic())     # it may have become ready since our last look
         boot_message = self.board.message(worker.slot)
         self._forget(worker)
         reason = worker.stop_reason or ("boot" if not worker.ready else "signal" if code < 0 else "crash")

@@ -81,11 +81,15 @@ class ThreadPerRequest(Policy):
     name: ClassVar[str] = "thread"
 
 
-def _check_count(what, value):
+MAX_WORKERS = 4096
+MAX_THREADS = 1024
+
+
+def _check_count(what, value, most):
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{what} must be a whole number, got {value!r}")
-    if value < 1:
-        raise ConfigError(f"{what} must be at least 1, got {value}")
+    if not 1 <= value <= most:
+        raise ConfigError(f"{what} must be between 1 and {most}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,8 @@ class Prefork(Policy):
     name: ClassVar[str] = "prefork"
 
     def __post_init__(self):
-        _check_count("workers", self.workers)
-        _check_count("threads", self.threads)
+        _check_count("workers", self.workers, MAX_WORKERS)
+        _check_count("threads", self.threads, MAX_THREADS)
 
     def target_workers(self, pool: PoolState, adjustment: int = 0) -> int:
         """How many workers the pool should have now (adjustment: net SIGTTIN - SIGTTOU)."""

@@ -149,8 +149,9 @@ class BaseServer(socketserver.BaseServer):
         server.socket.close()
         server.socket = sock
         server.server_address = sock.getsockname()
-        if sock.family == socket.AF_UNIX and server.server_address:
-            server._unix_path = UnixPathOwner(server.server_address)
+        address = server.server_address
+        if sock.family == socket.AF_UNIX and address and address[0] not in ("\0", 0):   # not abstract
+            server._unix_path = UnixPathOwner(address)
         return server
 
 
@@ -161,6 +162,13 @@ class TCPServer(BaseServer, socketserver.TCPServer):
 class UDPServer(TCPServer, socketserver.UDPServer):
     __doc__ = socketserver.UDPServer.__doc__
 
+    def get_request(self):
+        # MSG_DONTWAIT: pool workers share the socket, and one that loses the race for a
+        # datagram gets EAGAIN instead of blocking. The socket itself stays blocking, as
+        # socketserver's, for handlers that reply on it.
+        data, client_addr = self.socket.recvfrom(self.max_packet_size, socket.MSG_DONTWAIT)
+        return (data, self.socket), client_addr
+
 
 class _UnixPathMixIn:
     """Remove the socket file this server created, when it is closed."""
@@ -169,7 +177,7 @@ class _UnixPathMixIn:
 
     def server_bind(self):
         super().server_bind()
-        if isinstance(self.server_address, str) and self.server_address:
+        if isinstance(self.server_address, str) and self.server_address[:1] not in ("", "\0"):
             self._unix_path = UnixPathOwner(self.server_address)
 
     def server_close(self):
@@ -248,16 +256,27 @@ class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer, *_stdlib("
 
 # -- choosing the class for a policy ------------------------------------------
 
-_PER_REQUEST = {
-    socketserver.ForkingMixIn.process_request: ForkPerRequest,
-    socketserver.ThreadingMixIn.process_request: ThreadPerRequest,
-}
 _MIXIN_FOR = {ForkPerRequest: ForkingMixIn, ThreadPerRequest: ThreadingMixIn}
 
 
+def _policy_type(cls):
+    """The behaviour of cls's process_request: that of the first policy mixin in its MRO.
+
+    A subclass may override process_request and call super(): the mixin
+    behind it still decides whether requests fork, thread or run inline.
+    """
+    for klass in cls.__mro__:
+        if klass is InlineMixIn:
+            return Serial
+        if klass is socketserver.ForkingMixIn:
+            return ForkPerRequest
+        if klass is socketserver.ThreadingMixIn:
+            return ThreadPerRequest
+    return Serial
+
+
 def _policy_of(cls):
-    """The policy that cls's own process_request implements."""
-    return _PER_REQUEST.get(cls.process_request, Serial)()
+    return _policy_type(cls)()
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,9 +287,8 @@ def _composed(mixin, cls):
 
 def _class_for(cls, policy):
     """cls, or cls with the mixin in front that gives it policy's process_request."""
-    have = _PER_REQUEST.get(cls.process_request)
-    want = type(policy) if type(policy) in _MIXIN_FOR else None
-    if have is want:
+    want = type(policy) if type(policy) in _MIXIN_FOR else Serial
+    if _policy_type(cls) is want:
         return cls
     return _composed(_MIXIN_FOR.get(want, InlineMixIn), cls)
 

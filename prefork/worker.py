@@ -159,15 +159,29 @@ class _ChildProcess:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # SIGABRT is the master's "you are hung" signal: dump every thread's stack, then die.
         faulthandler.enable(file=sys.stderr, all_threads=True)
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != setup.master_pid:          # the master died before prctl took effect
-            self._on_graceful_stop(signal.SIGTERM, None)
+        self._watch_master()
         self._set_title()
         self.slot.set(scoreboard.PID, self.worker.pid)
         for server in setup.servers:
             server.stopping = False
             server.heartbeat = self._heartbeat
+            server.shutdown = self._ask_master_to_stop
+            server._runner = None                     # the master's, copied by fork: not ours to drive
+        # The master kept these blocked across fork; with our handlers in place, let them in.
+        # A spare keeps SIGUSR1 and SIGTERM blocked: it takes them with sigtimedwait.
+        pending = FORK_BLOCKED_SIGNALS - (_SPARE_SIGNALS if self.worker.spare else set())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, pending)
+
+    def _watch_master(self):
+        """Ask the kernel for SIGTERM when the master dies (PR_SET_PDEATHSIG), and check it is alive.
+
+        Called again after the boot hooks: the kernel clears the setting when a
+        post_fork hook changes the process's credentials (dropping root).
+        """
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != self.setup.master_pid:     # the master died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _boot(self):
         """Run post_fork, load the handler, run worker_ready; become IDLE. Returns an exit code."""
@@ -194,6 +208,7 @@ class _ChildProcess:
             return code
         if self.stopping:
             return WorkerExit.OK
+        self._watch_master()
         self.slot.end_request(time.monotonic(), 0)    # IDLE, with a fresh tick
         if self.worker.spare:
             self.slot.set(scoreboard.STATE, scoreboard.SPARE)
@@ -303,9 +318,17 @@ class _ChildProcess:
         """server.heartbeat(): a long-lived handler says it is alive, not hung."""
         self.slot.tick(time.monotonic())
 
-    def _ring_master(self):
+    def _ask_master_to_stop(self):
+        """server.shutdown() in a worker: ask the master for a graceful stop of the whole pool.
+
+        It returns at once: waiting here would wait for our own stop, which
+        comes only after the request in hand, the one calling us.
+        """
+        self._ring_master(STOP_BYTE)
+
+    def _ring_master(self, message=b"w"):
         try:
-            os.write(self.setup.doorbell_fd, b"w")
+            os.write(self.setup.doorbell_fd, message)
         except OSError:        # full (the master will look anyway) or the master is gone
             pass
 
@@ -341,6 +364,10 @@ def handle_one(server, slot=None):
 
 
 _SPARE_SIGNALS = {signal.SIGUSR1, signal.SIGTERM}
+# Blocked by the master across fork (see Master.spawn_worker); unblocked here once handled.
+FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD}
+STOP_BYTE = b"S"           # through the doorbell: "stop the pool" (signal numbers written there are < 65)
 
 
 def _on_quick_stop(signum, frame):

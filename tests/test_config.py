@@ -22,6 +22,9 @@ def test_defaults_are_valid_and_frozen():
     ("max_requests", True, "--max-requests must be a number"),
     ("max_boot_failures", 0, "--max-boot-failures must be at least 1"),
     ("monitor_interval", 0, "--monitor-interval must be greater than 0"),
+    ("monitor_interval", float("inf"), "--monitor-interval must be a finite number"),
+    ("worker_timeout", float("nan"), "--timeout must be a finite number"),
+    ("spare_workers", 2000, "--spare-workers must be between 0 and 1024"),
     ("preload", 1, "--preload must be true or false"),
 ])
 def test_bad_values_name_the_flag(field, value, message):

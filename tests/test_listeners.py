@@ -32,6 +32,7 @@ def test_parse_bind_accepts_every_documented_form(text, kind, address):
     ("127.0.0.1:http", "is not a number"),
     ("127.0.0.1:65536", "out of range"),
     ("127.0.0.1:-1", "is not a number"),
+    ("127.0.0.1:\u00b2", "is not a number"),
     ("::1:8000", "in brackets"),
     ("[::1]8000", "[ADDRESS]:PORT"),
     ("[]:8000", "[ADDRESS]:PORT"),
@@ -100,4 +101,18 @@ def test_unix_path_owner_removes_only_its_own_file(tmp_path):
         owner.remove()
         assert os.path.exists(path)
     UnixPathOwner(path).remove()
+    assert not os.path.exists(path)
+
+
+def test_invalid_host_name_is_a_clear_error():
+    with pytest.raises(BindError, match="'a..b' is not a valid host name"):
+        open_listener(parse_bind("a..b:8000"))
+
+
+def test_unix_path_owner_survives_chmod(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with open_listener(parse_bind(f"unix:{path}")):
+        owner = UnixPathOwner(path)
+        os.chmod(path, 0o666)          # what a deployment often does after bind
+    owner.remove()
     assert not os.path.exists(path)

@@ -10,9 +10,10 @@ def test_prefork_defaults_to_one_worker_per_cpu():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"workers": 0}, "workers must be at least 1, got 0"),
-    ({"workers": -3}, "workers must be at least 1, got -3"),
-    ({"threads": 0}, "threads must be at least 1, got 0"),
+    ({"workers": 0}, "workers must be between 1 and 4096, got 0"),
+    ({"workers": -3}, "workers must be between 1 and 4096, got -3"),
+    ({"workers": 10**11}, "workers must be between 1 and 4096"),
+    ({"threads": 0}, "threads must be between 1 and 1024, got 0"),
     ({"workers": 2.5}, "workers must be a whole number"),
     ({"workers": True}, "workers must be a whole number"),
 ])

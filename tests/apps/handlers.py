@@ -79,3 +79,35 @@ class Orphaner(prefork.BaseRequestHandler):
         import subprocess
         subprocess.run(["sh", "-c", "sleep 0.3 &"], check=True)
         _reply(self, lambda data: b"orphaned\n")
+
+
+class Crasher(prefork.BaseRequestHandler):
+    """Kill the worker on every request: a crash right after becoming ready."""
+
+    def handle(self):
+        os._exit(7)
+
+
+class ShutdownFromHandler(prefork.BaseRequestHandler):
+    """Stop the whole server from inside a handler, socketserver style, then answer."""
+
+    def handle(self):
+        self.server.shutdown()
+        _reply(self, lambda data: b"stopping\n")
+
+
+class DatagramBlocking(prefork.DatagramRequestHandler):
+    """Answer whether the shared socket the reply goes out on is blocking, as socketserver's is."""
+
+    def handle(self):
+        self.wfile.write(b"blocking" if self.socket.getblocking() else b"non-blocking")
+
+
+class DeathSignal(prefork.BaseRequestHandler):
+    """Answer the parent-death signal the kernel will send this worker (prctl PR_GET_PDEATHSIG)."""
+
+    def handle(self):
+        import ctypes
+        value = ctypes.c_int()
+        ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)
+        _reply(self, lambda data: f"{value.value} {os.getuid()}\n".encode())

@@ -213,11 +213,17 @@ def one_line_error(code, stdout, stderr):
     (["-b", "127.0.0.1"], "expected HOST:PORT", 2),
     (["-b", "ftp://host:21"], "unknown scheme", 2),
     (["-b", "no-such-host.invalid:8000"], "unknown host 'no-such-host.invalid'", 1),
-    (["-w", "0"], "--workers: must be at least 1, got 0", 2),
-    (["-w", "-2"], "--workers: must be at least 1, got -2", 2),
-    (["--threads", "0"], "--threads: must be at least 1, got 0", 2),
+    (["-w", "0"], "--workers: must be between 1 and 4096, got 0", 2),
+    (["-w", "-2"], "--workers: must be between 1 and 4096, got -2", 2),
+    (["-w", "100000000000"], "--workers: must be between 1 and 4096", 2),
+    (["--threads", "0"], "--threads: must be between 1 and 1024, got 0", 2),
+    (["--backlog", "99999999999"], "--backlog: must be between 1 and 65535", 2),
+    (["--monitor-interval", "inf", "--timeout", "0"], "--monitor-interval must be a finite number", 2),
+    (["--spare-workers", "-1"], "--spare-workers must be between 0 and 1024", 2),
+    (["-b", "127.0.0.1:\u00b2"], "is not a number", 2),
+    (["-b", "a..b:1234"], "'a..b' is not a valid host name", 1),
     (["-w", "many"], "'many' is not a whole number", 2),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag", 2),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag (see 'prefork serve --help')", 2),
     (["--graceful-timeout", "-1"], "--graceful-timeout must be at least 0", 2),
     (["no_such_module:Handler"], "cannot import handler 'no_such_module:Handler': no module named", 2),
     (["apps.handlers"], "expected MODULE:CLASS", 2),
@@ -251,3 +257,23 @@ def test_handler_problem_found_by_workers_stops_the_master(spec, expected):
     returncode, stdout, stderr = run_cli("serve", spec, "-w", "2", "-b", "127.0.0.1:0", cwd=TESTS)
     line = one_line_error(returncode, stdout, stderr)
     assert expected in line and "no worker could boot" in line and returncode == 3
+
+
+def test_unknown_top_level_flag_and_command():
+    for args, expected in ((["--bogus"], "unrecognized arguments: --bogus"),
+                           (["bogus"], "invalid choice: 'bogus'")):
+        returncode, stdout, stderr = run_cli(*args)
+        assert expected in one_line_error(returncode, stdout, stderr) and returncode == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_is_a_stop_not_a_crash(serve_cli, signum):
+    """Ctrl-C in a terminal, or systemd's KillMode=control-group, signal master and workers at once."""
+    server = serve_cli("-w", "4", "-b", "127.0.0.1:0")
+    server.addresses()
+    workers = server.wait_workers(4)
+    os.killpg(server.pid, signum)
+    assert server.proc.wait(10) == 0
+    log = server.log()
+    assert "died unexpectedly" not in log and "[ERROR]" not in log, log
+    assert all(process_gone(pid) for pid in workers)

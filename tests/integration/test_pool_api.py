@@ -190,3 +190,58 @@ def test_stats_show_the_spare_and_a_stop_takes_it_down():
         states = wait_for(lambda: (lambda s: s if sorted(s) == ["idle", "idle", "spare"] else None)(
             [w["state"] for w in server.stats()["workers"]]))
         assert server.stats()["master"]["target_workers"] == 2 and states
+
+
+def test_a_failed_fork_is_retried_not_fatal(monkeypatch, caplog):
+    real_fork, failures = os.fork, [BlockingIOError(11, "Resource temporarily unavailable")] * 2
+
+    def flaky_fork():
+        if failures:
+            raise failures.pop()
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", flaky_fork)
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2))
+    with serving(server, workers=2):
+        assert exchange("tcp", server.server_address).endswith(b"|hello\n")
+    assert "cannot fork a worker: Resource temporarily unavailable" in caplog.text
+
+
+def test_a_subclass_overriding_process_request_still_builds_and_forks():
+    calls = []
+
+    class Counting(prefork.ForkingTCPServer):
+        def process_request(self, request, client_address):
+            calls.append(client_address)
+            super().process_request(request, client_address)
+
+    with Counting(("127.0.0.1", 0), PidEcho) as server:
+        with serving(server):
+            pid = int(exchange("tcp", server.server_address).split()[0])
+        assert calls and pid != os.getpid()
+
+    class Threaded(prefork.ThreadingMixIn, prefork.TCPServer):
+        def process_request(self, request, client_address):
+            super().process_request(request, client_address)
+
+    with Threaded(("127.0.0.1", 0), PidEcho) as server:
+        assert isinstance(server.policy, prefork.ThreadPerRequest)
+
+
+def test_datagram_handlers_reply_on_a_blocking_socket_in_a_pool(tmp_path):
+    import tempfile
+    from apps.handlers import DatagramBlocking
+    from conftest import datagram_exchange
+    path = tempfile.mktemp(prefix="pf-dgram-", suffix=".sock")
+    server = prefork.UnixDatagramServer(path, DatagramBlocking, policy=prefork.Prefork(workers=2))
+    with serving(server, workers=2):
+        assert datagram_exchange(socket.AF_UNIX, path, b"?") == b"blocking"
+
+
+def test_from_socket_accepts_an_abstract_unix_socket():
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(f"\0prefork-test-{os.getpid()}")
+    sock.listen()
+    server = prefork.UnixStreamServer.from_socket(sock, PidEcho)
+    with serving(server):
+        assert exchange("unix", server.server_address).endswith(b"|hello\n")

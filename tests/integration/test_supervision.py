@@ -373,3 +373,64 @@ def test_sighup_replaces_the_spare_too(serve_cli):
     spare_and_serving(server, 1)
     assert exchange("tcp", address) == b"hello\n"
     assert server.stop() == 0
+
+
+# -- races and failures the review found ---------------------------------------------------
+
+def test_a_stop_signal_sent_while_a_worker_is_being_forked_is_not_lost(serve_cli):
+    server = serve(serve_cli, "-w", "2", "-b", "127.0.0.1:0", "--hooks", "apps.fork_window_hooks",
+                   "--graceful-timeout", "20")
+    started = time.monotonic()
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 10, "worker 2 took its SIGTERM; nobody waited for SIGKILL"
+    assert "still alive after its graceful timeout" not in server.log()
+
+
+def test_a_worker_that_crashes_on_its_first_request_is_a_crash_not_a_boot_failure(serve_cli):
+    """Requests wait in the queue, so each new worker takes one the moment it is up and dies,
+    often before the master has looked at it: still a crash of a ready worker, never a boot
+    failure (which, with --max-boot-failures 1, would stop the master)."""
+    server = serve(serve_cli, "apps.handlers:Crasher", "-w", "1", "-b", "127.0.0.1:0",
+                   "--max-boot-failures", "1")
+    address = server.addresses()[0]
+    server.wait_workers(1)
+    clients = [socket.create_connection(address, timeout=10) for _ in range(20)]
+    for sock in clients:
+        sock.sendall(b"x\n")
+    for sock in clients:
+        with sock:
+            try:
+                assert sock.recv(10) == b""
+            except ConnectionResetError:        # its worker died holding our unread bytes
+                pass
+    server.wait_workers(1)
+    log = server.log()
+    assert log.count("died unexpectedly (exit code 7)") == 20 and "failed to boot" not in log, log
+    assert server.proc.poll() is None, "a crash per request must not halt the master"
+
+
+def test_shutdown_called_in_a_handler_stops_the_pool_gracefully(serve_cli):
+    server = serve(serve_cli, "apps.handlers:ShutdownFromHandler", "-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    workers = server.wait_workers(2)
+    assert exchange("tcp", address, b"stop\n") == b"stopping\n"
+    assert server.proc.wait(10) == 0
+    assert "graceful stop of 2 worker(s) (shutdown())" in server.log()
+    assert all(process_gone(pid) for pid in workers)
+
+
+def test_a_slow_pass_of_the_master_is_not_taken_for_being_stopped(serve_cli):
+    server = serve(serve_cli, "-w", "3", "-b", "127.0.0.1:0", "--hooks", "apps.slow_hooks")
+    address = server.addresses()[0]
+    server.wait_workers(3)
+    assert exchange("tcp", address) == b"hello\n"
+    assert "master was stopped" not in server.log()
+
+
+def test_parent_death_signal_survives_a_hook_that_drops_root(serve_cli):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges in a post_fork hook")
+    server = serve(serve_cli, "apps.handlers:DeathSignal", "-w", "1", "-b", "127.0.0.1:0",
+                   "--hooks", "apps.drop_root_hooks")
+    address = server.addresses()[0]
+    assert exchange("tcp", address, b"?\n") == f"{int(signal.SIGTERM)} 65534\n".encode()
