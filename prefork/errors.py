@@ -28,7 +28,6 @@ class HaltServer(PreforkError):
 
     def __init__(self, reason, exit_code=None):
         super().__init__(reason)
-        self.reason = reason
         self.exit_code = Exit.NO_WORKER_BOOTED if exit_code is None else exit_code
 
 

@@ -599,9 +599,11 @@ class Master:
         if worker.stop_reason is not None:
             state = "stopping"
         sample, history = worker.sample, self.history.get(worker.slot) or SlotHistory()
+        started = board.read(worker.slot, scoreboard.REQUEST_START) if board else 0.0
         return {
             "slot": worker.slot, "pid": worker.pid, "state": state,
             "requests": int(board.read(worker.slot, scoreboard.REQUESTS)) if board else 0,
+            "request_seconds": time.monotonic() - started if started else None,
             "started_at": worker.started_at,
             "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,
             "cpu_percent": sample.cpu_percent if sample else None,

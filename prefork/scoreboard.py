@@ -86,9 +86,6 @@ class SlotWriter:
     def set(self, field, value):
         self._numbers[self._base + field] = value
 
-    def get(self, field):
-        return self._numbers[self._base + field]
-
     def begin_request(self, now):
         numbers, base = self._numbers, self._base
         numbers[base + REQUEST_START] = now

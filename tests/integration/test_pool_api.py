@@ -36,7 +36,7 @@ def test_stats_reports_each_worker_with_psutil_figures():
         assert [w["slot"] for w in workers] == [1, 2]
         assert sum(w["requests"] for w in workers) == 10
         for w in workers:
-            assert w["state"] == "idle" and psutil.pid_exists(w["pid"])
+            assert w["state"] == "idle" and w["request_seconds"] is None and psutil.pid_exists(w["pid"])
             assert 0 < w["uss"] <= w["rss"] and w["cpu_percent"] >= 0 and w["num_fds"] > 0
             assert abs(w["started_at"] - time.time()) < 60
             assert w["restarts"] == 0 and w["last_exit_reason"] is None
@@ -87,7 +87,9 @@ def test_shutdown_from_another_thread_lets_the_request_in_flight_finish():
             stream_exchange(socket.AF_INET, server.server_address, b"0.5\n")))
         client.start()
         wait_for(lambda: server.stats()["workers"][0]["state"] == "busy")
-        worker = server.stats()["workers"][0]["pid"]
+        busy = wait_for(lambda: (lambda w: w if w["request_seconds"] else None)(server.stats()["workers"][0]))
+        assert 0 < busy["request_seconds"] < 5
+        worker = busy["pid"]
     client.join(5)
     assert result and result[0] == f"done {worker}\n".encode()
     assert process_gone(worker)
