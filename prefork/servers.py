@@ -31,6 +31,7 @@ import logging
 import selectors
 import socket
 import socketserver
+import sys
 import threading
 
 from .config import Config
@@ -40,6 +41,7 @@ from .policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
 from .worker import handle_one
 
 log = logging.getLogger("prefork")
+_CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 class BaseServer(socketserver.BaseServer):
@@ -110,7 +112,14 @@ class BaseServer(socketserver.BaseServer):
         super().server_close()
 
     def handle_error(self, request, client_address):
-        """Log the exception with its traceback; the worker keeps serving."""
+        """Log the exception with its traceback; the worker keeps serving.
+
+        A client that resets or abandons its connection is routine, not a
+        fault of the handler: one debug line, as gunicorn does.
+        """
+        if isinstance(sys.exc_info()[1], _CLIENT_WENT_AWAY):
+            log.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            return
         log.error("exception while handling a request from %s", client_address, exc_info=True)
 
     def stats(self):

@@ -276,3 +276,16 @@ def test_each_policy_serves_each_socket_kind(policy_name, kind, short_tmp):
             assert served_by <= worker_pids and os.getpid() not in served_by
     if kind.startswith("unix"):
         assert not os.path.exists(address), "server_close() removes the socket file it created"
+
+
+def test_a_client_that_resets_is_not_an_error(caplog):
+    class Resetting(prefork.BaseRequestHandler):
+        def handle(self):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    server = prefork.TCPServer(("127.0.0.1", 0), Resetting)
+    with caplog.at_level("DEBUG", logger="prefork"):
+        with serving(server):
+            exchange("tcp", server.server_address, b"x\n")
+            wait_for(lambda: "went away" in caplog.text)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
