@@ -79,7 +79,9 @@ class Config:
         "stop the master after this many consecutive boot failures if no worker was ever ready",
         at_least(1), "N")
     monitor_interval: float = setting(
-        1.0, "--monitor-interval", "seconds between psutil samples of every worker (memory, CPU)",
+        1.0, "--monitor-interval",
+        "seconds between psutil samples (memory, CPU) of every worker that served since its last one; "
+        "an idle worker is sampled every 30 s",
         above(0), "S")
     preload: bool = setting(
         False, "--preload",

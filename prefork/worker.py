@@ -91,6 +91,7 @@ class Worker:
         self.kill_at = None           # monotonic time for SIGKILL if still alive
         self.pidfd = None
         self.sample = None            # latest monitor.Sample
+        self.sampled_requests, self.sampled_at = None, 0.0
 
     def __repr__(self):
         return f"<Worker slot={self.slot} pid={self.pid}>"
@@ -157,6 +158,7 @@ class _ChildProcess:
         if self.worker.spare:                         # received by sigtimedwait, see _wait_until_activated
             signal.pthread_sigmask(signal.SIG_BLOCK, _SPARE_SIGNALS)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)     # the master's handler, inherited
         # SIGABRT is the master's "you are hung" signal: dump every thread's stack, then die.
         faulthandler.enable(file=sys.stderr, all_threads=True)
         self._watch_master()

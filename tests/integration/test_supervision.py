@@ -75,7 +75,7 @@ def test_master_stopped_does_not_count_against_workers(serve_cli):
     os.killpg(server.pid, signal.SIGSTOP)        # the whole pool, as Ctrl-Z would
     time.sleep(2.5)                              # the condition here *is* time passing while stopped
     os.kill(server.pid, signal.SIGCONT)          # the master first: it must not judge the workers yet
-    server.wait_log(r"master was stopped for \d+\.\d s")
+    server.wait_log(r"master was stopped")
     time.sleep(0.3)
     os.killpg(server.pid, signal.SIGCONT)
     assert exchange("tcp", address) == b"hello\n"
