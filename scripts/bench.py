@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """prefork side by side with socketserver, gunicorn and nginx, in one run on one machine.
 
-    python scripts/bench.py              # the full run: 3 interleaved rounds of 5 s, about 10 minutes
+    python scripts/bench.py              # the full run: 3 interleaved rounds of 5 s, about 12 minutes
     python scripts/bench.py --quick      # proves the harness works: 1 round of 1 s (CI runs this)
 
 Workloads (every server has 2 worker processes):
