@@ -54,16 +54,18 @@ from .worker import FORK_BLOCKED_SIGNALS, STOP_BYTE, PoolSetup, Worker
 log = logging.getLogger("prefork")
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
-KILL_GRACE = 1.0         # seconds between the polite signal and SIGKILL, for timeouts and quick stops
-AWAY_THRESHOLD = 1.0     # if a sleep overran by this much, the master itself was stopped or suspended
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
-SPARE_REFILL_DELAY = 0.05  # seconds between activating a spare and forking the next one
-IDLE_RESAMPLE = 30.0       # seconds an idle worker's psutil sample stays good
 
-_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE, scoreboard.STOPPING)
-MAX_SLEEP = 60.0           # the loop wakes at least this often, whatever the settings
-EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
+# Times, in seconds.
+KILL_GRACE = 1.0             # between the polite signal and SIGKILL, for timeouts and quick stops
+AWAY_THRESHOLD = 1.0         # a select() this late means the master itself was stopped or paused
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # between boot attempts after failures: doubling, capped
+SPARE_REFILL_DELAY = 0.05    # between activating a spare and forking the next one
+IDLE_RESAMPLE = 30.0         # how long an idle worker's psutil sample stays good
+MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
+
 RUNNING, STOPPING = "running", "stopping"
+EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
+_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE, scoreboard.STOPPING)
 _MASTER_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCONT")
 
 
