@@ -80,7 +80,7 @@ class BaseServer(socketserver.BaseServer):
     def __new__(cls, *args, policy=None, config=None, **kwargs):
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a prefork policy such as prefork.Prefork(workers=4), got {policy!r}")
-        chosen = policy or cls.policy or _policy_of(cls)
+        chosen = policy or cls.policy or _policy_type(cls)()
         self = super().__new__(_class_for(cls, chosen))
         self.policy = chosen
         self.config = config or cls.config
@@ -282,10 +282,6 @@ def _policy_type(cls):
         if klass is socketserver.ThreadingMixIn:
             return ThreadPerRequest
     return Serial
-
-
-def _policy_of(cls):
-    return _policy_type(cls)()
 
 
 @functools.lru_cache(maxsize=None)

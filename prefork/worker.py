@@ -182,8 +182,7 @@ class _ChildProcess:
         """
         if _libc is not None:
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != self.setup.master_pid:     # the master died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+        self._check_master()                          # it may have died before prctl took effect
 
     def _boot(self):
         """Run post_fork, load the handler, run worker_ready; become IDLE. Returns an exit code."""
