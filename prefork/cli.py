@@ -14,7 +14,7 @@ import signal
 import sys
 
 from . import __version__, loader
-from .config import Config, settings_markdown
+from .config import Config, settings_markdown, whole_number_problem
 from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer
 from .listeners import parse_bind, open_listener
 from .policies import MAX_THREADS, MAX_WORKERS, POLICIES_BY_NAME, Prefork, cpu_count
@@ -40,8 +40,9 @@ def whole_number(low, most):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= most:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {most}, got {value}")
+        problem = whole_number_problem(value, low, most)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {value}")
         return value
     return parse
 
@@ -78,7 +79,7 @@ def build_parser():
         shown = "" if "(default:" in f.metadata["help"] else f" (default: {f.default})"
         options = {"dest": f.name, "default": f.default, "help": f.metadata["help"] + shown}
         if f.type in (bool, "bool"):
-            options.update(action="store_true")
+            options.update(action=argparse.BooleanOptionalAction if f.default else "store_true")
         else:
             options.update(type=f.type, metavar=f.metadata["metavar"])
         serve.add_argument(*flags, **options)
@@ -110,7 +111,9 @@ def run_serve(args):
         binds = [parse_bind(text) for text in args.bind or [DEFAULT_BIND]]
         handler, load_handler = _handler(args, policy, config)
         hooks = loader.load_module(args.hooks, "hooks module") if args.hooks else None
-    except (ConfigError, AppLoadError, BindError) as exc:
+    except ConfigError as exc:
+        return _fail(exc.named(_flag_of(exc.setting)), Exit.USAGE)
+    except (AppLoadError, BindError) as exc:
         return _fail(exc, Exit.USAGE)
     servers = []
     try:
@@ -146,6 +149,11 @@ def _settings(args):
                 raise ConfigError(f"{flag} applies to --policy prefork only, not --policy {args.policy}")
         return config, POLICIES_BY_NAME[args.policy]()
     return config, Prefork(workers=args.workers or cpu_count(), threads=args.threads or 1)
+
+
+def _flag_of(setting):
+    fields = {f.name: f.metadata["flag"] for f in dataclasses.fields(Config)}
+    return fields.get(setting) or "--" + str(setting).replace("_", "-")
 
 
 def _handler(args, policy, config):

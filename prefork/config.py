@@ -22,12 +22,22 @@ def setting(default, flag, help, check=None, metavar=None, short=None):
                                             "metavar": metavar})
 
 
+def range_problem(value, low, most=None):
+    """Why value is outside low..most, or None. The one range check of the API, the CLI and policies."""
+    if value < low or (most is not None and value > most):
+        return f"must be at least {low}" if most is None else f"must be between {low} and {most}"
+    return None
+
+
+def whole_number_problem(value, low, most=None):
+    """Why value is not a whole number in low..most, or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be a whole number"
+    return range_problem(value, low, most)
+
+
 def at_least(low, most=None):
-    def check(value):
-        if value < low or (most is not None and value > most):
-            return f"must be at least {low}" if most is None else f"must be between {low} and {most}"
-        return None
-    return check
+    return lambda value: range_problem(value, low, most)
 
 
 def above(low):
@@ -78,6 +88,16 @@ class Config:
         5, "--max-boot-failures",
         "stop the master after this many consecutive boot failures if no worker was ever ready",
         at_least(1), "N")
+    client_timeout: float = setting(
+        10.0, "--client-timeout",
+        "close a client connection whose next read or write waits this long (a quiet or stalled client); "
+        "below --timeout, so a quiet client is dropped before its worker is taken for hung; 0 disables",
+        at_least(0), "S")
+    defer_accept: bool = setting(
+        True, "--defer-accept",
+        "TCP: leave a connection that has sent nothing in the kernel (TCP_DEFER_ACCEPT) for the client "
+        "timeout, and never hand it to a worker if it stays silent; turn off (--no-defer-accept) for "
+        "protocols where the server speaks first")
     monitor_interval: float = setting(
         1.0, "--monitor-interval",
         "seconds between psutil samples (memory, CPU) of every worker that served since its last one; "
@@ -94,7 +114,7 @@ class Config:
             if problem is None and f.metadata["check"] is not None:
                 problem = f.metadata["check"](value)
             if problem:
-                raise ConfigError(f"{f.metadata['flag']} {problem}, got {value!r}")
+                raise ConfigError.about(f.name, problem, value)
 
     def replace(self, **changes):
         """A copy with some settings changed (validated like the original)."""

@@ -12,7 +12,26 @@ class PreforkError(Exception):
 
 
 class ConfigError(PreforkError, ValueError):
-    """A setting, flag or policy argument has a value that cannot work."""
+    """A setting, flag or policy argument has a value that cannot work.
+
+    When it is about one setting, ``setting`` names it (the API's name, such
+    as worker_timeout) and ``problem`` and ``value`` say what is wrong, so the
+    CLI can say the same with the flag's name (--timeout).
+    """
+
+    def __init__(self, message, setting=None, problem=None, value=None):
+        super().__init__(message)
+        self.setting, self.problem, self.value = setting, problem, value
+
+    @classmethod
+    def about(cls, setting, problem, value):
+        return cls(f"{setting} {problem}, got {value!r}", setting, problem, value)
+
+    def named(self, label):
+        """The same error, naming the setting as label (a flag, a file key)."""
+        if self.setting is None:
+            return self
+        return ConfigError(f"{label} {self.problem}, got {self.value!r}", self.setting, self.problem, self.value)
 
 
 class BindError(PreforkError):
@@ -53,3 +72,4 @@ class WorkerExit(enum.IntEnum):
     CRASH = 1                #: an unexpected exception escaped the worker's loop
     BOOT_ERROR = 3           #: a post_fork or worker_ready hook raised
     APP_LOAD_ERROR = 4       #: the handler module could not be imported or is not a handler
+    RECYCLE = 5              #: served its --max-requests and stopped by itself

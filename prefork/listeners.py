@@ -13,6 +13,7 @@ user; nothing prints or exits.
 """
 
 import errno
+import math
 import os
 import socket
 import stat
@@ -58,6 +59,9 @@ def parse_bind(text):
             break
     if "://" in rest:
         raise BindError(f"bad bind {text!r}: unknown scheme; use {_FORMS}")
+    scheme, _, after = rest.partition(":")
+    if scheme.lower() in ("udp", "tcp") and ":" in after:      # udp:HOST:PORT, a slip for udp://HOST:PORT
+        raise BindError(f"bad bind {text!r}: write {scheme.lower()}://{after}")
     return Bind(kind, _parse_host_port(text, rest), text)
 
 
@@ -72,6 +76,8 @@ def _parse_host_port(text, rest):
             raise BindError(f"bad bind {text!r}: expected {_FORMS}")
         if ":" in host:
             raise BindError(f"bad bind {text!r}: put an IPv6 address in brackets, as [{host}]:{port}")
+    if port.startswith("-") and port[1:].isascii() and port[1:].isdigit():
+        raise BindError(f"bad bind {text!r}: port {port} is out of range 0-65535")
     if not (port.isascii() and port.isdigit()):
         raise BindError(f"bad bind {text!r}: port {port!r} is not a number")
     number = int(port)
@@ -90,7 +96,7 @@ def open_listener(bind, backlog=2048):
     sock_type = socket.SOCK_STREAM if bind.stream else socket.SOCK_DGRAM
     if bind.unix:
         family, address = socket.AF_UNIX, bind.address
-        remove_stale_unix_socket(address, sock_type)
+        remove_stale_unix_socket(address, sock_type, bind.kind)
     else:
         family, address = _resolve(bind, sock_type)
     sock = socket.socket(family, sock_type)
@@ -104,6 +110,58 @@ def open_listener(bind, backlog=2048):
         sock.close()
         raise BindError(f"cannot bind {bind.text}: {_describe(exc)}") from None
     return sock
+
+
+def describe_socket(sock):
+    """A listening socket as a bind string: 127.0.0.1:8000, [::1]:8000, udp://..., unix:..., unix-dgram:..."""
+    address = sock.getsockname()
+    datagram = sock.type == socket.SOCK_DGRAM
+    if sock.family == socket.AF_UNIX:
+        path = address.decode(errors="replace") if isinstance(address, bytes) else address
+        path = "@" + path[1:] if path.startswith("\0") else path
+        return f"{'unix-dgram' if datagram else 'unix'}:{path}"
+    host, port = address[0], address[1]
+    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"udp://{text}" if datagram else text
+
+
+class PoolSocketState:
+    """What prepare_for_pool changed on a listening socket, to put back when the pool stops."""
+
+    def __init__(self, server, timeout, deferred):
+        self.timeout, self.deferred = timeout, deferred
+
+    def restore(self, server):
+        sock = server.socket
+        if sock.fileno() < 0:
+            return
+        sock.settimeout(self.timeout)
+        if self.deferred:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 0)
+            server.defers_accept = False
+
+
+def prepare_for_pool(server, config):
+    """Ready a server's listening socket to be shared by pool workers.
+
+    Stream sockets become non-blocking: a worker that loses the race for a
+    connection gets EAGAIN instead of blocking in accept(). Datagram sockets
+    stay blocking, as handlers reply on them (reads use MSG_DONTWAIT). A TCP
+    socket gets TCP_DEFER_ACCEPT for the client timeout, so a client that
+    connects and says nothing waits in the kernel, not in a worker; the
+    worker drops such a connection if the kernel hands it over empty at the
+    end of the period (config.defer_accept=False turns this off, for
+    protocols where the server speaks first).
+    """
+    sock = server.socket
+    timeout = sock.gettimeout()
+    deferred = False
+    if sock.type == socket.SOCK_STREAM:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and config.client_timeout and config.defer_accept:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, math.ceil(config.client_timeout)))
+            server.defers_accept = deferred = True
+    return PoolSocketState(server, timeout, deferred)
 
 
 def _resolve(bind, sock_type):
@@ -130,7 +188,7 @@ def _describe(exc):
     return exc.strerror or str(exc)
 
 
-def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
+def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM, kind="unix"):
     """Remove a socket file at ``path`` that no process answers on.
 
     Refuses (BindError) when the path is not a socket or a server still
@@ -141,9 +199,9 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise BindError(f"cannot bind unix:{path}: {_describe(exc)}") from None
+        raise BindError(f"cannot bind {kind}:{path}: {_describe(exc)}") from None
     if not stat.S_ISSOCK(mode):
-        raise BindError(f"cannot bind unix:{path}: the path exists and is not a socket")
+        raise BindError(f"cannot bind {kind}:{path}: the path exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, sock_type)
     try:
         probe.connect(path)
@@ -151,14 +209,14 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM):
         try:
             os.unlink(path)      # nobody listens: left by a dead server
         except OSError as exc:
-            raise BindError(f"cannot bind unix:{path}: cannot remove the stale socket file there: "
+            raise BindError(f"cannot bind {kind}:{path}: cannot remove the stale socket file there: "
                             f"{_describe(exc)}") from None
         return
     except OSError:
         return                   # let bind() report what is wrong with the path
     finally:
         probe.close()
-    raise BindError(f"cannot bind unix:{path}: address already in use")
+    raise BindError(f"cannot bind {kind}:{path}: address already in use")
 
 
 class UnixPathOwner:

@@ -1,14 +1,14 @@
-"""The parent side of the pool: the worker table, the loop, signals, spawning, reaping, health.
+"""The parent side of the pool: the worker table, the loop, and carrying out the plan.
 
-One thread, no locks. Each pass of the loop:
+One thread, no locks. The loop gathers facts and acts; planner.py decides.
+Each pass:
 
-    reap_workers      collect every exited worker (exit status, reason, boot failures)
-    handle_signals    act on the signals and stop requests that arrived
-    notice_workers    read the scoreboard: who became ready
-    check_workers     timeouts: soft SIGABRT, then SIGKILL
-    manage_workers    spawn up to the policy's target, recycle one at a time, shrink
-    sample_workers    psutil figures (memory, CPU) every monitor_interval, after any spawn
-    sleep             on the selector until the nearest deadline or a wake-up
+    take_commands   signals, API calls and control requests, queued in the inbox
+    reap_workers    collect every exited worker (exit status, reason, boot failures)
+    notice_workers  read the scoreboard: who became ready, who asked to stop the pool
+    carry_out_plan  snapshot -> planner.plan() -> act; again until the plan is empty
+    sample          psutil figures, a bounded amount of work per pass (monitor.py)
+    sleep           on the selector until the nearest deadline or a wake-up
 
 How the loop learns that something happened, and why:
   - Child exits: a pidfd per worker (Linux 5.3+), registered in the selector.
@@ -19,13 +19,9 @@ How the loop learns that something happened, and why:
     and signalfd (needs the signal blocked in every thread, which an embedded
     server cannot promise). Without pidfd_open we poll every 0.1 s.
     Running as PID 1 we also reap (and ignore) adopted orphans with
-    waitpid(-1), and install a SIGCHLD handler to do it promptly.
-  - Signals (main thread only): the handler appends the signal number to a
-    deque; signal.set_wakeup_fd writes a byte to the wake-up socket. Nothing
-    is logged, reaped or spawned inside a handler.
-  - Workers ring the same wake-up socket (their "doorbell") when they become
-    ready or ask to retire; the scoreboard holds the facts, the byte only
-    wakes us. stop() from another thread writes to it too.
+    waitpid(-1); SIGCHLD then wakes us (its handler does nothing, the wake-up
+    fd does the rest).
+  - Signals, API calls, and workers: see signals.py (the doorbell and the inbox).
 Measured on a 2-core VM (scripts/bench.py, "respawn"): SIGKILL of a worker to
 its replacement answering a request takes 4 to 8 ms with a fork (a Python
 fork alone is about 1 ms before the child runs), 2 to 3 ms with a spare. Of
@@ -37,36 +33,32 @@ import collections
 import gc
 import logging
 import os
+import resource
 import selectors
 import signal
-import socket
 import threading
 import time
+import warnings
 
 import setproctitle
 
-from . import scoreboard
+from . import commands, planner, scoreboard
 from .errors import HaltServer, WorkerExit
+from .listeners import describe_socket, prepare_for_pool
 from .monitor import Monitor
-from .policies import Candidate, PoolState
-from .worker import FORK_BLOCKED_SIGNALS, STOP_BYTE, PoolSetup, Worker
+from .signals import Doorbell, SignalInbox, default_sigchld, signal_name
+from .worker import ACTIVATE_SIGNAL, FORK_BLOCKED_SIGNALS, PoolSetup, Worker
 
 log = logging.getLogger("prefork")
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
 
-# Times, in seconds.
-KILL_GRACE = 1.0             # between the polite signal and SIGKILL, for timeouts and quick stops
-AWAY_THRESHOLD = 1.0         # a select() this late means the master itself was stopped or paused
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # between boot attempts after failures: doubling, capped
-SPARE_REFILL_DELAY = 0.05    # between activating a spare and forking the next one
-IDLE_RESAMPLE = 30.0         # how long an idle worker's psutil sample stays good
+AWAY_THRESHOLD = 1.0         # seconds: a select() this late means the master itself was stopped or paused
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
-
-RUNNING, STOPPING = "running", "stopping"
+MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
-_READY_STATES = (scoreboard.IDLE, scoreboard.BUSY, scoreboard.SPARE, scoreboard.STOPPING)
-_MASTER_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCONT")
+MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 
 
 class SlotHistory:
@@ -84,9 +76,11 @@ class Master:
 
     Methods for the caller:
 
-    - run() -> None      # the loop; returns after a stop, raises HaltServer if no worker can boot
-    - stop(graceful=True)   # from any thread: like SIGTERM (graceful) or SIGQUIT
-    - stats() -> dict    # from any thread
+    - run() -> None            # the loop; returns after a stop, raises HaltServer if no worker can boot
+                               # and KeyboardInterrupt after a Ctrl-C stop (as socketserver would)
+    - stop(graceful=True)      # from any thread: like SIGTERM (graceful) or SIGQUIT
+    - submit(command)          # from any thread: a commands.Command (scale, reload, ...)
+    - stats() -> dict          # from any thread
 
     The hooks object (by default the first server) provides on_starting,
     pre_fork, post_fork, worker_ready, worker_exit and on_exit.
@@ -99,34 +93,38 @@ class Master:
         self.config = config or first.config
         self.hooks = hooks or first
         self.load_handler = load_handler
-        self.poll_interval = poll_interval
+        self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
-        self.capacity = max(64, 4 * self.policy.workers + self.config.spare_workers)
+        self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
+        self.capacity = 2 * self.max_size + 4 * self.config.spare_workers + 2
         self.workers = {}                     # pid -> Worker
         self.history = collections.defaultdict(SlotHistory)
         self.restarts = dict.fromkeys(EXIT_REASONS, 0)
         self.boot_failures = 0                # in all
         self.failed_boots_in_a_row = 0        # since a worker last became ready
+        self.last_boot_failure = ""
         self.ever_ready = False
-        self.generation = 0                   # bumped by SIGHUP: older workers get replaced
-        self.size_adjustment = 0              # net SIGTTIN - SIGTTOU
-        self.state = None
-        self.stop_graceful = True
+        self.generation = 0                   # bumped by each reload: older workers get replaced
+        self.requested_size = None            # set by scale commands
+        self.sizing = None                    # the policy's latest answer
+        self.state = None                     # "running", "stopping", "stopped"
+        self.stopping = None                  # None, "graceful" or "quick"
+        self.interrupted = False              # a Ctrl-C stop: run() raises KeyboardInterrupt
         self.halt_reason = None
-        self.next_spawn_at = 0.0
-        self.next_spare_at = 0.0
-        self.next_sample_at = 0.0
+        self.spawn_after = 0.0
+        self.last_activation = float("-inf")
         self.resumed_at = 0.0                 # when the master last came back from being stopped
         self.started_at = None
-        self.monitor = Monitor()
-        self._signals = collections.deque()
-        self._stop_request = None             # set by stop() from another thread
-        self._snapshot = ()                   # immutable view of the workers, for stats()
+        self.monitor = Monitor(self.config.monitor_interval)
+        self.doorbell = Doorbell()
+        self.inbox = SignalInbox(self.doorbell)
+        self._table = ()                      # the workers as a tuple, for stats() from other threads
         self._seen_boot_messages = set()
         self._reaps_orphans = False
+        self._deadline = None
         # Set by _start; _finish undoes whatever part of it happened.
-        self.board = self.selector = self._wake_r = self._wake_w = self._old_title = None
-        self._socket_timeouts, self._old_handlers, self._old_wakeup_fd = [], {}, None
+        self.board = self.selector = self.setup = self._old_title = self._old_sigchld = None
+        self._socket_state = []
 
     # -- public ------------------------------------------------------------
 
@@ -139,23 +137,32 @@ class Master:
             self._finish()
         if self.halt_reason:
             raise HaltServer(self.halt_reason)
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def stop(self, graceful=True):
         """Ask the loop to stop, from any thread: graceful like SIGTERM, else like SIGQUIT."""
-        self._stop_request = "graceful" if graceful else "quick"
-        self._wake()
+        self.submit(commands.Stop(why="shutdown()", quick=not graceful))
+
+    def submit(self, command):
+        """Queue a command for the loop, from any thread."""
+        self.inbox.post(command)
+
+    def close(self):
+        """Release what __init__ took, when run() never ran."""
+        if self.started_at is None:
+            self.doorbell.close()
 
     def stats(self):
-        """A snapshot of the pool: the master, each live worker, restarts by reason."""
-        board = self.board if self.state else None
-        try:
-            workers = [self._worker_stats(worker, board) for worker in sorted(self._snapshot, key=lambda w: w.slot)]
-        except ValueError:      # the master finished (and closed the scoreboard) while we read
-            workers = []
+        """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
+        board, table, sizing, now = self.board, self._table, self.sizing, time.monotonic()
+        workers = [_worker_stats(w, board, self.history.get(w.slot), now) for w in sorted(table, key=_by_slot)]
         return {
             "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
                        "started_at": self.started_at, "policy": self.policy.name,
-                       "target_workers": self._target(), "threads": self.policy.threads},
+                       "target_workers": sizing.target if sizing else None,
+                       "target_reason": sizing.reason if sizing else None,
+                       "threads": self.policy.threads, "generation": self.generation},
             "workers": workers,
             "restarts": dict(self.restarts),
             "boot_failures": self.boot_failures,
@@ -164,33 +171,46 @@ class Master:
     # -- start and finish --------------------------------------------------
 
     def _start(self):
-        self.state = RUNNING
+        self.state = "running"
         self.started_at = time.time()
         self._old_title = setproctitle.getproctitle()
         setproctitle.setproctitle(f"prefork: master [{self.name}]")
-        self.board = scoreboard.Scoreboard(self.capacity)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.board = scoreboard.Scoreboard(self.capacity, self.policy.threads)
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self._wake_r, selectors.EVENT_READ)
-        self._socket_timeouts = [server.socket.gettimeout() for server in self.servers]
-        for server in self.servers:
-            # See worker.py: a worker that loses an accept race gets EAGAIN instead of blocking.
-            # Datagram sockets stay blocking, as handlers reply on them (our UDPServer reads
-            # them with MSG_DONTWAIT instead).
-            if server.socket.type == socket.SOCK_STREAM:
-                server.socket.setblocking(False)
-        self._install_signals()
+        self.selector.register(self.doorbell.reader, selectors.EVENT_READ)
+        self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
+        self._old_sigchld = default_sigchld()
+        if self.inbox.install(MASTER_SIGNALS):
+            if os.getpid() == 1:          # reap adopted orphans: SIGCHLD only wakes us
+                signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+                self._reaps_orphans = True
+        else:
+            log.debug("serving from a thread: signals stay with the main thread; use shutdown()")
+            if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+                log.warning("SIGCHLD is ignored in this process: the kernel reaps workers itself and "
+                            "their exit statuses are lost; reset it in the main thread before serving")
         self.setup = PoolSetup(self.servers, self.config, self.policy.threads, self.board,
-                               self._wake_w.fileno(), self.hooks, self.load_handler,
-                               self.poll_interval, os.getpid(), self.name)
+                               self.doorbell.write_fd(), self.hooks, self.load_handler,
+                               self.tick_interval, os.getpid(), self.name)
         self._call_hook("on_starting")
         if self.config.preload:
             gc.freeze()     # keep the master's objects out of the collector: their pages stay shared
         log.info("master %s starting: %s, %s worker(s) x %s thread(s), listening on %s",
                  os.getpid(), self.name, self.policy.workers, self.policy.threads,
-                 ", ".join(_describe_address(server) for server in self.servers))
+                 ", ".join(describe_socket(server.socket) for server in self.servers))
+        self._warn_about_settings()
+
+    def _warn_about_settings(self):
+        config = self.config
+        if config.client_timeout and config.worker_timeout and config.client_timeout >= config.worker_timeout:
+            log.warning("the client timeout (%s s) is not below the worker timeout (%s s): a quiet client "
+                        "gets its worker killed as hung unless the handler calls server.heartbeat()",
+                        config.client_timeout, config.worker_timeout)
+        if threading.active_count() > 1:
+            log.warning("forking workers from a process with %s threads: a lock another thread holds at "
+                        "fork time stays locked in the workers (Python 3.12+ warns about this too); "
+                        "prefer serving from the main thread of a single-threaded program",
+                        threading.active_count())
 
     def _finish(self):
         for worker in list(self.workers.values()):   # a safety net: normally none is left
@@ -200,38 +220,47 @@ class Master:
             except ChildProcessError:
                 pass
             self._forget(worker)
-        if self.state is not None:
+        if self.started_at is not None:
             self._call_hook("on_exit")
-        self._restore_signals()
-        for server, timeout in zip(self.servers, self._socket_timeouts):
-            if server.socket.fileno() >= 0:
-                server.socket.settimeout(timeout)
+        self.inbox.restore()
+        if self._old_sigchld is not None:
+            signal.signal(signal.SIGCHLD, self._old_sigchld)
+        for server, state in zip(self.servers, self._socket_state):
+            state.restore(server)
         if self._old_title is not None:
             setproctitle.setproctitle(self._old_title)
-        self.state = None
-        self._snapshot = ()
-        for resource in (self.selector, self._wake_r, self._wake_w, self.board):
-            if resource is not None:
-                resource.close()
+        self._table = ()
+        self.state = "stopped"
+        if self.selector is not None:
+            self.selector.close()
+        self.doorbell.close()
         log.info("master %s stopped", os.getpid())
 
     # -- the loop ----------------------------------------------------------
 
     def _loop_once(self):
-        # Signals first: after a Ctrl-C or a systemd stop, which reach the workers too, their
+        # Commands first: after a Ctrl-C or a systemd stop, which reach the workers too, their
         # exits must be seen as part of the stop, not as crashes.
-        self.handle_signals()
+        self.take_commands()
         self.reap_workers()
-        if self.state == STOPPING and not self.workers:
+        if self.stopping and not self.workers:
             return False
         now = time.monotonic()
         self.notice_workers(now)
-        self.check_workers(now)
-        self.manage_workers(now)
-        self.sample_workers(now)
-        self._snapshot = tuple(self.workers.values())
-        self.sleep(now)
+        self.carry_out_plan(now)
+        self._table = tuple(self.workers.values())
+        views = [(w, self.board.view(w.index)) for w in self._table]
+        sample_at = self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)
+        self.sleep(now, sample_at)
         return True
+
+    def take_commands(self):
+        for item in self.inbox.take():
+            command = commands.for_signal(item) if isinstance(item, int) else item
+            try:
+                command.run(self)
+            except Exception:
+                log.exception("command %s failed", command)
 
     def reap_workers(self):
         """Collect exited workers; as PID 1, also reap adopted orphans and ignore them."""
@@ -257,143 +286,63 @@ class Master:
             if pid:
                 self._worker_exited(worker, status)
 
-    def handle_signals(self):
-        while self._signals:
-            signum = self._signals.popleft()
-            getattr(self, "handle_" + signal.Signals(signum).name[3:].lower())()
-        request, self._stop_request = self._stop_request, None
-        if request:
-            self.begin_stop(graceful=request == "graceful", why="shutdown()")
-
     def notice_workers(self, now):
-        """Read the scoreboard: workers that became ready since the last pass."""
-        for worker in self.workers.values():
-            self._notice(worker, now)
+        """Read the scoreboard: workers that became ready, and stop requests from handlers."""
+        for worker in list(self.workers.values()):
+            view = self.board.view(worker.index)
+            self._notice_ready(worker, view, now)
+            if view.stop_pool:
+                self.board.writer(worker.index).set(scoreboard.STOP_POOL, 0)
+                self.begin_stop(graceful=True, why="shutdown()")
 
-    def _notice(self, worker, now):
-        if not worker.ready and self.board.read(worker.slot, scoreboard.STATE) in _READY_STATES:
+    def _notice_ready(self, worker, view, now):
+        if not worker.ready and view.ready:
             worker.ready = True
             self.ever_ready = True
             self.failed_boots_in_a_row = 0
-            self.next_spawn_at = 0.0
+            self.spawn_after = 0.0
             log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid,
                      (now - worker.born) * 1000)
 
-    def check_workers(self, now):
-        """Escalate overdue stops to SIGKILL; SIGABRT workers silent for too long."""
-        config = self.config
-        for worker in list(self.workers.values()):
-            if worker.kill_at is not None and now >= worker.kill_at:
-                log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid,
-                            "its graceful timeout" if worker.stop_reason != "timeout" else "SIGABRT")
-                _signal(worker.pid, signal.SIGKILL)
-                worker.kill_at = None
-            if worker.stop_reason is not None:
-                continue
-            if not worker.ready:
-                silent, limit, what = now - max(worker.born, self.resumed_at), config.boot_timeout, "boot timeout"
-            else:
-                last_seen = max(self.board.read(worker.slot, scoreboard.TICK), self.resumed_at)
-                silent, limit, what = now - last_seen, config.worker_timeout, "timeout"
-            if limit and silent > limit:
-                log.error("worker %s (pid %s) silent for %.1f s, over its %s of %s s: "
-                          "SIGABRT (stack traces follow), then SIGKILL", worker.slot, worker.pid,
-                          silent, what, limit)
-                self._signal_worker(worker, signal.SIGABRT, "timeout", KILL_GRACE)
-
-    def sample_workers(self, now):
-        """psutil figures for stats() and memory limits; after spawning, never delaying it.
-
-        Reading a worker's memory costs the master about a millisecond (the
-        kernel walks its page tables for USS), so a worker that served nothing
-        since its last sample, and is not busy, keeps that sample for up to
-        IDLE_RESAMPLE seconds: an idle worker's memory and CPU do not change.
-        An idle 16-worker pool cost the master 1 % of a CPU before this, and
-        0.2 % for 2 workers; about nothing now.
-        """
-        if now < self.next_sample_at:
-            return
-        self.next_sample_at = now + self.config.monitor_interval
-        for worker in self.workers.values():
-            requests = self.board.read(worker.slot, scoreboard.REQUESTS)
-            busy = self.board.read(worker.slot, scoreboard.STATE) == scoreboard.BUSY
-            if worker.sample and not busy and requests == worker.sampled_requests \
-                    and now - worker.sampled_at < IDLE_RESAMPLE:
-                continue
-            worker.sample = self.monitor.sample(worker.pid) or worker.sample
-            worker.sampled_requests, worker.sampled_at = requests, now
-
-    def manage_workers(self, now):
-        """Bring the pool to the policy's size: recycle one worker at a time, activate a spare
-        or spawn for each missing worker, shrink, and keep config.spare_workers spares."""
-        if self.state != RUNNING:
-            return
-        for worker in list(self.workers.values()):
-            if worker.spare and worker.stop_reason is None and worker.generation < self.generation:
-                self._signal_worker(worker, signal.SIGTERM, "reload", self.config.graceful_timeout)
-        active = [w for w in self.workers.values() if w.stop_reason is None]
-        recycling = any(w.retire_reason or w.stop_reason in ("recycle", "memory", "reload")
-                        for w in self.workers.values())
-        if not recycling:
-            self._choose_recycle([w for w in active if not w.spare], now)
-        serving = [w for w in active if not w.spare and not w.retire_reason]
-        spares = [w for w in active if w.spare]
-        target = self._target()
-        for spare in [s for s in spares if s.ready][:max(0, target - len(serving))]:
-            self._activate(spare)
-            serving.append(spare)
-            spares.remove(spare)
-            # Fork its successor a moment later: on a small machine the new spare's boot would
-            # compete for the CPU with the one that is taking over right now.
-            self.next_spare_at = now + SPARE_REFILL_DELAY
-        missing, spares_missing = target - len(serving), self.config.spare_workers - len(spares)
-        if now < self.next_spare_at:
-            spares_missing = 0
-        if (missing > 0 or spares_missing > 0) and now >= self.next_spawn_at:
-            if self.failed_boots_in_a_row:      # probe with one worker until one boots
-                probing = any(not w.ready for w in active)
-                missing, spares_missing = (0, 0) if probing else (1, 0) if missing > 0 else (0, 1)
-            for _ in range(missing):
-                self.spawn_worker()
-            for _ in range(spares_missing):
-                self.spawn_worker(spare=True)
-        ready = sum(1 for w in serving if w.ready)
-        for worker in active:
-            if worker.retire_reason and ready >= target:
-                log.info("worker %s (pid %s) replaced (%s): stopping it gracefully",
-                         worker.slot, worker.pid, worker.retire_reason)
-                self._signal_worker(worker, signal.SIGTERM, worker.retire_reason, self.config.graceful_timeout)
-        excess = len(serving) - target
-        while excess > 0:
-            candidates = {w.slot: w for w in serving if w.ready and w.stop_reason is None}
-            if not candidates:
+    def carry_out_plan(self, now):
+        snapshot = self.snapshot()
+        for _ in range(MAX_PLAN_ROUNDS):
+            result = planner.plan(snapshot, self.config, now)
+            if result.sizing is not None:
+                self.sizing = result.sizing
+            for action in result.actions:
+                self._act(action, now)
+            snapshot = self.snapshot()
+            if not result.actions:
                 break
-            chosen = self.policy.choose_retire([self._candidate(w, now) for w in candidates.values()])
-            self._signal_worker(candidates[chosen.slot], signal.SIGTERM, "stop", self.config.graceful_timeout)
-            excess -= 1
+        self._deadline = planner.next_deadline(snapshot, self.config, now)
 
-    def _activate(self, spare):
-        """Turn a booted spare into a serving worker: one signal, no fork, no import."""
-        spare.spare = False
-        _signal(spare.pid, signal.SIGUSR1)
-        log.info("spare worker %s (pid %s) now serving", spare.slot, spare.pid)
+    def snapshot(self):
+        """The pool as the planner sees it: immutable, read from the worker table and the scoreboard."""
+        views = []
+        for worker in self.workers.values():
+            view = self.board.view(worker.index)
+            views.append(planner.WorkerView(
+                pid=worker.pid, slot=worker.slot, generation=worker.generation, born=worker.born,
+                spare=worker.spare, ready=worker.ready, busy=view.busy_threads > 0, requests=view.requests,
+                last_seen=view.tick, retire=view.retire, uss=worker.sample.uss if worker.sample else None,
+                stop_reason=worker.stop_reason, stop_signal=worker.stop_signal, kill_at=worker.kill_at))
+        return planner.Snapshot(
+            workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
+            requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
+            resumed_at=self.resumed_at, spawn_after=self.spawn_after, failed_boots=self.failed_boots_in_a_row,
+            ever_ready=self.ever_ready, last_boot_failure=self.last_boot_failure,
+            last_activation=self.last_activation, max_size=self.max_size)
 
-    def sleep(self, now):
+    def sleep(self, now, sample_at):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
-        timeout = self._seconds_to_next_deadline(now)
+        deadlines = [d for d in (self._deadline, sample_at) if d is not None]
+        timeout = min(max(0.0, min(deadlines, default=now + MAX_SLEEP) - now) + 0.001, MAX_SLEEP)
+        if any(w.pidfd is None for w in self.workers.values()):
+            timeout = min(timeout, 0.1)
         asleep = time.monotonic()
-        events = self.selector.select(timeout)
-        for key, _ in events:
-            if key.fileobj is self._wake_r:
-                try:
-                    while True:
-                        data = self._wake_r.recv(4096)
-                        if not data:
-                            break
-                        if STOP_BYTE in data:      # signal numbers, written here by set_wakeup_fd, are < 65
-                            self._stop_request = self._stop_request or "graceful"
-                except BlockingIOError:
-                    pass
+        self.selector.select(timeout)
+        self.doorbell.drain()
         woke = time.monotonic()
         overslept = woke - (asleep + timeout)
         if overslept > AWAY_THRESHOLD:
@@ -403,37 +352,58 @@ class Master:
             log.warning("master was stopped for %.1f s; not counting that against the workers", overslept)
             self.resumed_at = woke
 
-    def _seconds_to_next_deadline(self, now):
-        deadlines = [self.next_sample_at]
-        deadlines += [t for t in (self.next_spawn_at, self.next_spare_at) if t > now]
-        for worker in self.workers.values():
-            if worker.kill_at is not None:
-                deadlines.append(worker.kill_at)
-            elif worker.stop_reason is None:
-                if not worker.ready and self.config.boot_timeout:
-                    deadlines.append(max(worker.born, self.resumed_at) + self.config.boot_timeout)
-                elif worker.ready and self.config.worker_timeout:
-                    tick = max(self.board.read(worker.slot, scoreboard.TICK), self.resumed_at)
-                    deadlines.append(tick + self.config.worker_timeout)
-        timeout = min(max(0.0, min(deadlines) - now) + 0.001, MAX_SLEEP)
-        polling = self._reaps_orphans or any(w.pidfd is None for w in self.workers.values())
-        return min(timeout, 0.1) if polling else timeout
+    # -- carrying out actions ----------------------------------------------
 
-    # -- spawning and stopping workers -------------------------------------
+    def _act(self, action, now):
+        worker = self.workers.get(getattr(action, "pid", None))
+        if isinstance(action, planner.Spawn):
+            self.spawn_worker(action.slot, action.spare)
+        elif isinstance(action, planner.Halt):
+            self.halt_reason = action.reason
+            self.begin_stop(graceful=False, why="no worker could boot")
+        elif worker is None:
+            return
+        elif isinstance(action, planner.Activate):
+            self._activate(worker, action.slot, now)
+        elif isinstance(action, planner.Retire):
+            self._log_retire(worker, action)
+            self._signal_worker(worker, signal.SIGTERM, action.reason, action.deadline)
+        elif isinstance(action, planner.Stop):
+            if action.reason == "timeout":
+                log.error("worker %s (pid %s) %s: SIGABRT (stack traces follow), then SIGKILL",
+                          worker.slot, worker.pid, action.detail)
+                _no_core_dump(worker.pid)
+            self._signal_worker(worker, action.signum, action.reason, action.deadline)
+        elif isinstance(action, planner.Kill):
+            after = {signal.SIGABRT: "SIGABRT", signal.SIGQUIT: "SIGQUIT"}.get(worker.stop_signal,
+                                                                               "its graceful timeout")
+            log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid, after)
+            _signal(worker.pid, signal.SIGKILL)
+            worker.kill_at = None
 
-    def spawn_worker(self, spare=False):
-        slot = self._free_slot()
-        if slot is None:
+    def _log_retire(self, worker, action):
+        if action.reason == "memory":
+            log.warning("worker %s (pid %s) %s: replacing it", worker.slot, worker.pid, action.detail)
+        elif action.reason in ("recycle", "reload") or action.detail:
+            log.info("worker %s (pid %s) replaced (%s%s): stopping it gracefully", worker.slot, worker.pid,
+                     action.reason, f": {action.detail}" if action.detail else "")
+
+    def spawn_worker(self, slot, spare=False):
+        index = self._free_index()
+        if index is None:
             log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
+            self.spawn_after = time.monotonic() + 1.0
             return None
-        worker = Worker(slot, self.setup, self.generation, spare)
+        worker = Worker(slot, self.setup, index, self.generation, spare)
         self._call_hook("pre_fork", worker)
-        self.board.reset(slot, time.monotonic())
+        self.board.reset(index, time.monotonic())
         # Keep signals blocked across fork: one sent to the new worker before it has installed
         # its own handlers then waits for them, instead of running ours in the child and being lost.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():       # said once, at start, by _warn_about_settings
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._boot_failed(worker, f"cannot fork a worker: {exc.strerror}")
@@ -457,48 +427,43 @@ class Master:
         return worker
 
     def _close_in_child(self):
-        """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell).
+        """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell's write end).
 
         Its signal handlers need no restoring here: the worker sets every one of them.
         """
         self.selector.close()
-        self._wake_r.close()
+        self.doorbell.reader.close()
         for worker in self.workers.values():
             if worker.pidfd is not None:
                 os.close(worker.pidfd)
                 worker.pidfd = None
 
-    def _signal_worker(self, worker, signum, reason, kill_after):
-        worker.stop_reason = reason
-        worker.retire_reason = None
-        worker.kill_at = time.monotonic() + kill_after
-        _signal(worker.pid, signum)
+    def _activate(self, spare, slot, now):
+        """Turn a booted spare into the serving worker of slot: one signal, no fork, no import."""
+        log.info("spare worker %s (pid %s) now serving as worker %s", spare.slot, spare.pid, slot)
+        spare.spare, spare.slot = False, slot
+        self.board.writer(spare.index).set(scoreboard.SLOT, slot)
+        self.last_activation = now
+        _signal(spare.pid, ACTIVATE_SIGNAL)
 
-    def begin_stop(self, graceful, why):
-        """Stop every worker: SIGTERM and wait graceful_timeout, or SIGQUIT and wait KILL_GRACE."""
-        if self.state == STOPPING and (graceful or not self.stop_graceful):
-            return
-        self.state, self.stop_graceful = STOPPING, graceful
-        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
-                 len(self.workers), why)
-        for worker in self.workers.values():
-            if graceful:
-                self._signal_worker(worker, signal.SIGTERM, "stop", self.config.graceful_timeout)
-            else:
-                self._signal_worker(worker, signal.SIGQUIT, "stop", KILL_GRACE)
+    def _signal_worker(self, worker, signum, reason, deadline):
+        worker.stop_reason, worker.stop_signal, worker.kill_at = reason, signum, deadline
+        _signal(worker.pid, signum)
 
     def _worker_exited(self, worker, status):
         code = os.waitstatus_to_exitcode(status)
-        self._notice(worker, time.monotonic())     # it may have become ready since our last look
-        boot_message = self.board.message(worker.slot)
+        self._notice_ready(worker, self.board.view(worker.index), time.monotonic())  # since our last look?
+        boot_message = self.board.message(worker.index)
         self._forget(worker)
-        reason = worker.stop_reason or ("boot" if not worker.ready else "signal" if code < 0 else "crash")
+        reason = worker.stop_reason or ("stop" if self.stopping else None) or (
+            "boot" if not worker.ready else "recycle" if code == WorkerExit.RECYCLE
+            else "signal" if code < 0 else "crash")
         history = self.history[worker.slot]
         history.last_exit_reason = reason
         if reason != "stop":
             history.restarts += 1
             self.restarts[reason] += 1
-        how = f"signal {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
         if not worker.ready and reason in ("boot", "timeout"):
             self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
         elif reason in ("crash", "signal"):
@@ -510,134 +475,67 @@ class Master:
     def _boot_failed(self, worker, message):
         self.boot_failures += 1
         self.failed_boots_in_a_row += 1
+        self.last_boot_failure = message
         first_time = message not in self._seen_boot_messages
         self._seen_boot_messages.add(message)
         (log.error if first_time else log.debug)("worker %s failed to boot: %s", worker.slot, message)
-        if not self.ever_ready and self.failed_boots_in_a_row >= self.config.max_boot_failures:
-            self.halt_reason = f"no worker could boot ({self.failed_boots_in_a_row} attempts): {message}"
-            self.begin_stop(graceful=False, why="no worker could boot")
-            return
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
-        self.next_spawn_at = time.monotonic() + delay
+        self.spawn_after = time.monotonic() + delay
         log.debug("next boot attempt in %.1f s", delay)
 
     def _forget(self, worker):
         self.workers.pop(worker.pid, None)
+        worker.reaped = True
         self.monitor.forget(worker.pid)
         if worker.pidfd is not None:
             self.selector.unregister(worker.pidfd)
             os.close(worker.pidfd)
             worker.pidfd = None
-        self.board.reset(worker.slot, 0.0)
-        self.board.write_message(worker.slot, "")
 
-    # -- recycling ---------------------------------------------------------
+    def _free_index(self):
+        used = {worker.index for worker in self.workers.values()}
+        return next((index for index in range(1, self.capacity + 1) if index not in used), None)
 
-    def _choose_recycle(self, active, now):
-        """Mark at most one ready worker for replacement: reload, max-requests or memory."""
-        memory_limit = self.config.max_worker_memory * 1024 * 1024
-        for worker in active:
-            if not worker.ready:
-                continue
-            if worker.generation < self.generation:
-                worker.retire_reason = "reload"
-            elif self.board.read(worker.slot, scoreboard.RETIRE):
-                worker.retire_reason = "recycle"
-            elif (memory_limit and worker.sample and worker.sample.uss > memory_limit
-                  and now - worker.born >= self.config.min_worker_lifetime):
-                worker.retire_reason = "memory"
-                log.warning("worker %s (pid %s) uses %.1f MB unique memory, over %s MB: replacing it",
-                            worker.slot, worker.pid, worker.sample.uss / 2**20, self.config.max_worker_memory)
-            if worker.retire_reason:
-                return
+    # -- commands (commands.py runs these in the loop's thread) ------------------
 
-    # -- signals -----------------------------------------------------------
-
-    def _install_signals(self):
-        self._old_handlers, self._old_wakeup_fd = {}, None
-        if threading.current_thread() is not threading.main_thread():
-            log.debug("serving from a thread: signals stay with the main thread; use shutdown()")
+    def begin_stop(self, graceful, why, interrupt=False):
+        """Stop every worker: SIGTERM and the graceful timeout, or SIGQUIT and a second (the planner's rule 4)."""
+        self.interrupted = self.interrupted or interrupt
+        if self.stopping == "quick" or (self.stopping and graceful):
             return
-        names = _MASTER_SIGNALS + (("SIGCHLD",) if os.getpid() == 1 else ())
-        for name in names:
-            signum = getattr(signal, name)
-            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
-        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        self._reaps_orphans = os.getpid() == 1
+        self.stopping = "graceful" if graceful else "quick"
+        self.state = "stopping"
+        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
+                 len(self.workers), why)
 
-    def _restore_signals(self):
-        for signum, handler in self._old_handlers.items():
-            signal.signal(signum, handler)
-        if self._old_wakeup_fd is not None:
-            signal.set_wakeup_fd(self._old_wakeup_fd)
-        self._old_handlers, self._old_wakeup_fd = {}, None
-
-    def _on_signal(self, signum, frame):
-        self._signals.append(signum)     # and set_wakeup_fd wakes the loop
-
-    def handle_term(self):
-        self.begin_stop(graceful=True, why="SIGTERM")
-
-    def handle_int(self):
-        self.begin_stop(graceful=False, why="SIGINT")
-
-    def handle_quit(self):
-        self.begin_stop(graceful=False, why="SIGQUIT")
-
-    def handle_chld(self):
-        pass              # reap_workers runs on the next pass
-
-    def handle_cont(self):
-        """We were stopped (SIGSTOP, Ctrl-Z) and continued: the workers' silence meanwhile was ours."""
-        self.resumed_at = time.monotonic()
-        log.warning("master was stopped and continued (SIGCONT); not counting that against the workers")
-
-    def handle_hup(self):
+    def begin_reload(self, why):
         """Replace every worker, one at a time, with one that loads the code afresh."""
         self.generation += 1
-        log.info("SIGHUP: reloading %s worker(s) one at a time", len(self.workers))
+        log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.workers),
+                 self.generation)
 
-    def handle_ttin(self):
-        if self._target() < self.capacity - 1:
-            self.size_adjustment += 1
-        log.info("SIGTTIN: %s worker(s) wanted", self._target())
+    def set_size(self, size, relative, why):
+        current = self.sizing.target if self.sizing else self.policy.workers
+        wanted = max(1, min(current + size if relative else size, self.max_size))
+        self.requested_size = wanted
+        log.info("%s: %s worker(s) wanted", why, wanted)
 
-    def handle_ttou(self):
-        if self._target() > 1:
-            self.size_adjustment -= 1
-        log.info("SIGTTOU: %s worker(s) wanted", self._target())
+    def reopen_logs(self, why):
+        log.info("%s: no log file to reopen (logging goes to stderr)", why)
+
+    def resume(self, why):
+        """We may have been stopped (SIGSTOP, Ctrl-Z) and continued: their silence meanwhile was ours."""
+        self.resumed_at = time.monotonic()
+        if self.stopping:
+            # systemd and timeout(1) send SIGCONT right after the stop signal, in case we were stopped.
+            log.debug("%s during a stop", why)
+        else:
+            log.info("%s: every worker gets a fresh timeout, in case the master was stopped", why)
+
+    def ignore(self, why):
+        log.info("%s ignored: it has no meaning to the master", why)
 
     # -- helpers -----------------------------------------------------------
-
-    def _target(self):
-        busy = sum(1 for w in self._snapshot if self.state and
-                   self.board.read(w.slot, scoreboard.STATE) == scoreboard.BUSY)
-        return self.policy.target_workers(PoolState(len(self._snapshot), busy), self.size_adjustment)
-
-    def _free_slot(self):
-        used = {worker.slot for worker in self.workers.values()}
-        return next((slot for slot in range(1, self.capacity + 1) if slot not in used), None)
-
-    def _candidate(self, worker, now):
-        busy = self.board.read(worker.slot, scoreboard.STATE) == scoreboard.BUSY
-        return Candidate(worker.slot, now - worker.born, int(self.board.read(worker.slot, scoreboard.REQUESTS)), busy)
-
-    def _worker_stats(self, worker, board):
-        state = scoreboard.STATE_NAMES[int(board.read(worker.slot, scoreboard.STATE))] if board else "stopping"
-        if worker.stop_reason is not None:
-            state = "stopping"
-        sample, history = worker.sample, self.history.get(worker.slot) or SlotHistory()
-        started = board.read(worker.slot, scoreboard.REQUEST_START) if board else 0.0
-        return {
-            "slot": worker.slot, "pid": worker.pid, "state": state,
-            "requests": int(board.read(worker.slot, scoreboard.REQUESTS)) if board else 0,
-            "request_seconds": time.monotonic() - started if started else None,
-            "started_at": worker.started_at,
-            "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,
-            "cpu_percent": sample.cpu_percent if sample else None,
-            "num_fds": sample.num_fds if sample else None,
-            "restarts": history.restarts, "last_exit_reason": history.last_exit_reason,
-        }
 
     def _call_hook(self, name, *args):
         try:
@@ -645,11 +543,36 @@ class Master:
         except Exception:
             log.exception("%s hook raised; carrying on", name)
 
-    def _wake(self):
-        try:
-            self._wake_w.send(b"s")
-        except (OSError, AttributeError):
-            pass
+
+def tick_interval(poll_interval, worker_timeout):
+    """How often an idle worker heartbeats: serve_forever()'s poll_interval, but never so rarely
+    that it looks hung (a quarter of the worker timeout at most), and never "never" (None)."""
+    interval = 0.5 if poll_interval is None or poll_interval <= 0 else poll_interval
+    if worker_timeout:
+        interval = min(interval, worker_timeout / 4)
+    return max(interval, 0.001)
+
+
+def _worker_stats(worker, board, history, now):
+    view = board.view(worker.index)
+    sample = worker.sample
+    return {
+        "slot": worker.slot, "pid": worker.pid,
+        "state": "stopping" if worker.stop_reason is not None else view.state_name,
+        "generation": worker.generation,
+        "requests": view.requests, "busy_threads": view.busy_threads,
+        "request_seconds": now - view.request_start if view.request_start else None,
+        "started_at": worker.started_at,
+        "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,
+        "cpu_percent": sample.cpu_percent if sample else None,
+        "num_fds": sample.num_fds if sample else None,
+        "restarts": history.restarts if history else 0,
+        "last_exit_reason": history.last_exit_reason if history else None,
+    }
+
+
+def _by_slot(worker):
+    return (worker.spare, worker.slot)
 
 
 def _signal(pid, signum):
@@ -659,24 +582,17 @@ def _signal(pid, signum):
         pass
 
 
-def _signal_name(signum):
+def _no_core_dump(pid):
+    """A worker killed for a timeout dumps its stacks (faulthandler), not a core file."""
     try:
-        return signal.Signals(signum).name
-    except ValueError:            # a real-time signal without a name
-        return str(signum)
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError):
+        pass
 
 
 def _handler_name(server):
     handler = server.RequestHandlerClass
     return getattr(handler, "__qualname__", None) or type(server).__name__
-
-
-def _describe_address(server):
-    address = server.server_address
-    if isinstance(address, tuple):
-        host = address[0]
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return f"unix:{address.decode() if isinstance(address, bytes) else address}"
 
 
 def _boot_failure_text(code, how, stop_reason):

@@ -1,14 +1,26 @@
-"""psutil sampling of worker processes into plain records.
+"""psutil sampling of worker processes into plain records, a little at a time.
 
-The master calls sample() for each worker every monitor_interval. USS (the
-memory only this process holds) is what memory limits use: RSS also counts
-pages shared copy-on-write with the master and siblings, so a preloaded pool
-would look N times bigger than it is.
+The master samples every worker that served since its last sample once per
+monitor_interval, and every idle one at least every IDLE_RESAMPLE seconds.
+USS (the memory only this process holds) is what memory limits use: RSS also
+counts pages shared copy-on-write with the master and siblings, so a
+preloaded pool would look N times bigger than it is.
+
+Reading a worker's USS makes the kernel walk its page tables: about a
+millisecond for a small worker, tens of milliseconds for one of several GB.
+So a round is spread over passes of the master's loop: each pass samples
+until SAMPLE_BUDGET seconds have gone (at least one worker), and the loop
+comes back at once for the rest, with signals and exits handled in between.
 """
 
+import collections
+import time
 from typing import NamedTuple
 
 import psutil
+
+IDLE_RESAMPLE = 30.0        # how long an idle worker's sample stays good
+SAMPLE_BUDGET = 0.005       # seconds of sampling per pass of the master's loop
 
 
 class Sample(NamedTuple):
@@ -20,10 +32,13 @@ class Sample(NamedTuple):
 
 
 class Monitor:
-    """Keeps one psutil.Process per pid so cpu_percent measures between samples."""
+    """Keeps one psutil.Process per pid, so cpu_percent measures between samples, and the round's queue."""
 
-    def __init__(self):
+    def __init__(self, interval):
+        self.interval = interval
+        self.next_round_at = 0.0
         self._processes = {}
+        self._queue = collections.deque()
 
     def sample(self, pid):
         """A Sample of pid, or None when it has gone or cannot be read.
@@ -45,3 +60,28 @@ class Monitor:
 
     def forget(self, pid):
         self._processes.pop(pid, None)
+
+    def work(self, workers, now):
+        """Start a round when one is due, then sample for up to SAMPLE_BUDGET.
+
+        workers: (worker, requests, busy) for each live worker; a worker's
+        sample, sampled_requests and sampled_at are updated in place.
+        Returns when the master's loop should come back: a time, or None.
+        """
+        if now >= self.next_round_at and not self._queue:
+            self.next_round_at = now + self.interval
+            for worker, requests, busy in workers:
+                if (worker.sample and not busy and requests == worker.sampled_requests
+                        and now - worker.sampled_at < IDLE_RESAMPLE):
+                    continue       # an idle worker's memory and CPU do not change
+                self._queue.append((worker, requests))
+        started = time.monotonic()
+        while self._queue:
+            worker, requests = self._queue.popleft()
+            if worker.reaped:
+                continue
+            worker.sample = self.sample(worker.pid) or worker.sample
+            worker.sampled_requests, worker.sampled_at = requests, now
+            if time.monotonic() - started >= SAMPLE_BUDGET:
+                break
+        return now if self._queue else self.next_round_at

@@ -2,8 +2,9 @@
 
 socketserver's ForkingMixIn and ThreadingMixIn become two policies among
 several. A policy is a small frozen value with no system calls: the server
-asks it which behaviour to use, and the master asks a pooled policy two
-questions, "how many workers now?" and "which worker should go first?".
+asks it which behaviour to use, and the master's planner asks a pooled
+policy two questions, "how many workers now?" (size) and "which worker should
+go first?" (choose_retire).
 
     Serial()              one request at a time in the calling process (socketserver's default)
     ForkPerRequest()      a new process per request (ForkingMixIn)
@@ -15,8 +16,9 @@ questions, "how many workers now?" and "which worker should go first?".
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple, Sequence
+from typing import ClassVar, NamedTuple, Optional, Sequence
 
+from .config import whole_number_problem
 from .errors import ConfigError
 
 
@@ -28,11 +30,23 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-class PoolState(NamedTuple):
-    """What a pooled policy sees of its pool when asked for a target size."""
+class PoolLoad(NamedTuple):
+    """What a pooled policy sees of its pool when the planner asks for a target size."""
 
-    workers: int    #: live workers that are not on their way out
-    busy: int       #: of which are serving a request right now
+    workers: int                 #: serving workers that are not on their way out (booting ones included)
+    idle: int                    #: ready workers with no request in hand
+    busy: int                    #: workers serving a request right now
+    backlog: Optional[int]       #: connections waiting in the accept queues, where the kernel says
+    requested: Optional[int]     #: the size an operator asked for (SIGTTIN/SIGTTOU, scale), if any
+    now: float                   #: monotonic seconds
+
+
+class Sizing(NamedTuple):
+    """A pooled policy's answer: how many serving workers, why, and what to remember till next time."""
+
+    target: int
+    reason: str = ""
+    state: object = None
 
 
 class Candidate(NamedTuple):
@@ -40,7 +54,6 @@ class Candidate(NamedTuple):
 
     slot: int
     age: float        #: seconds since fork
-    requests: int
     busy: bool
 
 
@@ -86,10 +99,9 @@ MAX_THREADS = 1024
 
 
 def _check_count(what, value, most):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}")
-    if not 1 <= value <= most:
-        raise ConfigError(f"{what} must be between 1 and {most}, got {value}")
+    problem = whole_number_problem(value, 1, most)
+    if problem:
+        raise ConfigError.about(what, problem, value)
 
 
 @dataclass(frozen=True)
@@ -110,17 +122,19 @@ class Prefork(Policy):
         _check_count("workers", self.workers, MAX_WORKERS)
         _check_count("threads", self.threads, MAX_THREADS)
 
-    def target_workers(self, pool: PoolState, adjustment: int = 0) -> int:
-        """How many workers the pool should have now (adjustment: net SIGTTIN - SIGTTOU)."""
-        return max(1, self.workers + adjustment)
+    def size(self, load: PoolLoad, state=None) -> Sizing:
+        """How many workers the pool should have now: ``workers``, or what an operator asked for."""
+        if load.requested is not None:
+            return Sizing(load.requested, f"{load.requested} worker(s), as scaled by the operator")
+        return Sizing(self.workers, f"a static pool of {self.workers}")
 
-    def choose_retire(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose_retire(self, candidates: Sequence[Candidate]) -> Optional[Candidate]:
         """Which worker to stop when the pool shrinks: an idle one first, then the oldest.
 
         An idle worker loses no request in hand; among equals the oldest has
         grown the most (fragmentation, caches) and gains most from a restart.
         """
-        return max(candidates, key=lambda c: (not c.busy, c.age))
+        return max(candidates, key=lambda c: (not c.busy, c.age), default=None)
 
 
 POLICIES_BY_NAME = {cls.name: cls for cls in (Serial, ForkPerRequest, ThreadPerRequest, Prefork)}

@@ -2,80 +2,135 @@
 
 Workers write their own slot on every request with no system call (a store
 into shared memory, and time.monotonic(), which Linux serves from the vDSO).
-The master reads every slot to check liveness and to answer stats(); nothing
-else crosses between the processes per request.
+The master reads every slot once per pass of its loop, into the snapshot its
+planner decides from, and to answer stats(); nothing else crosses between
+the processes per request.
 
-A slot is 256 bytes: eight float64 fields (an 8-byte aligned store is atomic
-on every platform we run on, so a reader never sees half a value) followed
-by a short UTF-8 text the worker leaves when it fails to boot.
+A slot holds a header of float64 fields written by the worker's main thread,
+then one record per accept thread (each thread writes only its own record, so
+no write is ever shared), then a short UTF-8 text the worker leaves when it
+fails to boot. An 8-byte aligned store is atomic on every platform we run on,
+so a reader never sees half a value.
 """
 
 import mmap
+from typing import NamedTuple
 
-# Worker states, stored in the STATE field. A SPARE is booted but not accepting yet.
-FREE, BOOTING, IDLE, BUSY, STOPPING, SPARE = range(6)
-STATE_NAMES = {FREE: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping", SPARE: "spare"}
+# Worker states, in the STATE header field. A SPARE is booted but not accepting yet.
+BOOTING, IDLE, BUSY, STOPPING, SPARE = range(1, 6)
+STATE_NAMES = {0: "free", BOOTING: "booting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping", SPARE: "spare"}
+READY_STATES = (IDLE, SPARE, STOPPING)
 
-# Field indexes within a slot, in float64 units.
-PID, STATE, REQUESTS, TICK, REQUEST_START, RETIRE = range(6)
-_FIELDS_PER_SLOT = 8          # 64 bytes of numbers (two spare)
-_NUMBERS_SIZE = _FIELDS_PER_SLOT * 8
+# Values of the RETIRE field: what the worker says about its own --max-requests.
+KEEP, WANTS_SUCCESSOR, EXHAUSTED = 0, 1, 2
+
+# Header fields, in float64 units. SLOT is the place the master gives a spare it activates.
+PID, STATE, TICK, RETIRE, STOP_POOL, SLOT = range(6)
+_HEADER_FIELDS = 8                      # two to spare
+# Per accept thread: busy or not, requests finished, when the request in hand began, last sign of life.
+T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK = range(4)
+_THREAD_FIELDS = 4
 MESSAGE_SIZE = 192
-SLOT_SIZE = _NUMBERS_SIZE + MESSAGE_SIZE
+
+
+class SlotView(NamedTuple):
+    """What the master reads of one slot in one pass."""
+
+    pid: int
+    state: int
+    tick: float              #: the latest sign of life of any thread
+    retire: int              #: KEEP, WANTS_SUCCESSOR or EXHAUSTED
+    stop_pool: bool          #: the worker's server.shutdown() asked for a graceful stop of the pool
+    requests: int            #: finished, over all threads
+    busy_threads: int
+    request_start: float     #: when the oldest request in hand began; 0.0 when none
+
+    @property
+    def ready(self):
+        return self.state in READY_STATES
+
+    @property
+    def state_name(self):
+        if self.state == IDLE and self.busy_threads:
+            return "busy"
+        return STATE_NAMES.get(self.state, "free")
 
 
 class Scoreboard:
-    """Shared memory for ``slots`` workers, numbered 1..slots.
+    """Shared memory for ``slots`` workers of ``threads`` accept threads each; slots numbered 1..slots.
 
     Create it in the master before forking; every child shares the same
-    pages (MAP_SHARED | MAP_ANONYMOUS).
+    pages (MAP_SHARED | MAP_ANONYMOUS). It is never closed explicitly: the
+    mapping goes when the last reference does, so a stats() call racing the
+    master's exit reads valid memory rather than a closed buffer.
     """
 
-    def __init__(self, slots):
-        self.slots = slots
-        self._mmap = mmap.mmap(-1, slots * SLOT_SIZE)
+    def __init__(self, slots, threads=1):
+        self.slots, self.threads = slots, threads
+        self._numbers_per_slot = _HEADER_FIELDS + threads * _THREAD_FIELDS
+        self._slot_size = self._numbers_per_slot * 8 + MESSAGE_SIZE
+        self._mmap = mmap.mmap(-1, slots * self._slot_size)
         self._numbers = memoryview(self._mmap).cast("d")
-
-    def close(self):
-        self._numbers.release()
-        self._mmap.close()
 
     def _base(self, slot):
         if not 1 <= slot <= self.slots:
             raise IndexError(f"scoreboard slot {slot} out of 1..{self.slots}")
-        return (slot - 1) * (SLOT_SIZE // 8)
+        return (slot - 1) * (self._slot_size // 8)
 
     # -- master side -------------------------------------------------------
 
     def reset(self, slot, now):
-        """Prepare a slot for a worker about to be forked."""
+        """Prepare a slot for a worker about to be forked: BOOTING, with a fresh tick."""
         base = self._base(slot)
-        self._numbers[base:base + _FIELDS_PER_SLOT] = memoryview(bytes(_NUMBERS_SIZE)).cast("d")
-        self._numbers[base + STATE] = BOOTING
-        self._numbers[base + TICK] = now
+        numbers = self._numbers
+        for index in range(base, base + self._numbers_per_slot):
+            numbers[index] = 0.0
+        numbers[base + STATE] = BOOTING
+        numbers[base + TICK] = now
         self.write_message(slot, "")
 
-    def read(self, slot, field):
-        return self._numbers[self._base(slot) + field]
+    def view(self, slot):
+        numbers, base = self._numbers, self._base(slot)
+        tick, requests, busy, oldest = numbers[base + TICK], 0, 0, 0.0
+        for thread in range(self.threads):
+            record = base + _HEADER_FIELDS + thread * _THREAD_FIELDS
+            tick = max(tick, numbers[record + T_TICK])
+            requests += int(numbers[record + T_REQUESTS])
+            if numbers[record + T_BUSY]:
+                busy += 1
+                start = numbers[record + T_REQUEST_START]
+                if start and (not oldest or start < oldest):
+                    oldest = start
+        return SlotView(int(numbers[base + PID]), int(numbers[base + STATE]), tick,
+                        int(numbers[base + RETIRE]), bool(numbers[base + STOP_POOL]), requests, busy, oldest)
 
     def message(self, slot):
-        start = (slot - 1) * SLOT_SIZE + _NUMBERS_SIZE
+        start = self._message_start(slot)
         return bytes(self._mmap[start:start + MESSAGE_SIZE]).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def _message_start(self, slot):
+        return self._base(slot) * 8 + self._numbers_per_slot * 8
 
     # -- worker side -------------------------------------------------------
 
     def writer(self, slot):
-        """The hot-path view a worker keeps on its own slot."""
+        """The view a worker's main thread keeps on the header of its own slot."""
         return SlotWriter(self._numbers, self._base(slot))
+
+    def thread_writer(self, slot, thread):
+        """The hot-path view one accept thread keeps on its own record."""
+        if not 0 <= thread < self.threads:
+            raise IndexError(f"thread record {thread} out of 0..{self.threads - 1}")
+        return ThreadWriter(self._numbers, self._base(slot) + _HEADER_FIELDS + thread * _THREAD_FIELDS)
 
     def write_message(self, slot, text):
         data = text.encode("utf-8")[:MESSAGE_SIZE - 1]
-        start = (slot - 1) * SLOT_SIZE + _NUMBERS_SIZE
+        start = self._message_start(slot)
         self._mmap[start:start + MESSAGE_SIZE] = data.ljust(MESSAGE_SIZE, b"\0")
 
 
 class SlotWriter:
-    """One worker's slot. Each method is a few stores into shared memory."""
+    """The header of one worker's slot: state, liveness, retire and stop requests."""
 
     __slots__ = ("_numbers", "_base")
 
@@ -86,17 +141,33 @@ class SlotWriter:
     def set(self, field, value):
         self._numbers[self._base + field] = value
 
-    def begin_request(self, now):
-        numbers, base = self._numbers, self._base
-        numbers[base + REQUEST_START] = now
-        numbers[base + STATE] = BUSY
-
-    def end_request(self, now, requests):
-        numbers, base = self._numbers, self._base
-        numbers[base + REQUESTS] = requests
-        numbers[base + REQUEST_START] = 0.0
-        numbers[base + TICK] = now
-        numbers[base + STATE] = IDLE
+    def get(self, field):
+        return self._numbers[self._base + field]
 
     def tick(self, now):
         self._numbers[self._base + TICK] = now
+
+
+class ThreadWriter:
+    """One accept thread's record. Each method is a few stores into shared memory."""
+
+    __slots__ = ("_numbers", "_base")
+
+    def __init__(self, numbers, base):
+        self._numbers = numbers
+        self._base = base
+
+    def begin_request(self, now):
+        numbers, base = self._numbers, self._base
+        numbers[base + T_REQUEST_START] = now
+        numbers[base + T_BUSY] = 1.0
+
+    def end_request(self, now, requests):
+        numbers, base = self._numbers, self._base
+        numbers[base + T_REQUESTS] = requests
+        numbers[base + T_REQUEST_START] = 0.0
+        numbers[base + T_TICK] = now
+        numbers[base + T_BUSY] = 0.0
+
+    def tick(self, now):
+        self._numbers[self._base + T_TICK] = now

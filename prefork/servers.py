@@ -28,20 +28,22 @@ What prefork adds to socketserver's behaviour:
 
 import functools
 import logging
-import selectors
+import os
 import socket
 import socketserver
 import sys
 import threading
 
+from . import commands
 from .config import Config
+from .inprocess import RequestLoop
 from .listeners import UnixPathOwner
 from .master import Master
 from .policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
-from .worker import handle_one
 
 log = logging.getLogger("prefork")
-_CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+# A client that reset, abandoned or stalled its connection: routine, not a fault of the handler.
+_CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
 class BaseServer(socketserver.BaseServer):
@@ -51,6 +53,8 @@ class BaseServer(socketserver.BaseServer):
 
     - __init__(..., policy=None, config=None)   # keywords, after socketserver's arguments
     - stats() -> dict                            # from any thread while serve_forever() runs
+    - scale(n) / scale("+1") / scale("-1")       # from any thread: resize a pool
+    - reload()                                   # from any thread: replace every worker, one at a time
 
     Methods that may be overridden, besides socketserver's (Prefork policy;
     a hook that raises is logged and the master carries on):
@@ -114,11 +118,12 @@ class BaseServer(socketserver.BaseServer):
     def handle_error(self, request, client_address):
         """Log the exception with its traceback; the worker keeps serving.
 
-        A client that resets or abandons its connection is routine, not a
-        fault of the handler: one debug line, as gunicorn does.
+        A client that resets, abandons or stalls its connection (past the
+        client timeout) is routine, not a fault of the handler: one debug
+        line, as gunicorn does.
         """
         if isinstance(sys.exc_info()[1], _CLIENT_WENT_AWAY):
-            log.debug("client %s went away: %s", client_address, sys.exc_info()[1])
+            log.debug("client %s went away: %s", client_address, sys.exc_info()[1] or "timed out")
             return
         log.error("exception while handling a request from %s", client_address, exc_info=True)
 
@@ -128,6 +133,20 @@ class BaseServer(socketserver.BaseServer):
         if isinstance(runner, Master):
             return runner.stats()
         return {"master": None, "workers": [], "restarts": {}, "boot_failures": 0}
+
+    def scale(self, size):
+        """Resize the running pool: 8 workers, or "+1", "-2". From any thread; returns at once."""
+        self._command(commands.Scale.parse(size, why="scale()"))
+
+    def reload(self):
+        """Replace every worker of the running pool, one at a time (new code, same settings)."""
+        self._command(commands.Reload(why="reload()"))
+
+    def _command(self, command):
+        runner = self._runner
+        if runner is None:
+            raise RuntimeError("no server is running: call serve_forever() first")
+        runner.submit(command)
 
     def heartbeat(self):
         """In a pool worker, refresh the liveness tick; elsewhere nothing to do."""
@@ -171,12 +190,56 @@ class TCPServer(BaseServer, socketserver.TCPServer):
 class UDPServer(TCPServer, socketserver.UDPServer):
     __doc__ = socketserver.UDPServer.__doc__
 
+    _replies = None
+
     def get_request(self):
         # MSG_DONTWAIT: pool workers share the socket, and one that loses the race for a
         # datagram gets EAGAIN instead of blocking. The socket itself stays blocking, as
-        # socketserver's, for handlers that reply on it.
+        # socketserver's; handlers reply through a copy whose sends never wait (ReplySocket).
         data, client_addr = self.socket.recvfrom(self.max_packet_size, socket.MSG_DONTWAIT)
-        return (data, self.socket), client_addr
+        replies = self._replies
+        if replies is None or replies.owner != os.getpid():
+            replies = self._replies = ReplySocket.for_socket(self.socket)
+        return (data, replies), client_addr
+
+    def server_close(self):
+        super().server_close()
+        if self._replies is not None:
+            self._replies.close()
+
+
+class ReplySocket(socket.socket):
+    """A datagram server's socket as its handlers see it: a reply never blocks the worker.
+
+    A client that sends but never reads fills its receive queue; a plain
+    sendto() would then wait for it forever, and so would every client
+    behind it. Here every send goes out with MSG_DONTWAIT, and a reply that
+    finds the queue full is dropped with a debug line, as a datagram may be.
+    It is a dup of the server's socket, made once per process.
+    """
+
+    owner = None
+
+    @classmethod
+    def for_socket(cls, sock):
+        replies = cls(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        replies.owner = os.getpid()
+        return replies
+
+    def sendto(self, data, flags_or_address, address=None):
+        flags, address = (0, flags_or_address) if address is None else (flags_or_address, address)
+        try:
+            return super().sendto(data, flags | socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            log.debug("reply to %s dropped: its receive queue is full", address)
+            return 0
+
+    def sendmsg(self, buffers, ancdata=(), flags=0, address=None):
+        try:
+            return super().sendmsg(buffers, ancdata, flags | socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            log.debug("reply to %s dropped: its receive queue is full", address)
+            return 0
 
 
 class _UnixPathMixIn:
@@ -205,13 +268,30 @@ class UnixDatagramServer(_UnixPathMixIn, UDPServer, socketserver.UnixDatagramSer
 
 # -- mixins: thin ways of choosing a policy ----------------------------------
 
-class ForkingMixIn(socketserver.ForkingMixIn):
+class _PolicyMixIn:
+    """Refuse, at class creation, a ``policy`` the class could not honour.
+
+    ``class S(prefork.ThreadingMixIn, http.server.HTTPServer): policy = ...``
+    has no prefork server class in it, so nothing would ever read the policy.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        is_server = issubclass(cls, socketserver.BaseServer)
+        if isinstance(cls.__dict__.get("policy"), Policy) and is_server and not issubclass(cls, BaseServer):
+            raise TypeError(
+                f"{cls.__name__} sets a policy, but no prefork server class is among its bases, so "
+                f"nothing would read it: put one first, as in class {cls.__name__}(prefork.TCPServer, "
+                f"{', '.join(b.__name__ for b in cls.__bases__ if not issubclass(b, _PolicyMixIn))})")
+
+
+class ForkingMixIn(_PolicyMixIn, socketserver.ForkingMixIn):
     """socketserver.ForkingMixIn, choosing the ForkPerRequest policy."""
 
     policy = ForkPerRequest()
 
 
-class ThreadingMixIn(socketserver.ThreadingMixIn):
+class ThreadingMixIn(_PolicyMixIn, socketserver.ThreadingMixIn):
     """socketserver.ThreadingMixIn, choosing the ThreadPerRequest policy."""
 
     policy = ThreadPerRequest()
@@ -298,58 +378,16 @@ def _class_for(cls, policy):
     return _composed(_MIXIN_FOR.get(want, InlineMixIn), cls)
 
 
-# -- the in-process request loop ------------------------------------------------
-
-class RequestLoop:
-    """serve_forever() for in-process policies, over one server or several at once.
-
-    Waits on every server's socket plus a wake-up socket, so shutdown()
-    returns at once; calls service_actions() of each server every pass (at
-    least every poll_interval), as socketserver does.
-    """
-
-    def __init__(self, servers, poll_interval=0.5):
-        self.servers = servers
-        self.poll_interval = poll_interval
-        self._stopped = False
-        self._wake_r, self._wake_w = socket.socketpair()
-
-    def run(self):
-        poll_interval = self.poll_interval
-        try:
-            with selectors.DefaultSelector() as selector:
-                for server in self.servers:
-                    selector.register(server, selectors.EVENT_READ)
-                selector.register(self._wake_r, selectors.EVENT_READ)
-                while not self._stopped:
-                    ready = selector.select(poll_interval)
-                    for key, _ in ready:
-                        if self._stopped:
-                            break
-                        if key.fileobj is not self._wake_r:
-                            handle_one(key.fileobj)
-                    for server in self.servers:
-                        server.service_actions()
-        finally:
-            self._wake_r.close()
-            self._wake_w.close()
-
-    def stop(self, graceful=True):
-        self._stopped = True
-        for server in self.servers:
-            server.stopping = True
-        try:
-            self._wake_w.send(b"s")
-        except OSError:
-            pass
-
+# -- serving ----------------------------------------------------------------------
 
 def serve_together(servers, poll_interval=0.5, load_handler=None):
     """Serve several servers with the first one's policy until shutdown() is called on any.
 
     With a pooled policy this process becomes the master: it returns after a
-    graceful stop (SIGTERM, shutdown()) or a quick one (SIGINT, SIGQUIT) and
-    raises HaltServer when no worker can boot.
+    graceful stop (SIGTERM, shutdown()) or a quick one (SIGQUIT), raises
+    KeyboardInterrupt after a Ctrl-C (SIGINT) once the pool has stopped, as
+    socketserver's serve_forever() would, and raises HaltServer when no
+    worker can boot.
     """
     first = servers[0]
     if first.policy.pooled:
@@ -364,6 +402,7 @@ def serve_together(servers, poll_interval=0.5, load_handler=None):
         if not any(server._shutdown_requested for server in servers):
             runner.run()
     finally:
+        runner.close()
         for server in servers:
             server._runner = None
             server._shutdown_requested = False

@@ -1,4 +1,4 @@
-"""The child side of the pool: boot, accept loop, graceful stop, heartbeats.
+"""The child side of the pool: boot, accept loop, graceful stop, heartbeats, request cap.
 
 A Worker is created in the master as a small handle (slot, pid, times) that
 touches nothing process-wide. After fork, run_in_child() does everything
@@ -17,9 +17,15 @@ ten. We chose this over
     kernel drops the connections queued on a worker's socket when it dies,
     and we promise that a dying worker loses nothing;
   - select/poll on shared sockets: wakes every idle worker per connection.
-EPOLLEXCLUSIVE wakes waiters in LIFO order, so at low load the most recently
-idle worker takes the next connection (warm caches) rather than a fair
-round-robin; under load every worker is busy and the spread evens out.
+Which waiter EPOLLEXCLUSIVE wakes is not fair, and not LIFO either: each
+epoll sits in the listener's wait queue in the order it was registered, and
+the kernel wakes the first one whose owner is waiting in epoll_wait. So the
+*oldest idle* worker takes the next connection. At low load one worker serves
+nearly everything (measured: 40 sequential connections on a pool of 2, all to
+the older worker), its caches stay warm and the others sleep; under load every
+worker is busy and the spread evens out. For recycling it means the oldest
+worker reaches --max-requests first and its successor, registered last, waits
+behind the others: retirements come one at a time by themselves.
 The listening sockets are non-blocking (set once by the master), so a
 worker that loses a race for a connection gets EAGAIN and waits again.
 """
@@ -33,6 +39,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,6 +48,7 @@ import setproctitle
 
 from . import scoreboard
 from .errors import AppLoadError, WorkerExit
+from .signals import ring
 
 log = logging.getLogger("prefork")
 
@@ -50,12 +58,28 @@ try:
 except OSError:                      # pragma: no cover - not Linux
     _libc = None
 
+# The master activates a spare with this real-time signal: nobody sends one by habit, as they
+# might SIGUSR1 or SIGUSR2 with pkill.
+ACTIVATE_SIGNAL = signal.SIGRTMIN
+# Blocked by the master across fork (see Master.spawn_worker), unblocked here once our handlers
+# are in place, before any user code runs.
+FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
+                        ACTIVATE_SIGNAL}
+# Signals meant for the master, which reach workers too when sent to the process group (Ctrl-C
+# in a terminal, systemd's KillMode). A worker *handles* them by doing nothing, rather than
+# ignoring them: an ignored signal stays ignored across exec, in every program a handler starts.
+_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGWINCH)
+_ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
+_ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
 
 class PoolSetup:
     """What every worker of one pool needs, built once by the master."""
 
     def __init__(self, servers, config, threads, board, doorbell_fd, hooks, load_handler,
-                 poll_interval, master_pid, name):
+                 tick_interval, master_pid, name):
         self.servers = servers
         self.config = config
         self.threads = threads
@@ -63,7 +87,7 @@ class PoolSetup:
         self.doorbell_fd = doorbell_fd      # write end shared by all workers: "look at the scoreboard"
         self.hooks = hooks                  # the object with on_starting, post_fork, ... (the first server)
         self.load_handler = load_handler    # None, or a callable returning the handler class
-        self.poll_interval = poll_interval
+        self.tick_interval = tick_interval  # how often an idle worker heartbeats and checks its master
         self.master_pid = master_pid
         self.name = name
 
@@ -71,14 +95,16 @@ class PoolSetup:
 class Worker:
     """One worker process: a handle in the master, the running code in the child.
 
-    Public attributes (read them in hooks): slot, pid, started_at (wall
-    clock), born (monotonic), generation, spare (booted, waiting to be
-    activated by the master before it accepts).
+    Public attributes (read them in hooks): slot (its place in the pool,
+    1..N; spares above N), pid, started_at (wall clock), born (monotonic),
+    generation (how many reloads the pool had when it was forked), spare
+    (booted, waiting to be activated by the master before it accepts).
     """
 
-    def __init__(self, slot, setup, generation=0, spare=False):
+    def __init__(self, slot, setup, index, generation=0, spare=False):
         self.slot = slot
         self.setup = setup
+        self.index = index            # its scoreboard slot, private to the master and the worker
         self.generation = generation
         self.spare = spare
         self.pid = None
@@ -86,10 +112,11 @@ class Worker:
         self.born = time.monotonic()
         # Bookkeeping of the master: why it is being stopped and when to escalate.
         self.ready = False
-        self.retire_reason = None     # set when the master decided to replace it
         self.stop_reason = None       # set when the master signalled it to go
+        self.stop_signal = None
         self.kill_at = None           # monotonic time for SIGKILL if still alive
         self.pidfd = None
+        self.reaped = False
         self.sample = None            # latest monitor.Sample
         self.sampled_requests, self.sampled_at = None, 0.0
 
@@ -104,7 +131,7 @@ class Worker:
         try:
             close_master_fds()
             code = _ChildProcess(self).run()
-        except SystemExit as exc:     # quick stop (SIGINT/SIGQUIT) or sys.exit in a handler
+        except SystemExit as exc:     # quick stop (SIGQUIT) or sys.exit in a handler
             code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
         except BaseException:
             log.exception("worker %s crashed", self.slot)
@@ -116,34 +143,51 @@ class Worker:
                 os._exit(code)
 
 
+def successor_threshold(max_requests):
+    """After how many requests a worker asks for its successor, ahead of its cap.
+
+    A tenth of the cap early (at least one request, at most a hundred), so
+    the successor has booted by the time the cap is reached; never before the
+    first request, or an idle pool would replace itself forever.
+    """
+    if not max_requests:
+        return 0
+    return max(1, max_requests - min(100, max(1, max_requests // 10)))
+
+
 class _ChildProcess:
     """Everything a worker does once forked; lives only in the child."""
 
     def __init__(self, worker):
         self.worker = worker
         self.setup = setup = worker.setup
-        self.slot = setup.board.writer(worker.slot)
+        self.header = setup.board.writer(worker.index)
         self.stopping = False
         self.stop_r, self.stop_w = os.pipe()       # never drained: once written, every loop sees it
-        self.requests = itertools.count(1)         # next() is atomic under the GIL, for accept threads
+        self.activate_r = self.activate_w = None
+        self.started = itertools.count(1)          # next() is atomic under the GIL, for accept threads
+        self.accepted = 0
         self.max_requests = _jittered(setup.config.max_requests, setup.config.max_requests_jitter)
-        self.retire_asked = False
+        self.soft_limit = successor_threshold(self.max_requests)
+        self.exhausted = False
         self.crashed = False
 
     def run(self):
         self.worker.pid = os.getpid()
         self._set_up_process()
         code = self._boot()
-        if code != WorkerExit.OK:
+        if code != WorkerExit.OK or self.stopping:
             return code
-        if self.worker.spare:
-            self._wait_until_activated()
+        if self.worker.spare and not self._wait_until_activated():
+            return WorkerExit.OK
         if self.setup.threads == 1:
-            self._accept_loop()
+            self._accept_loop(0)
         else:
             self._run_threads()
-        self.slot.set(scoreboard.STATE, scoreboard.STOPPING)
-        return WorkerExit.CRASH if self.crashed else WorkerExit.OK
+        self.header.set(scoreboard.STATE, scoreboard.STOPPING)
+        if self.crashed:
+            return WorkerExit.CRASH
+        return WorkerExit.RECYCLE if self.exhausted else WorkerExit.OK
 
     # -- process set-up ----------------------------------------------------
 
@@ -151,28 +195,27 @@ class _ChildProcess:
         setup = self.setup
         signal.set_wakeup_fd(-1)                      # the master's, inherited
         signal.signal(signal.SIGTERM, self._on_graceful_stop)
-        signal.signal(signal.SIGINT, _on_quick_stop)
         signal.signal(signal.SIGQUIT, _on_quick_stop)
-        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
-            signal.signal(signum, signal.SIG_IGN)     # meant for the master; SIGUSR1 activates a spare
-        if self.worker.spare:                         # received by sigtimedwait, see _wait_until_activated
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SPARE_SIGNALS)
+        for signum in _MASTERS_SIGNALS:
+            signal.signal(signum, _do_nothing)
+        if self.worker.spare:
+            self.activate_r, self.activate_w = os.pipe()
+        signal.signal(ACTIVATE_SIGNAL, self._on_activate if self.worker.spare else _do_nothing)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGCONT, signal.SIG_DFL)     # the master's handler, inherited
         # SIGABRT is the master's "you are hung" signal: dump every thread's stack, then die.
         faulthandler.enable(file=sys.stderr, all_threads=True)
         self._watch_master()
         self._set_title()
-        self.slot.set(scoreboard.PID, self.worker.pid)
+        self.header.set(scoreboard.PID, self.worker.pid)
         for server in setup.servers:
             server.stopping = False
             server.heartbeat = self._heartbeat
             server.shutdown = self._ask_master_to_stop
+            server.stats = self._stats
             server._runner = None                     # the master's, copied by fork: not ours to drive
         # The master kept these blocked across fork; with our handlers in place, let them in.
-        # A spare keeps SIGUSR1 and SIGTERM blocked: it takes them with sigtimedwait.
-        pending = FORK_BLOCKED_SIGNALS - (_SPARE_SIGNALS if self.worker.spare else set())
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, pending)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
 
     def _watch_master(self):
         """Ask the kernel for SIGTERM when the master dies (PR_SET_PDEATHSIG), and check it is alive.
@@ -204,38 +247,38 @@ class _ChildProcess:
                 message, code = str(exc), WorkerExit.APP_LOAD_ERROR
             else:
                 message, code = f"{step} raised {type(exc).__name__}: {exc}", WorkerExit.BOOT_ERROR
-            setup.board.write_message(self.worker.slot, message)
+            setup.board.write_message(self.worker.index, message)
             log.debug("worker %s failed to boot", self.worker.slot, exc_info=True)
             return code
         if self.stopping:
             return WorkerExit.OK
         self._watch_master()
-        self.slot.end_request(time.monotonic(), 0)    # IDLE, with a fresh tick
-        if self.worker.spare:
-            self.slot.set(scoreboard.STATE, scoreboard.SPARE)
+        self.header.tick(time.monotonic())
+        self.header.set(scoreboard.STATE, scoreboard.SPARE if self.worker.spare else scoreboard.IDLE)
         self._ring_master()
         return WorkerExit.OK
 
     def _wait_until_activated(self):
-        """A spare: booted and heartbeating, not accepting, until the master's SIGUSR1.
+        """A spare: booted and heartbeating, not accepting, until the master's ACTIVATE_SIGNAL.
 
-        The signal is blocked and taken with sigtimedwait, so it cannot be
-        lost between checks; SIGTERM (a stop, or the master's death) is taken
-        the same way while we wait.
+        The signal's handler writes to a pipe we wait on, so an activation
+        cannot be lost between two checks. Returns False if told to stop instead.
         """
-        while True:
-            received = signal.sigtimedwait(_SPARE_SIGNALS, self.setup.poll_interval)
-            if received is not None:
-                break
-            self.slot.tick(time.monotonic())
-            self._check_master()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SPARE_SIGNALS)
-        if received.si_signo == signal.SIGTERM:
-            self._on_graceful_stop(signal.SIGTERM, None)
-            return
+        with select.epoll() as poller:
+            poller.register(self.activate_r, select.EPOLLIN)
+            poller.register(self.stop_r, select.EPOLLIN)
+            while not self.stopping and not poller.poll(self.setup.tick_interval):
+                self.header.tick(time.monotonic())
+                self._check_master()
+        if self.stopping:
+            return False
         self.worker.spare = False
+        self.worker.slot = int(self.header.get(scoreboard.SLOT)) or self.worker.slot
         self._set_title()
-        self.slot.end_request(time.monotonic(), 0)    # IDLE: serving from now on
+        self.header.tick(time.monotonic())
+        self.header.set(scoreboard.STATE, scoreboard.IDLE)      # serving from now on
+        self._ring_master()
+        return True
 
     # -- signals -----------------------------------------------------------
 
@@ -243,19 +286,27 @@ class _ChildProcess:
         """Stop accepting; the request in hand finishes. Runs in the main thread."""
         if self.stopping:
             return
-        self.stopping = True
-        for server in self.setup.servers:
-            server.stopping = True
-        os.write(self.stop_w, b"x")
+        self._stop_accepting()
         if os.getppid() != self.setup.master_pid:
             # Nobody is left to enforce the graceful timeout: do it ourselves.
             signal.alarm(max(1, int(self.setup.config.graceful_timeout + 0.5)))
 
+    def _on_activate(self, signum, frame):
+        os.write(self.activate_w, b"a")
+
+    def _stop_accepting(self):
+        self.stopping = True
+        for server in self.setup.servers:
+            server.stopping = True
+        os.write(self.stop_w, b"x")
+
     # -- serving -----------------------------------------------------------
 
-    def _accept_loop(self):
-        """Wait on every listener, take one request at a time, until stopped."""
-        servers, slot, poll_interval = self.setup.servers, self.slot, self.setup.poll_interval
+    def _accept_loop(self, thread):
+        """Wait on every listener, take one request at a time, until stopped or at the request cap."""
+        servers, tick_interval = self.setup.servers, self.setup.tick_interval
+        record = self.setup.board.thread_writer(self.worker.index, thread)
+        request = _Request(record, self.setup.config.client_timeout, self._accepted)
         by_fd = {server.fileno(): server for server in servers}
         monotonic = time.monotonic
         with select.epoll() as poller:
@@ -263,44 +314,53 @@ class _ChildProcess:
                 poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             poller.register(self.stop_r, select.EPOLLIN)
             while not self.stopping:
-                events = poller.poll(poll_interval)
+                events = poller.poll(tick_interval)
                 if not events:
-                    slot.tick(monotonic())
+                    record.tick(monotonic())
                     self._check_master()
                 for fd, _ in events:
                     # Even when stopping, serve what this batch holds: with EPOLLEXCLUSIVE the
                     # kernel may have woken only us for it, and nobody else would look soon.
+                    # At the request cap, though, not one more.
                     server = by_fd.get(fd)
-                    if server is not None and handle_one(server, slot):
-                        self._count_request()
+                    if server is not None and not self.exhausted:
+                        handle_one(server, request)
                 for server in servers:
                     server.service_actions()
 
-    def _count_request(self):
-        requests = next(self.requests)
-        self.slot.end_request(time.monotonic(), requests)
-        if self.max_requests and requests >= self.max_requests and not self.retire_asked:
-            self.retire_asked = True
-            self.slot.set(scoreboard.RETIRE, 1)
+    def _accepted(self):
+        """A request was accepted (in any thread): count it against --max-requests."""
+        count = next(self.started)
+        if not self.max_requests:
+            return
+        if count >= self.soft_limit and count < self.max_requests and not self.header.get(scoreboard.RETIRE):
+            self.header.set(scoreboard.RETIRE, scoreboard.WANTS_SUCCESSOR)
             self._ring_master()
+        if count >= self.max_requests and not self.exhausted:
+            self.exhausted = True
+            self.header.set(scoreboard.RETIRE, scoreboard.EXHAUSTED)
+            self._ring_master()
+            if not self.stopping:
+                self._stop_accepting()
 
     def _run_threads(self):
         """threads > 1: accept threads serve; the main thread waits for a stop and watches the master."""
-        threads = [threading.Thread(target=self._thread_main, name=f"accept-{n}", daemon=True)
+        threads = [threading.Thread(target=self._thread_main, args=(n,), name=f"accept-{n}", daemon=True)
                    for n in range(self.setup.threads)]
         for thread in threads:
             thread.start()
         with select.epoll() as poller:
             poller.register(self.stop_r, select.EPOLLIN)
             while not self.stopping:
-                if not poller.poll(self.setup.poll_interval):
+                if not poller.poll(self.setup.tick_interval):
+                    self.header.tick(time.monotonic())
                     self._check_master()
         for thread in threads:
             thread.join()
 
-    def _thread_main(self):
+    def _thread_main(self, thread):
         try:
-            self._accept_loop()
+            self._accept_loop(thread)
         except BaseException:
             log.exception("worker %s: accept thread crashed", self.worker.slot)
             self.crashed = True
@@ -317,63 +377,124 @@ class _ChildProcess:
 
     def _heartbeat(self):
         """server.heartbeat(): a long-lived handler says it is alive, not hung."""
-        self.slot.tick(time.monotonic())
+        self.header.tick(time.monotonic())
 
     def _ask_master_to_stop(self):
         """server.shutdown() in a worker: ask the master for a graceful stop of the whole pool.
 
         It returns at once: waiting here would wait for our own stop, which
-        comes only after the request in hand, the one calling us.
+        comes only after the request in hand, the one calling us. The request
+        is a flag in our scoreboard slot; the doorbell only wakes the master.
         """
-        self._ring_master(STOP_BYTE)
+        self.header.set(scoreboard.STOP_POOL, 1)
+        self._ring_master()
 
-    def _ring_master(self, message=b"w"):
-        try:
-            os.write(self.setup.doorbell_fd, message)
-        except OSError:        # full (the master will look anyway) or the master is gone
-            pass
+    def _stats(self):
+        """server.stats() in a worker: what a worker knows, which is its own slot."""
+        view = self.setup.board.view(self.worker.index)
+        return {
+            "master": {"pid": self.setup.master_pid, "name": self.setup.name},
+            "worker": {"slot": self.worker.slot, "pid": os.getpid(), "generation": self.worker.generation,
+                       "state": view.state_name, "requests": view.requests, "busy_threads": view.busy_threads,
+                       "started_at": self.worker.started_at},
+            "workers": [], "restarts": {}, "boot_failures": 0,
+        }
+
+    def _ring_master(self):
+        ring(self.setup.doorbell_fd)
 
 
-def handle_one(server, slot=None):
+class _Request:
+    """What handle_one needs from one accept thread of a pool worker."""
+
+    __slots__ = ("record", "client_timeout", "accepted", "finished")
+
+    def __init__(self, record, client_timeout, accepted):
+        self.record = record
+        self.client_timeout = client_timeout or None
+        self.accepted = accepted        # counts the request against --max-requests
+        self.finished = 0               # requests this thread has finished
+
+    def done(self):
+        self.finished += 1
+        self.record.end_request(time.monotonic(), self.finished)
+
+
+def handle_one(server, pool=None):
     """Take one request from server's socket and handle it, as socketserver does.
 
-    The same steps and hooks as socketserver's _handle_request_noblock, plus
-    the scoreboard's busy mark once a request is really in hand. Returns
-    False when there was nothing to take (another worker won the race).
+    The same steps and hooks as socketserver's _handle_request_noblock. In a
+    pool worker (pool is its _Request) also: count the request, mark the
+    thread busy on the scoreboard, give a stream request the client timeout,
+    and drop a connection that a deferred accept let through with no data
+    (its client stayed silent for the whole client timeout). Returns False
+    when there was nothing to take (another worker won the race).
     """
     try:
         request, client_address = server.get_request()
     except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            log.warning("cannot accept on %s: %s; pausing 0.1 s", server.server_address, exc.strerror)
-            time.sleep(0.1)
+        _accept_failed(server, exc, fatal=pool is not None)
         return False
-    if slot is not None:
-        slot.begin_request(time.monotonic())
-    if server.verify_request(request, client_address):
-        try:
-            server.process_request(request, client_address)
-        except Exception:
-            server.handle_error(request, client_address)
+    if pool is not None:
+        pool.accepted()
+        if isinstance(request, socket.socket):
+            if getattr(server, "defers_accept", False) and not _has_data(request):
+                log.debug("client %s sent nothing within the client timeout; closing", client_address)
+                server.shutdown_request(request)
+                pool.done()
+                return True
+            if pool.client_timeout:
+                request.settimeout(pool.client_timeout)
+        pool.record.begin_request(time.monotonic())
+    try:
+        if server.verify_request(request, client_address):
+            try:
+                server.process_request(request, client_address)
+            except Exception:
+                server.handle_error(request, client_address)
+                server.shutdown_request(request)
+            except BaseException:
+                server.shutdown_request(request)
+                raise
+        else:
             server.shutdown_request(request)
-        except BaseException:
-            server.shutdown_request(request)
-            raise
-    else:
-        server.shutdown_request(request)
+    finally:
+        if pool is not None:
+            pool.done()
     return True
 
 
-_SPARE_SIGNALS = {signal.SIGUSR1, signal.SIGTERM}
-# Blocked by the master across fork (see Master.spawn_worker); unblocked here once handled.
-FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD}
-STOP_BYTE = b"S"           # through the doorbell: "stop the pool" (signal numbers written there are < 65)
+def _accept_failed(server, exc, fatal):
+    """A failed accept: a lost race is routine, running out of fds is a pause, anything else is
+    fatal to a pool worker (an in-process loop returns, as socketserver's does)."""
+    if exc.errno in _ACCEPT_AGAIN or isinstance(exc, TimeoutError):
+        return
+    if exc.errno in _ACCEPT_PAUSE:
+        log.warning("cannot accept on %s: %s; pausing 0.1 s", server.server_address, exc.strerror)
+        time.sleep(0.1)
+        return
+    if not fatal:
+        return
+    # EBADF, EINVAL, ENOTSOCK: the listener itself is broken (closed by a handler, say). Looping
+    # on it would spin silently; stop this worker instead, so that the master replaces it with
+    # one holding a good copy of the socket.
+    raise RuntimeError(f"cannot accept on {server.server_address}: {exc}") from exc
+
+
+def _has_data(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:            # nothing yet (EAGAIN), or reset
+        return False
 
 
 def _on_quick_stop(signum, frame):
-    """SIGINT / SIGQUIT: leave now, abandoning the request in hand."""
+    """SIGQUIT: leave now, abandoning the request in hand."""
     raise SystemExit(WorkerExit.OK)
+
+
+def _do_nothing(signum, frame):
+    """A signal meant for the master: the master tells its workers what to do."""
 
 
 def _jittered(limit, jitter):

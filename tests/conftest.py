@@ -108,6 +108,16 @@ def ready_workers(server):
 
 # -- servers run as `prefork serve` subprocesses -------------------------------
 
+def parse_logged_address(text):
+    """127.0.0.1:8000, [::1]:8000, udp://..., unix:PATH or unix-dgram:PATH as the test clients want it."""
+    for prefix in ("unix-dgram:", "unix:"):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    text = text[len("udp://"):] if text.startswith("udp://") else text
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class ServerProcess:
     """`python -m prefork serve ...` in its own session, with its log in a file.
 
@@ -146,16 +156,9 @@ class ServerProcess:
         return False
 
     def addresses(self):
-        """The bound addresses, as the master logged them: [(kind, address), ...]."""
+        """The bound addresses, as the master logged them: a path, or (host, port), for each."""
         line = self.wait_log(r"listening on") and self.ADDRESS_LINE.search(self.log()).group(1)
-        result = []
-        for text in line.split(", "):
-            if text.startswith("unix:"):
-                result.append(text[5:])
-            else:
-                host, _, port = text.rpartition(":")
-                result.append((host.strip("[]"), int(port)))
-        return result
+        return [parse_logged_address(text) for text in line.split(", ")]
 
     def workers(self):
         try:

@@ -16,21 +16,27 @@ def test_defaults_are_valid_and_frozen():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("graceful_timeout", -1, "--graceful-timeout must be at least 0, got -1"),
-    ("worker_timeout", "10", "--timeout must be a number"),
-    ("max_requests", 1.5, "--max-requests must be a whole number"),
-    ("max_requests", True, "--max-requests must be a number"),
-    ("max_boot_failures", 0, "--max-boot-failures must be at least 1"),
-    ("monitor_interval", 0, "--monitor-interval must be greater than 0"),
-    ("monitor_interval", float("inf"), "--monitor-interval must be a finite number"),
-    ("worker_timeout", float("nan"), "--timeout must be a finite number"),
-    ("spare_workers", 2000, "--spare-workers must be between 0 and 1024"),
-    ("preload", 1, "--preload must be true or false"),
+    ("graceful_timeout", -1, "graceful_timeout must be at least 0, got -1"),
+    ("worker_timeout", -1, "worker_timeout must be at least 0, got -1"),
+    ("worker_timeout", "10", "worker_timeout must be a number"),
+    ("max_requests", 1.5, "max_requests must be a whole number"),
+    ("max_requests", True, "max_requests must be a number"),
+    ("max_boot_failures", 0, "max_boot_failures must be at least 1"),
+    ("monitor_interval", 0, "monitor_interval must be greater than 0"),
+    ("monitor_interval", float("inf"), "monitor_interval must be a finite number"),
+    ("worker_timeout", float("nan"), "worker_timeout must be a finite number"),
+    ("spare_workers", 2000, "spare_workers must be between 0 and 1024"),
+    ("client_timeout", -2, "client_timeout must be at least 0"),
+    ("preload", 1, "preload must be true or false"),
+    ("defer_accept", "no", "defer_accept must be true or false"),
 ])
-def test_bad_values_name_the_flag(field, value, message):
+def test_bad_values_name_the_api_field(field, value, message):
+    """The API names its own field; the CLI names the flag (tests/integration/test_cli_serve.py)."""
     with pytest.raises(ConfigError) as info:
         Config(**{field: value})
-    assert message in str(info.value)
+    assert str(info.value).startswith(message)
+    assert info.value.setting == field
+    assert str(info.value.named("--flag")).startswith("--flag " + message.split(" ", 1)[1])
 
 
 def test_replace_validates():

@@ -7,36 +7,48 @@ from prefork.scoreboard import MESSAGE_SIZE, Scoreboard
 
 
 def test_a_forked_child_writes_what_the_parent_reads():
-    board = Scoreboard(4)
+    board = Scoreboard(4, threads=2)
     board.reset(3, now=1.0)
     pid = os.fork()
     if pid == 0:
-        slot = board.writer(3)
-        slot.set(scoreboard.PID, os.getpid())
-        slot.begin_request(5.0)
-        slot.end_request(6.0, requests=41)
+        header = board.writer(3)
+        header.set(scoreboard.PID, os.getpid())
+        header.set(scoreboard.STATE, scoreboard.IDLE)
+        first, second = board.thread_writer(3, 0), board.thread_writer(3, 1)
+        first.begin_request(5.0)
+        first.end_request(6.0, requests=41)
+        second.end_request(6.5, requests=2)
+        second.begin_request(7.0)
         board.write_message(3, "boot failed: ünïcode")
         os._exit(0)
     os.waitpid(pid, 0)
-    assert board.read(3, scoreboard.PID) == pid
-    assert board.read(3, scoreboard.STATE) == scoreboard.IDLE
-    assert board.read(3, scoreboard.REQUESTS) == 41
-    assert (board.read(3, scoreboard.TICK), board.read(3, scoreboard.REQUEST_START)) == (6.0, 0.0)
+    view = board.view(3)
+    assert view.pid == pid and view.state == scoreboard.IDLE and view.ready
+    assert view.requests == 43 and view.busy_threads == 1 and view.state_name == "busy"
+    assert view.tick == 6.5 and view.request_start == 7.0
     assert board.message(3) == "boot failed: ünïcode"
-    assert board.read(2, scoreboard.STATE) == scoreboard.FREE
-    board.close()
+    assert board.view(2).state_name == "free"
+
+
+def test_request_start_is_that_of_the_oldest_request_in_hand():
+    board = Scoreboard(1, threads=3)
+    for thread, start in ((0, 9.0), (1, 4.0), (2, 6.0)):
+        board.thread_writer(1, thread).begin_request(start)
+    board.thread_writer(1, 1).end_request(10.0, 1)
+    view = board.view(1)
+    assert view.busy_threads == 2 and view.request_start == 6.0 and view.requests == 1
 
 
 def test_reset_clears_a_slot_for_the_next_worker():
     board = Scoreboard(2)
-    slot = board.writer(1)
-    slot.begin_request(3.0)
+    board.thread_writer(1, 0).begin_request(3.0)
+    board.writer(1).set(scoreboard.RETIRE, scoreboard.EXHAUSTED)
     board.write_message(1, "old")
     board.reset(1, now=9.0)
-    assert board.read(1, scoreboard.STATE) == scoreboard.BOOTING
-    assert board.read(1, scoreboard.TICK) == 9.0 and board.read(1, scoreboard.REQUEST_START) == 0.0
-    assert board.message(1) == ""
-    board.close()
+    view = board.view(1)
+    assert view.state == scoreboard.BOOTING and not view.ready
+    assert view.tick == 9.0 and view.request_start == 0.0 and view.busy_threads == 0
+    assert view.retire == scoreboard.KEEP and board.message(1) == ""
 
 
 def test_long_messages_are_cut_to_fit_and_slots_are_checked():
@@ -44,5 +56,6 @@ def test_long_messages_are_cut_to_fit_and_slots_are_checked():
     board.write_message(1, "x" * 1000)
     assert board.message(1) == "x" * (MESSAGE_SIZE - 1)
     with pytest.raises(IndexError):
-        board.read(2, scoreboard.STATE)
-    board.close()
+        board.view(2)
+    with pytest.raises(IndexError):
+        board.thread_writer(1, 1)

@@ -152,13 +152,19 @@ API_SCRIPT = textwrap.dedent("""
 
     with prefork.TCPServer(("127.0.0.1", 0), Sleepy, policy=prefork.Prefork(workers=2)) as server:
         print(server.server_address[1], flush=True)
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt, workers left:", server.stats()["workers"], flush=True)
+            raise SystemExit(0)
     print("serve_forever returned", flush=True)
 """)
 
 
 @pytest.mark.parametrize("signum, finishes", [(signal.SIGTERM, True), (signal.SIGINT, False)])
 def test_signals_reach_a_master_run_from_the_api(signum, finishes):
+    """SIGTERM: a graceful stop, serve_forever() returns. SIGINT (Ctrl-C): a quick stop, then
+    KeyboardInterrupt, as socketserver's serve_forever() raises it, with no worker left."""
     script = API_SCRIPT.format(tests=os.path.join(REPO, "tests"))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -175,7 +181,8 @@ def test_signals_reach_a_master_run_from_the_api(signum, finishes):
                              for c in psutil.Process(pid).net_connections()))
         os.kill(proc.pid, signum)
         assert proc.wait(10) == 0
-        assert proc.stdout.read() == "serve_forever returned\n"
+        expected = "serve_forever returned\n" if finishes else "KeyboardInterrupt, workers left: []\n"
+        assert proc.stdout.read() == expected
         client.join(5)
         assert result[0].startswith(b"done") if finishes else result[0] == b""
         assert all(process_gone(pid) for pid in workers)

@@ -1,0 +1,126 @@
+"""Named commands: what a signal, an API call or a control request asks of a running server.
+
+One table for all three. A signal is looked up in SIGNAL_COMMANDS; an API
+call (``server.scale(4)``) builds the same object; the control socket parses
+one from a request by name (COMMANDS). The loop that owns the pool runs
+``command.run(target)``, where target is the master of a pool or the request
+loop of an in-process policy; the command's docstring is its user help.
+
+A target provides: begin_stop(graceful, why, interrupt), begin_reload(why),
+set_size(size, relative, why), reopen_logs(why), resume(why) and ignore(why). A target that cannot do something (a serial server asked to
+reload) says so in its log: every command has a defined meaning everywhere.
+"""
+
+import signal
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: ClassVar[str] = ""
+    why: str = ""
+
+    def run(self, target):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    """Stop: stop accepting, let the requests in hand finish (up to the graceful timeout), exit.
+    quick: stop at once, abandoning requests in hand."""
+
+    name: ClassVar[str] = "stop"
+    quick: bool = False
+    interrupt: bool = False      #: a Ctrl-C: serve_forever() raises KeyboardInterrupt once stopped
+
+    def run(self, target):
+        return target.begin_stop(graceful=not self.quick, why=self.why or self.name, interrupt=self.interrupt)
+
+
+@dataclass(frozen=True)
+class Reload(Command):
+    """Reload: replace every worker, one at a time, each successor ready before its predecessor stops."""
+
+    name: ClassVar[str] = "reload"
+
+    def run(self, target):
+        return target.begin_reload(why=self.why or self.name)
+
+
+@dataclass(frozen=True)
+class Scale(Command):
+    """Scale: set the number of workers to N, or change it by +N / -N (never below one)."""
+
+    name: ClassVar[str] = "scale"
+    size: int = 0
+    relative: bool = False
+
+    def run(self, target):
+        return target.set_size(self.size, self.relative, why=self.why or self.name)
+
+    @classmethod
+    def parse(cls, text, why=""):
+        """'8', '+1' or '-2' as a Scale command, or ConfigError."""
+        text = str(text).strip()
+        relative = text[:1] in ("+", "-")
+        digits = text[1:] if relative else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise ConfigError(f"scale wants N, +N or -N, got {text!r}")
+        size = int(digits) * (-1 if text.startswith("-") else 1)
+        if not relative and size < 1:
+            raise ConfigError(f"scale wants at least 1 worker, got {size}")
+        return cls(why=why, size=size, relative=relative)
+
+
+@dataclass(frozen=True)
+class ReopenLogs(Command):
+    """Reopen logs: reopen the log file (after logrotate moved it), in the master and every worker."""
+
+    name: ClassVar[str] = "reopen-logs"
+
+    def run(self, target):
+        return target.reopen_logs(why=self.why or self.name)
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    """After SIGCONT: the master may have been stopped; give every worker a fresh timeout."""
+
+    name: ClassVar[str] = "resume"
+
+    def run(self, target):
+        return target.resume(why=self.why or self.name)
+
+
+@dataclass(frozen=True)
+class Ignore(Command):
+    """A signal with no meaning here: logged and otherwise ignored, so that habit cannot kill the server."""
+
+    name: ClassVar[str] = "ignore"
+
+    def run(self, target):
+        return target.ignore(why=self.why)
+
+
+# What each signal means to a running server (the README's table says the same).
+SIGNAL_COMMANDS = {
+    signal.SIGTERM: Stop(why="SIGTERM"),
+    signal.SIGINT: Stop(why="SIGINT", quick=True, interrupt=True),
+    signal.SIGQUIT: Stop(why="SIGQUIT", quick=True),
+    signal.SIGHUP: Reload(why="SIGHUP"),
+    signal.SIGTTIN: Scale(why="SIGTTIN", size=1, relative=True),
+    signal.SIGTTOU: Scale(why="SIGTTOU", size=-1, relative=True),
+    signal.SIGUSR1: ReopenLogs(why="SIGUSR1"),
+    signal.SIGUSR2: Ignore(why="SIGUSR2"),
+    signal.SIGWINCH: Ignore(why="SIGWINCH"),
+    signal.SIGCONT: Resume(why="SIGCONT"),
+}
+
+COMMANDS = {cls.name: cls for cls in (Stop, Reload, Scale, ReopenLogs)}
+
+
+def for_signal(signum):
+    return SIGNAL_COMMANDS.get(signum) or Ignore(why=f"signal {signum}")

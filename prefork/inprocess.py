@@ -1,0 +1,118 @@
+"""serve_forever() for the in-process policies: Serial, ForkPerRequest, ThreadPerRequest.
+
+One loop over one server or several at once. It waits on every server's
+socket plus the doorbell (signals.py), so shutdown() returns at once, and
+calls each server's service_actions() every pass (at least every
+poll_interval), as socketserver does.
+
+Run from the main thread it handles the signals a pool's master handles, each
+with a meaning that fits a single process (the README's signal table):
+SIGTERM stops after the request in hand, SIGQUIT stops at once, SIGINT stays
+Python's KeyboardInterrupt (socketserver's behaviour), SIGUSR1 reopens logs,
+and SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2 and SIGWINCH are logged and ignored,
+since there are no workers to reload or resize. Processes forked per request
+get the default handlers back, so a signal to the process group still stops
+them as it would under socketserver.
+"""
+
+import logging
+import os
+import selectors
+import signal
+
+import setproctitle
+
+from . import commands
+from .listeners import describe_socket
+from .signals import Doorbell, SignalInbox
+from .worker import handle_one
+
+log = logging.getLogger("prefork")
+
+# SIGINT is not among them: it stays Python's KeyboardInterrupt, as under socketserver.
+LOOP_SIGNALS = tuple(signum for signum in commands.SIGNAL_COMMANDS if signum != signal.SIGINT)
+
+
+class RequestLoop:
+    """Serves ``servers`` in this process, with the first one's policy, until stopped."""
+
+    def __init__(self, servers, poll_interval=0.5):
+        self.servers = servers
+        self.poll_interval = poll_interval
+        self.stopped = False
+        self.doorbell = Doorbell()
+        self.inbox = SignalInbox(self.doorbell)
+        first = servers[0]
+        self.name = first.config.name or getattr(first.RequestHandlerClass, "__qualname__", type(first).__name__)
+
+    def run(self):
+        old_title = setproctitle.getproctitle()
+        setproctitle.setproctitle(f"prefork: server [{self.name}]")
+        self.inbox.install(LOOP_SIGNALS, reset_in_children=True)
+        log.info("server %s starting: %s, policy %s, listening on %s", os.getpid(), self.name,
+                 self.servers[0].policy.name, ", ".join(describe_socket(s.socket) for s in self.servers))
+        try:
+            self._serve()
+        finally:
+            self.inbox.restore()
+            setproctitle.setproctitle(old_title)
+            log.info("server %s stopped", os.getpid())
+
+    def _serve(self):
+        poll_interval, reader = self.poll_interval, self.doorbell.reader
+        with selectors.DefaultSelector() as selector:
+            for server in self.servers:
+                selector.register(server, selectors.EVENT_READ)
+            selector.register(reader, selectors.EVENT_READ)
+            while not self.stopped:
+                ready = selector.select(poll_interval)
+                self.doorbell.drain()
+                for item in self.inbox.take():
+                    command = commands.for_signal(item) if isinstance(item, int) else item
+                    command.run(self)
+                for key, _ in ready:
+                    if self.stopped:
+                        break
+                    if key.fileobj is not reader:
+                        handle_one(key.fileobj)
+                for server in self.servers:
+                    server.service_actions()
+
+    def close(self):
+        self.doorbell.close()
+
+    def stop(self, graceful=True):
+        """From any thread: stop after the request in hand."""
+        self.submit(commands.Stop(why="shutdown()", quick=not graceful))
+
+    def submit(self, command):
+        self.inbox.post(command)
+
+    # -- what commands mean in a single process ------------------------------------
+
+    def begin_stop(self, graceful, why, interrupt=False):
+        if interrupt:
+            raise KeyboardInterrupt
+        if not self.stopped:
+            log.info("server %s: %s stop (%s)", os.getpid(), "graceful" if graceful else "quick", why)
+        self.stopped = True
+        for server in self.servers:
+            server.stopping = True
+
+    def begin_reload(self, why):
+        self._no_workers(why, "reload")
+
+    def set_size(self, size, relative, why):
+        self._no_workers(why, "resize")
+
+    def reopen_logs(self, why):
+        log.info("%s: no log file to reopen (logging goes to stderr)", why)
+
+    def resume(self, why):
+        log.debug("%s", why)
+
+    def ignore(self, why):
+        log.info("%s ignored: it has no meaning to the server", why)
+
+    def _no_workers(self, why, what):
+        log.info("%s ignored: policy %s has no workers to %s", why, self.servers[0].policy.name, what)

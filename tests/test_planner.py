@@ -1,0 +1,273 @@
+"""The master's decisions as tables of situations: planner.plan() over snapshots, no processes."""
+
+import random
+from dataclasses import replace
+import signal
+
+import pytest
+
+from prefork import Config, Prefork
+from prefork.planner import (
+    KILL_GRACE, SPARE_REFILL_DELAY, Activate, Halt, Kill, Retire, Snapshot, Spawn, Stop, WorkerView,
+    next_deadline, plan,
+)
+from prefork.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
+
+NOW = 1000.0
+CONFIG = Config(graceful_timeout=30, worker_timeout=30, boot_timeout=20, max_worker_memory=100,
+                min_worker_lifetime=10)
+MB = 2**20
+
+
+def worker(pid, slot=None, **fields):
+    values = dict(pid=pid, slot=slot if slot is not None else pid, born=NOW - 100, ready=True, last_seen=NOW - 1)
+    values.update(fields)
+    return WorkerView(**values)
+
+
+def pool(*workers, size=2, **fields):
+    fields.setdefault("ever_ready", True)
+    return Snapshot(workers=tuple(workers), policy=Prefork(workers=size), **fields)
+
+
+def actions(snapshot, config=CONFIG, now=NOW):
+    return list(plan(snapshot, config, now).actions)
+
+
+# -- filling the pool ---------------------------------------------------------------
+
+@pytest.mark.parametrize("situation, snapshot, expected", [
+    ("an empty pool is filled at once",
+     pool(ever_ready=False), [Spawn(1), Spawn(2)]),
+    ("a full, healthy pool is left alone",
+     pool(worker(1), worker(2)), []),
+    ("a dead worker's slot is refilled",
+     pool(worker(1)), [Spawn(2)]),
+    ("a booting worker counts: no double spawn",
+     pool(worker(1), worker(2, ready=False, born=NOW - 1)), []),
+    ("a worker at its request cap no longer serves: replaced at once",
+     pool(worker(1, retire=EXHAUSTED), worker(2)), [Spawn(1)]),
+    ("an operator's size wins over the policy's",
+     pool(worker(1), worker(2), requested_size=3), [Spawn(3)]),
+    ("a stop being carried out spawns nothing",
+     pool(stopping="graceful"), []),
+])
+def test_filling(situation, snapshot, expected):
+    assert actions(snapshot) == expected, situation
+
+
+def test_boot_failures_back_off_then_probe_with_one_worker():
+    failing = dict(failed_boots=2, ever_ready=True)
+    assert actions(pool(spawn_after=NOW + 0.4, **failing)) == []
+    assert actions(pool(spawn_after=NOW - 0.1, **failing)) == [Spawn(1)]
+    probing = worker(1, ready=False, born=NOW - 0.05)
+    assert actions(pool(probing, spawn_after=NOW - 0.1, **failing)) == []
+
+
+def test_a_pool_that_never_booted_halts_after_max_boot_failures():
+    snapshot = Snapshot(policy=Prefork(workers=2), failed_boots=5, last_boot_failure="no module named x")
+    assert actions(snapshot) == [Halt("no worker could boot (5 attempts): no module named x")]
+    assert actions(Snapshot(policy=Prefork(workers=2), failed_boots=4, spawn_after=NOW - 1)) == [Spawn(1)]
+    assert not any(isinstance(a, Halt) for a in actions(pool(failed_boots=9, spawn_after=NOW + 1)))
+
+
+# -- liveness ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("situation, view, resumed_at, expected", [
+    ("silent past the timeout", worker(1, last_seen=NOW - 31), 0.0,
+     Stop(1, "timeout", signal.SIGABRT, NOW + KILL_GRACE, "silent for 31.0 s, over its timeout of 30.0 s")),
+    ("silent but within the timeout", worker(1, last_seen=NOW - 29), 0.0, None),
+    ("the master was away: the silence is not counted", worker(1, last_seen=NOW - 31), NOW - 5, None),
+    ("never ready within the boot timeout", worker(1, ready=False, born=NOW - 21), 0.0,
+     Stop(1, "timeout", signal.SIGABRT, NOW + KILL_GRACE, "silent for 21.0 s, over its boot timeout of 20.0 s")),
+    ("booting, within the boot timeout", worker(1, ready=False, born=NOW - 19), 0.0, None),
+    ("already being stopped: its own deadline rules",
+     worker(1, last_seen=NOW - 99, stop_reason="stop", stop_signal=signal.SIGTERM, kill_at=NOW + 5), 0.0, None),
+])
+def test_liveness(situation, view, resumed_at, expected):
+    found = [a for a in actions(pool(view, worker(2), resumed_at=resumed_at)) if isinstance(a, Stop)]
+    assert found == ([expected] if expected else []), situation
+
+
+def test_a_timed_out_worker_is_replaced_without_waiting_for_its_death():
+    assert actions(pool(worker(1, last_seen=NOW - 40), worker(2)))[1:] == [Spawn(1)]
+
+
+def test_timeouts_of_zero_are_off():
+    config = CONFIG.replace(worker_timeout=0, boot_timeout=0)
+    snapshot = pool(worker(1, last_seen=0.0), worker(2, ready=False, born=0.0))
+    assert actions(snapshot, config) == []
+
+
+def test_a_worker_past_its_kill_deadline_is_killed():
+    dying = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW - 0.01)
+    assert actions(pool(dying, worker(2)))[0] == Kill(1, "timeout")
+    assert Kill(1, "timeout") not in actions(pool(replace(dying, kill_at=NOW + 0.5), worker(2)))
+
+
+# -- stopping the pool -----------------------------------------------------------------
+
+def test_a_graceful_stop_signals_everyone_but_keeps_a_timeout_kill_as_it_was():
+    timing_out = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW + 0.7)
+    recycling = worker(2, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 20)
+    snapshot = pool(timing_out, recycling, worker(3), worker(4, spare=True, slot=5), stopping="graceful")
+    assert actions(snapshot) == [Retire(3, "stop", NOW + 30), Retire(4, "stop", NOW + 30)]
+
+
+def test_a_quick_stop_hurries_everyone_but_never_postpones_a_kill():
+    timing_out = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW + 0.7)
+    recycling = worker(2, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 0.2)
+    quitting = worker(3, stop_reason="stop", stop_signal=signal.SIGQUIT, kill_at=NOW + 0.9)
+    snapshot = pool(timing_out, recycling, quitting, worker(4), stopping="quick")
+    assert actions(snapshot) == [Stop(2, "recycle", signal.SIGQUIT, NOW + 0.2),
+                                 Stop(4, "stop", signal.SIGQUIT, NOW + KILL_GRACE)]
+
+
+def test_a_stop_that_begins_as_a_worker_times_out_keeps_that_kills_reason():
+    snapshot = pool(worker(1, last_seen=NOW - 31), worker(2), stopping="graceful")
+    found = actions(snapshot)
+    assert found[0].reason == "timeout" and found[0].signum == signal.SIGABRT
+    assert found[1:] == [Retire(2, "stop", NOW + 30)]
+
+
+# -- recycling, one at a time ----------------------------------------------------------------
+
+def test_a_worker_near_its_cap_gets_a_successor_first_and_is_retired_once_it_is_ready():
+    near_cap = worker(1, retire=WANTS_SUCCESSOR, requests=95)
+    assert actions(pool(near_cap, worker(2))) == [Spawn(1)]
+    successor = worker(3, slot=1, ready=False, born=NOW - 0.004)
+    assert actions(pool(near_cap, worker(2), successor)) == []
+    ready = replace(successor, ready=True)
+    (retire,) = actions(pool(near_cap, worker(2), ready))
+    assert (retire.pid, retire.reason, retire.deadline) == (1, "recycle", NOW + 30)
+
+
+def test_the_turn_passes_when_the_successor_is_ready_not_when_a_slow_predecessor_is_reaped():
+    """The bug of the review: a recycle waited behind a worker finishing a 3-second request."""
+    slow = worker(1, busy=True, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 27)
+    successor = worker(3, slot=1)
+    next_due = worker(2, retire=WANTS_SUCCESSOR)
+    assert actions(pool(slow, successor, next_due)) == [Spawn(2)]
+
+
+def test_a_reload_replaces_one_worker_at_a_time():
+    old = [worker(1, generation=0), worker(2, generation=0), worker(3, generation=0)]
+    assert actions(pool(*old, size=3, generation=1)) == [Spawn(1)]
+    booting = worker(4, slot=1, generation=1, ready=False, born=NOW - 0.01)
+    assert actions(pool(*old, booting, size=3, generation=1)) == []
+    ready = replace(booting, ready=True)
+    retire = actions(pool(*old, ready, size=3, generation=1))
+    assert [(a.pid, a.reason) for a in retire] == [(1, "reload")]
+    retiring = replace(old[0], stop_reason="reload", stop_signal=signal.SIGTERM, kill_at=NOW + 30)
+    assert actions(pool(retiring, *old[1:], ready, size=3, generation=1)) == [Spawn(2)]
+
+
+def test_a_crash_during_a_reload_is_replaced_at_once_beside_the_successor():
+    due = worker(1, generation=0)
+    successor = worker(3, slot=1, generation=1, ready=False, born=NOW - 0.01)
+    assert actions(pool(due, successor, generation=1)) == [Spawn(2)]
+
+
+def test_memory_over_the_limit_is_due_only_after_the_minimum_lifetime():
+    fat = worker(1, uss=150 * MB)
+    assert actions(pool(fat, worker(2))) == [Spawn(1)]
+    assert actions(pool(replace(fat, born=NOW - 5), worker(2))) == []
+    assert actions(pool(replace(fat, uss=90 * MB), worker(2))) == []
+    successor = worker(3, slot=1)
+    (retire,) = actions(pool(fat, worker(2), successor))
+    assert retire.reason == "memory" and "uses 150.0 MB unique memory, over 100 MB" in retire.detail
+
+
+def test_the_worker_nearest_its_cap_goes_before_a_reload():
+    reload_due = worker(1, generation=0)
+    near_cap = worker(2, generation=1, retire=WANTS_SUCCESSOR)
+    successor = worker(3, slot=9, generation=1)
+    (retire,) = actions(pool(reload_due, near_cap, successor, generation=1))
+    assert (retire.pid, retire.reason) == (2, "recycle")
+
+
+# -- spares --------------------------------------------------------------------------------
+
+SPARE = CONFIG.replace(spare_workers=1)
+
+
+def test_a_ready_spare_takes_a_missing_slot_and_its_successor_comes_a_moment_later():
+    spare = worker(9, slot=3, spare=True)
+    assert actions(pool(worker(1), spare), SPARE) == [Activate(9, 2)]
+    activated_just_now = pool(worker(1), worker(9, slot=2), last_activation=NOW - 0.01)
+    assert actions(activated_just_now, SPARE) == []
+    later = pool(worker(1), worker(9, slot=2), last_activation=NOW - SPARE_REFILL_DELAY)
+    assert actions(later, SPARE) == [Spawn(3, spare=True)]
+
+
+def test_a_booting_spare_cannot_take_over_so_the_slot_gets_a_fork():
+    spare = worker(9, slot=3, spare=True, ready=False, born=NOW - 0.01)
+    assert actions(pool(worker(1), spare), SPARE) == [Spawn(2)]
+
+
+def test_a_spare_makes_a_recycle_immediate():
+    near_cap = worker(1, retire=WANTS_SUCCESSOR)
+    spare = worker(9, slot=2, spare=True)
+    found = actions(pool(near_cap, spare, size=1), SPARE)
+    assert found[0] == Activate(9, 1) and (found[1].pid, found[1].reason) == (1, "recycle")
+
+
+def test_a_reload_retires_spares_of_the_old_generation_at_once():
+    old_spare = worker(9, slot=3, spare=True, generation=0)
+    found = actions(pool(worker(1, generation=1), worker(2, generation=1), old_spare, generation=1), SPARE)
+    assert found[0] == Retire(9, "reload", NOW + 30)
+
+
+# -- shrinking ------------------------------------------------------------------------------
+
+def test_shrinking_retires_an_idle_worker_first_then_the_oldest():
+    busy_old = worker(1, busy=True, born=NOW - 500)
+    idle_young = worker(2, born=NOW - 10)
+    idle_old = worker(3, born=NOW - 300)
+    assert actions(pool(busy_old, idle_young, idle_old, size=3, requested_size=2)) == \
+        [Retire(3, "stop", NOW + 30, "the pool shrinks")]
+    assert [a.pid for a in actions(pool(busy_old, idle_young, idle_old, size=3, requested_size=1))] == [3, 2]
+
+
+# -- the loop's next wake-up ------------------------------------------------------------------
+
+def test_next_deadline_is_the_nearest_thing_that_could_change_the_plan():
+    snapshot = pool(worker(1, last_seen=NOW - 10), worker(2, ready=False, born=NOW - 1))
+    assert next_deadline(snapshot, CONFIG, NOW) == NOW + 19          # worker 2's boot timeout
+    dying = worker(3, stop_reason="stop", stop_signal=signal.SIGTERM, kill_at=NOW + 2)
+    assert next_deadline(pool(worker(1), dying, spawn_after=NOW + 5), CONFIG, NOW) == NOW + 2
+    assert next_deadline(pool(worker(1, last_seen=0)), CONFIG.replace(worker_timeout=0), NOW) is None
+
+
+# -- invariants over many random pools ------------------------------------------------------------
+
+def test_invariants_hold_over_random_pools():
+    """Whatever the pool looks like: at most one successor for due workers, never a retire
+    that would leave fewer ready workers than the target, never two actions for one worker."""
+    rng = random.Random(4)
+    for _ in range(3000):
+        size = rng.randint(1, 4)
+        views = []
+        for pid in range(1, rng.randint(0, 7) + 1):
+            stopping = rng.random() < 0.15
+            views.append(worker(
+                pid, slot=rng.randint(1, size + 1), ready=rng.random() < 0.8, busy=rng.random() < 0.3,
+                generation=rng.choice((0, 1)), retire=rng.choice((0, 0, 0, WANTS_SUCCESSOR, EXHAUSTED)),
+                last_seen=NOW - rng.choice((1, 1, 40)), spare=rng.random() < 0.1,
+                stop_reason="stop" if stopping else None, stop_signal=signal.SIGTERM if stopping else None,
+                kill_at=NOW + 10 if stopping else None))
+        snapshot = pool(*views, size=size, generation=1)
+        found = actions(snapshot)
+        touched = [a.pid for a in found if hasattr(a, "pid")]
+        assert len(touched) == len(set(touched)), (snapshot, found)
+        timed_out = {a.pid for a in found if isinstance(a, Stop)}
+        serving = [w for w in views if w.stop_reason is None and not w.spare and w.retire != EXHAUSTED
+                   and w.pid not in timed_out]
+        spawns = sum(1 for a in found if isinstance(a, Spawn) and not a.spare)
+        activations = sum(1 for a in found if isinstance(a, Activate))
+        assert len(serving) + spawns + activations <= max(size + 1, size + len(serving)), (snapshot, found)
+        spares = {w.pid for w in views if w.spare}
+        retired = {a.pid for a in found if isinstance(a, Retire) and a.reason in ("reload", "recycle", "memory")
+                   and a.pid not in spares}
+        ready_left = sum(1 for w in serving if w.ready and w.pid not in retired) + activations
+        assert not retired or ready_left >= size, (snapshot, found)
