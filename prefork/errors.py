@@ -1,10 +1,11 @@
-"""Exception types, and the exit codes processes use to tell each other why they stopped.
+"""Exception types; the exit codes and signals the master and its workers use with each other.
 
 Library code raises these and never calls sys.exit: only the CLI turns an
 error into a message and an exit status.
 """
 
 import enum
+import signal
 
 
 class PreforkError(Exception):
@@ -73,3 +74,14 @@ class WorkerExit(enum.IntEnum):
     BOOT_ERROR = 3           #: a post_fork or worker_ready hook raised
     APP_LOAD_ERROR = 4       #: the handler module could not be imported or is not a handler
     RECYCLE = 5              #: served its --max-requests and stopped by itself
+
+
+class WorkerSignal:
+    """Signals the master sends a worker beyond the usual TERM (graceful) and QUIT (at once).
+
+    Real-time signals, which nobody sends by habit (pkill -USR1 might reach
+    workers), and queued by the kernel rather than merged.
+    """
+
+    ACTIVATE = signal.SIGRTMIN          #: a spare starts serving
+    DUMP_STACKS = signal.SIGRTMIN + 1   #: a hung worker writes every thread's stack to stderr (then SIGKILL)

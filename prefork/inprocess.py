@@ -25,7 +25,7 @@ import setproctitle
 from . import commands
 from .listeners import describe_socket
 from .signals import Doorbell, SignalInbox
-from .worker import handle_one
+from .handling import handle_one
 
 log = logging.getLogger("prefork")
 

@@ -1,10 +1,10 @@
-"""The parent side of the pool: the worker table, the loop, and carrying out the plan.
+"""The parent side of the pool: the loop that gathers facts, asks the planner, and acts.
 
-One thread, no locks. The loop gathers facts and acts; planner.py decides.
-Each pass:
+One thread, no locks. The loop gathers facts and acts; planner.py decides,
+pool.py keeps the worker table. Each pass:
 
     take_commands   signals, API calls and control requests, queued in the inbox
-    reap_workers    collect every exited worker (exit status, reason, boot failures)
+    reap            collect every exited worker (exit status, reason, boot failures)
     notice_workers  read the scoreboard: who became ready, who asked to stop the pool
     carry_out_plan  snapshot -> planner.plan() -> act; again until the plan is empty
     sample          psutil figures, a bounded amount of work per pass (monitor.py)
@@ -29,46 +29,31 @@ that, 1.1 to 1.7 ms passes before the pidfd fires: the kernel tears the dead
 process down first, so no supervisor can know sooner.
 """
 
-import collections
 import gc
 import logging
 import os
-import resource
 import selectors
 import signal
 import threading
 import time
-import warnings
 
 import setproctitle
 
 from . import commands, planner, scoreboard
-from .errors import HaltServer, WorkerExit
+from .errors import HaltServer, WorkerSignal
 from .listeners import describe_socket, prepare_for_pool
 from .monitor import Monitor
-from .signals import Doorbell, SignalInbox, default_sigchld, signal_name
-from .worker import ACTIVATE_SIGNAL, FORK_BLOCKED_SIGNALS, PoolSetup, Worker
+from .pool import RESTART_REASONS, Pool, worker_stats
+from .signals import Doorbell, SignalInbox, default_sigchld
+from .worker import PoolSetup
 
 log = logging.getLogger("prefork")
 
-HAS_PIDFD = hasattr(os, "pidfd_open")
-
 AWAY_THRESHOLD = 1.0         # seconds: a select() this late means the master itself was stopped or paused
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
-EXIT_REASONS = ("timeout", "recycle", "memory", "reload", "stop", "boot", "crash", "signal")
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
-
-
-class SlotHistory:
-    """What outlives the workers of one slot: how often it restarted and why the last one went."""
-
-    __slots__ = ("restarts", "last_exit_reason")
-
-    def __init__(self):
-        self.restarts = 0
-        self.last_exit_reason = None
+EXIT_REASONS = RESTART_REASONS     # the keys of stats()["restarts"]
 
 
 class Master:
@@ -97,29 +82,21 @@ class Master:
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
         self.capacity = 2 * self.max_size + 4 * self.config.spare_workers + 2
-        self.workers = {}                     # pid -> Worker
-        self.history = collections.defaultdict(SlotHistory)
-        self.restarts = dict.fromkeys(EXIT_REASONS, 0)
-        self.boot_failures = 0                # in all
-        self.failed_boots_in_a_row = 0        # since a worker last became ready
-        self.last_boot_failure = ""
-        self.ever_ready = False
-        self.generation = 0                   # bumped by each reload: older workers get replaced
-        self.requested_size = None            # set by scale commands
-        self.sizing = None                    # the policy's latest answer
         self.state = None                     # "running", "stopping", "stopped"
         self.stopping = None                  # None, "graceful" or "quick"
         self.interrupted = False              # a Ctrl-C stop: run() raises KeyboardInterrupt
         self.halt_reason = None
-        self.spawn_after = 0.0
+        self.generation = 0                   # bumped by each reload: older workers get replaced
+        self.requested_size = None            # set by scale commands
+        self.sizing = None                    # the policy's latest answer
         self.last_activation = float("-inf")
         self.resumed_at = 0.0                 # when the master last came back from being stopped
         self.started_at = None
         self.monitor = Monitor(self.config.monitor_interval)
         self.doorbell = Doorbell()
         self.inbox = SignalInbox(self.doorbell)
+        self.pool = None
         self._table = ()                      # the workers as a tuple, for stats() from other threads
-        self._seen_boot_messages = set()
         self._reaps_orphans = False
         self._deadline = None
         # Set by _start; _finish undoes whatever part of it happened.
@@ -155,17 +132,17 @@ class Master:
 
     def stats(self):
         """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
-        board, table, sizing, now = self.board, self._table, self.sizing, time.monotonic()
-        workers = [_worker_stats(w, board, self.history.get(w.slot), now) for w in sorted(table, key=_by_slot)]
+        board, table, sizing, pool, now = self.board, self._table, self.sizing, self.pool, time.monotonic()
+        history = pool.history if pool else {}
         return {
             "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
                        "started_at": self.started_at, "policy": self.policy.name,
                        "target_workers": sizing.target if sizing else None,
                        "target_reason": sizing.reason if sizing else None,
                        "threads": self.policy.threads, "generation": self.generation},
-            "workers": workers,
-            "restarts": dict(self.restarts),
-            "boot_failures": self.boot_failures,
+            "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
+            "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
+            "boot_failures": pool.boot_failures if pool else 0,
         }
 
     # -- start and finish --------------------------------------------------
@@ -178,6 +155,7 @@ class Master:
         self.board = scoreboard.Scoreboard(self.capacity, self.policy.threads)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.doorbell.reader, selectors.EVENT_READ)
+        self.pool = Pool(self.capacity, self.board, self.selector, self.monitor, self._call_hook)
         self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
         self._old_sigchld = default_sigchld()
         if self.inbox.install(MASTER_SIGNALS):
@@ -213,13 +191,8 @@ class Master:
                         threading.active_count())
 
     def _finish(self):
-        for worker in list(self.workers.values()):   # a safety net: normally none is left
-            _signal(worker.pid, signal.SIGKILL)
-            try:
-                os.waitpid(worker.pid, 0)
-            except ChildProcessError:
-                pass
-            self._forget(worker)
+        if self.pool is not None:
+            self.pool.kill_all()
         if self.started_at is not None:
             self._call_hook("on_exit")
         self.inbox.restore()
@@ -242,13 +215,13 @@ class Master:
         # Commands first: after a Ctrl-C or a systemd stop, which reach the workers too, their
         # exits must be seen as part of the stop, not as crashes.
         self.take_commands()
-        self.reap_workers()
-        if self.stopping and not self.workers:
+        self.pool.reap(self._reaps_orphans, self.stopping)
+        if self.stopping and not len(self.pool):
             return False
         now = time.monotonic()
         self.notice_workers(now)
         self.carry_out_plan(now)
-        self._table = tuple(self.workers.values())
+        self._table = tuple(self.pool)
         views = [(w, self.board.view(w.index)) for w in self._table]
         sample_at = self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)
         self.sleep(now, sample_at)
@@ -262,47 +235,14 @@ class Master:
             except Exception:
                 log.exception("command %s failed", command)
 
-    def reap_workers(self):
-        """Collect exited workers; as PID 1, also reap adopted orphans and ignore them."""
-        if self._reaps_orphans:
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                worker = self.workers.get(pid)
-                if worker is None:
-                    log.debug("reaped pid %s, which is not one of our workers", pid)
-                else:
-                    self._worker_exited(worker, status)
-            return
-        for worker in list(self.workers.values()):
-            try:
-                pid, status = os.waitpid(worker.pid, os.WNOHANG)
-            except ChildProcessError:       # someone else reaped it: its status is lost
-                pid, status = worker.pid, 0
-            if pid:
-                self._worker_exited(worker, status)
-
     def notice_workers(self, now):
         """Read the scoreboard: workers that became ready, and stop requests from handlers."""
-        for worker in list(self.workers.values()):
+        for worker in self.pool:
             view = self.board.view(worker.index)
-            self._notice_ready(worker, view, now)
+            self.pool.notice_ready(worker, view, now)
             if view.stop_pool:
                 self.board.writer(worker.index).set(scoreboard.STOP_POOL, 0)
                 self.begin_stop(graceful=True, why="shutdown()")
-
-    def _notice_ready(self, worker, view, now):
-        if not worker.ready and view.ready:
-            worker.ready = True
-            self.ever_ready = True
-            self.failed_boots_in_a_row = 0
-            self.spawn_after = 0.0
-            log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid,
-                     (now - worker.born) * 1000)
 
     def carry_out_plan(self, now):
         snapshot = self.snapshot()
@@ -319,8 +259,8 @@ class Master:
 
     def snapshot(self):
         """The pool as the planner sees it: immutable, read from the worker table and the scoreboard."""
-        views = []
-        for worker in self.workers.values():
+        views, pool = [], self.pool
+        for worker in pool:
             view = self.board.view(worker.index)
             views.append(planner.WorkerView(
                 pid=worker.pid, slot=worker.slot, generation=worker.generation, born=worker.born,
@@ -330,15 +270,15 @@ class Master:
         return planner.Snapshot(
             workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
-            resumed_at=self.resumed_at, spawn_after=self.spawn_after, failed_boots=self.failed_boots_in_a_row,
-            ever_ready=self.ever_ready, last_boot_failure=self.last_boot_failure,
+            resumed_at=self.resumed_at, spawn_after=pool.spawn_after, failed_boots=pool.failed_boots_in_a_row,
+            ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
             last_activation=self.last_activation, max_size=self.max_size)
 
     def sleep(self, now, sample_at):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
         deadlines = [d for d in (self._deadline, sample_at) if d is not None]
         timeout = min(max(0.0, min(deadlines, default=now + MAX_SLEEP) - now) + 0.001, MAX_SLEEP)
-        if any(w.pidfd is None for w in self.workers.values()):
+        if self.pool.unwatched:
             timeout = min(timeout, 0.1)
         asleep = time.monotonic()
         self.selector.select(timeout)
@@ -355,30 +295,36 @@ class Master:
     # -- carrying out actions ----------------------------------------------
 
     def _act(self, action, now):
-        worker = self.workers.get(getattr(action, "pid", None))
+        pool = self.pool
+        worker = pool.get(getattr(action, "pid", None))
         if isinstance(action, planner.Spawn):
-            self.spawn_worker(action.slot, action.spare)
+            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child)
         elif isinstance(action, planner.Halt):
             self.halt_reason = action.reason
             self.begin_stop(graceful=False, why="no worker could boot")
         elif worker is None:
             return
         elif isinstance(action, planner.Activate):
-            self._activate(worker, action.slot, now)
+            log.info("spare worker %s (pid %s) now serving as worker %s", worker.slot, worker.pid, action.slot)
+            worker.spare, worker.slot = False, action.slot
+            self.board.writer(worker.index).set(scoreboard.SLOT, action.slot)
+            self.last_activation = now
+            pool.signal(worker, WorkerSignal.ACTIVATE)
         elif isinstance(action, planner.Retire):
             self._log_retire(worker, action)
-            self._signal_worker(worker, signal.SIGTERM, action.reason, action.deadline)
+            pool.signal(worker, signal.SIGTERM, action.reason, action.deadline)
         elif isinstance(action, planner.Stop):
             if action.reason == "timeout":
-                log.error("worker %s (pid %s) %s: SIGABRT (stack traces follow), then SIGKILL",
+                log.error("worker %s (pid %s) %s: dumping its stacks (below), then SIGKILL",
                           worker.slot, worker.pid, action.detail)
-                _no_core_dump(worker.pid)
-            self._signal_worker(worker, action.signum, action.reason, action.deadline)
+            pool.signal(worker, action.signum, action.reason, action.deadline)
         elif isinstance(action, planner.Kill):
-            after = {signal.SIGABRT: "SIGABRT", signal.SIGQUIT: "SIGQUIT"}.get(worker.stop_signal,
-                                                                               "its graceful timeout")
-            log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid, after)
-            _signal(worker.pid, signal.SIGKILL)
+            if worker.stop_signal == WorkerSignal.DUMP_STACKS:
+                log.info("worker %s (pid %s): SIGKILL after its stack dump", worker.slot, worker.pid)
+            else:
+                after = "SIGQUIT" if worker.stop_signal == signal.SIGQUIT else "its graceful timeout"
+                log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid, after)
+            pool.signal(worker, signal.SIGKILL)
             worker.kill_at = None
 
     def _log_retire(self, worker, action):
@@ -388,44 +334,6 @@ class Master:
             log.info("worker %s (pid %s) replaced (%s%s): stopping it gracefully", worker.slot, worker.pid,
                      action.reason, f": {action.detail}" if action.detail else "")
 
-    def spawn_worker(self, slot, spare=False):
-        index = self._free_index()
-        if index is None:
-            log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
-            self.spawn_after = time.monotonic() + 1.0
-            return None
-        worker = Worker(slot, self.setup, index, self.generation, spare)
-        self._call_hook("pre_fork", worker)
-        self.board.reset(index, time.monotonic())
-        # Keep signals blocked across fork: one sent to the new worker before it has installed
-        # its own handlers then waits for them, instead of running ours in the child and being lost.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
-        try:
-            with warnings.catch_warnings():       # said once, at start, by _warn_about_settings
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            self._boot_failed(worker, f"cannot fork a worker: {exc.strerror}")
-            return None
-        if pid == 0:
-            worker.run_in_child(self._close_in_child)      # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        worker.pid = pid
-        self.workers[pid] = worker
-        if HAS_PIDFD:
-            try:
-                worker.pidfd = os.pidfd_open(pid)
-                self.selector.register(worker.pidfd, selectors.EVENT_READ)
-            except OSError as exc:        # out of fds: find its exit by polling instead
-                log.warning("cannot watch worker %s with a pidfd (%s); polling for its exit",
-                            slot, exc.strerror)
-                if worker.pidfd is not None:
-                    os.close(worker.pidfd)
-                worker.pidfd = None
-        log.debug("spawned worker %s (pid %s)", slot, pid)
-        return worker
-
     def _close_in_child(self):
         """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell's write end).
 
@@ -433,68 +341,7 @@ class Master:
         """
         self.selector.close()
         self.doorbell.reader.close()
-        for worker in self.workers.values():
-            if worker.pidfd is not None:
-                os.close(worker.pidfd)
-                worker.pidfd = None
-
-    def _activate(self, spare, slot, now):
-        """Turn a booted spare into the serving worker of slot: one signal, no fork, no import."""
-        log.info("spare worker %s (pid %s) now serving as worker %s", spare.slot, spare.pid, slot)
-        spare.spare, spare.slot = False, slot
-        self.board.writer(spare.index).set(scoreboard.SLOT, slot)
-        self.last_activation = now
-        _signal(spare.pid, ACTIVATE_SIGNAL)
-
-    def _signal_worker(self, worker, signum, reason, deadline):
-        worker.stop_reason, worker.stop_signal, worker.kill_at = reason, signum, deadline
-        _signal(worker.pid, signum)
-
-    def _worker_exited(self, worker, status):
-        code = os.waitstatus_to_exitcode(status)
-        self._notice_ready(worker, self.board.view(worker.index), time.monotonic())  # since our last look?
-        boot_message = self.board.message(worker.index)
-        self._forget(worker)
-        reason = worker.stop_reason or ("stop" if self.stopping else None) or (
-            "boot" if not worker.ready else "recycle" if code == WorkerExit.RECYCLE
-            else "signal" if code < 0 else "crash")
-        history = self.history[worker.slot]
-        history.last_exit_reason = reason
-        if reason != "stop":
-            history.restarts += 1
-            self.restarts[reason] += 1
-        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
-        if not worker.ready and reason in ("boot", "timeout"):
-            self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
-        elif reason in ("crash", "signal"):
-            log.error("worker %s (pid %s) died unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
-        else:
-            log.info("worker %s (pid %s) exited (%s, %s)", worker.slot, worker.pid, reason, how)
-        self._call_hook("worker_exit", worker, code, reason)
-
-    def _boot_failed(self, worker, message):
-        self.boot_failures += 1
-        self.failed_boots_in_a_row += 1
-        self.last_boot_failure = message
-        first_time = message not in self._seen_boot_messages
-        self._seen_boot_messages.add(message)
-        (log.error if first_time else log.debug)("worker %s failed to boot: %s", worker.slot, message)
-        delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
-        self.spawn_after = time.monotonic() + delay
-        log.debug("next boot attempt in %.1f s", delay)
-
-    def _forget(self, worker):
-        self.workers.pop(worker.pid, None)
-        worker.reaped = True
-        self.monitor.forget(worker.pid)
-        if worker.pidfd is not None:
-            self.selector.unregister(worker.pidfd)
-            os.close(worker.pidfd)
-            worker.pidfd = None
-
-    def _free_index(self):
-        used = {worker.index for worker in self.workers.values()}
-        return next((index for index in range(1, self.capacity + 1) if index not in used), None)
+        self.pool.close_in_child()
 
     # -- commands (commands.py runs these in the loop's thread) ------------------
 
@@ -506,13 +353,12 @@ class Master:
         self.stopping = "graceful" if graceful else "quick"
         self.state = "stopping"
         log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
-                 len(self.workers), why)
+                 len(self.pool), why)
 
     def begin_reload(self, why):
         """Replace every worker, one at a time, with one that loads the code afresh."""
         self.generation += 1
-        log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.workers),
-                 self.generation)
+        log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
 
     def set_size(self, size, relative, why):
         current = self.sizing.target if self.sizing else self.policy.workers
@@ -535,8 +381,6 @@ class Master:
     def ignore(self, why):
         log.info("%s ignored: it has no meaning to the master", why)
 
-    # -- helpers -----------------------------------------------------------
-
     def _call_hook(self, name, *args):
         try:
             getattr(self.hooks, name)(*args)
@@ -553,51 +397,10 @@ def tick_interval(poll_interval, worker_timeout):
     return max(interval, 0.001)
 
 
-def _worker_stats(worker, board, history, now):
-    view = board.view(worker.index)
-    sample = worker.sample
-    return {
-        "slot": worker.slot, "pid": worker.pid,
-        "state": "stopping" if worker.stop_reason is not None else view.state_name,
-        "generation": worker.generation,
-        "requests": view.requests, "busy_threads": view.busy_threads,
-        "request_seconds": now - view.request_start if view.request_start else None,
-        "started_at": worker.started_at,
-        "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,
-        "cpu_percent": sample.cpu_percent if sample else None,
-        "num_fds": sample.num_fds if sample else None,
-        "restarts": history.restarts if history else 0,
-        "last_exit_reason": history.last_exit_reason if history else None,
-    }
-
-
 def _by_slot(worker):
     return (worker.spare, worker.slot)
-
-
-def _signal(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _no_core_dump(pid):
-    """A worker killed for a timeout dumps its stacks (faulthandler), not a core file."""
-    try:
-        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-    except (OSError, ValueError):
-        pass
 
 
 def _handler_name(server):
     handler = server.RequestHandlerClass
     return getattr(handler, "__qualname__", None) or type(server).__name__
-
-
-def _boot_failure_text(code, how, stop_reason):
-    if stop_reason == "timeout":
-        return "not ready within the boot timeout"
-    if code == WorkerExit.APP_LOAD_ERROR:
-        return "the handler could not be loaded"
-    return f"died before becoming ready ({how})"

@@ -12,7 +12,8 @@ The rules, in the order plan() applies them:
 
 1. A worker past its SIGKILL deadline is killed (Kill).
 2. A worker silent for longer than its timeout (boot_timeout before it is
-   ready, worker_timeout after) gets SIGABRT and a SIGKILL deadline (Stop).
+   ready, worker_timeout after) is told to dump its stacks, and gets a
+   SIGKILL deadline (Stop).
 3. No worker ever booted and max_boot_failures boots failed in a row: Halt.
 4. During a stop of the pool, every worker is told to go: SIGTERM and the
    graceful timeout, or SIGQUIT for a quick stop. A worker already being
@@ -37,9 +38,11 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
 from . import scoreboard
+from .errors import WorkerSignal
 from .policies import Candidate, PoolLoad, Sizing
 
-KILL_GRACE = 1.0             # seconds between the polite signal and SIGKILL, for timeouts and quick stops
+KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
+DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL
 SPARE_REFILL_DELAY = 0.05    # seconds between activating a spare and forking the next one
 
 # Why a worker is replaced, in the order a successor is given: one near its request cap
@@ -114,7 +117,7 @@ class Retire:
 
 @dataclass(frozen=True)
 class Stop:
-    """A firmer signal (SIGABRT for a timeout, SIGQUIT for a quick stop); SIGKILL at deadline."""
+    """A firmer signal (dump your stacks, for a timeout; SIGQUIT, for a quick stop); SIGKILL at deadline."""
     pid: int
     reason: str
     signum: int
@@ -158,7 +161,7 @@ def plan(snapshot, config, now):
         if worker.stop_reason is None:
             overdue = _overdue(worker, snapshot, config, now)
             if overdue:
-                actions.append(Stop(worker.pid, "timeout", signal.SIGABRT, now + KILL_GRACE, overdue))
+                actions.append(Stop(worker.pid, "timeout", WorkerSignal.DUMP_STACKS, now + DUMP_GRACE, overdue))
                 stopped.add(worker.pid)
     if (not snapshot.ever_ready and snapshot.failed_boots >= config.max_boot_failures
             and snapshot.stopping is None):

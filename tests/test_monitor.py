@@ -31,3 +31,30 @@ def test_a_read_that_fails_midway_is_none_not_an_exception(monkeypatch):
 
     monkeypatch.setattr(psutil.Process, "memory_full_info", broken)
     assert Monitor(1.0).sample(os.getpid()) is None
+
+
+def test_a_round_of_slow_samples_is_spread_over_passes(monkeypatch):
+    """Sampling many large workers must not hold up the master's loop: a pass does SAMPLE_BUDGET."""
+    import time
+    from types import SimpleNamespace
+
+    from prefork import monitor as monitor_module
+
+    def slow_sample(self, pid):
+        time.sleep(0.002)
+        return monitor_module.Sample(1, 1, 0.0, 1, 1)
+
+    monkeypatch.setattr(Monitor, "sample", slow_sample)
+    workers = [SimpleNamespace(pid=n, sample=None, sampled_requests=None, sampled_at=0.0, reaped=False)
+               for n in range(20)]
+    monitor = Monitor(1.0)
+    come_back = monitor.work([(w, 0, False) for w in workers], now=50.0)
+    sampled = sum(1 for w in workers if w.sample)
+    assert 1 <= sampled <= 5 and come_back == 50.0          # the rest on the next pass, at once
+    passes = 1
+    while come_back == 50.0:
+        come_back = monitor.work([(w, 0, False) for w in workers], now=50.0)
+        passes += 1
+    assert all(w.sample for w in workers) and come_back == 51.0 and passes >= 4
+    # The next round skips idle workers whose sample is fresh: nothing to do till the one after.
+    assert monitor.work([(w, 0, False) for w in workers], now=51.5) == 52.5

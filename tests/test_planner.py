@@ -8,11 +8,13 @@ import pytest
 
 from prefork import Config, Prefork
 from prefork.planner import (
-    KILL_GRACE, SPARE_REFILL_DELAY, Activate, Halt, Kill, Retire, Snapshot, Spawn, Stop, WorkerView,
+    DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, Activate, Halt, Kill, Retire, Snapshot, Spawn, Stop, WorkerView,
     next_deadline, plan,
 )
+from prefork.errors import WorkerSignal
 from prefork.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
 
+DUMP = WorkerSignal.DUMP_STACKS
 NOW = 1000.0
 CONFIG = Config(graceful_timeout=30, worker_timeout=30, boot_timeout=20, max_worker_memory=100,
                 min_worker_lifetime=10)
@@ -75,11 +77,11 @@ def test_a_pool_that_never_booted_halts_after_max_boot_failures():
 
 @pytest.mark.parametrize("situation, view, resumed_at, expected", [
     ("silent past the timeout", worker(1, last_seen=NOW - 31), 0.0,
-     Stop(1, "timeout", signal.SIGABRT, NOW + KILL_GRACE, "silent for 31.0 s, over its timeout of 30.0 s")),
+     Stop(1, "timeout", DUMP, NOW + DUMP_GRACE, "silent for 31.0 s, over its timeout of 30.0 s")),
     ("silent but within the timeout", worker(1, last_seen=NOW - 29), 0.0, None),
     ("the master was away: the silence is not counted", worker(1, last_seen=NOW - 31), NOW - 5, None),
     ("never ready within the boot timeout", worker(1, ready=False, born=NOW - 21), 0.0,
-     Stop(1, "timeout", signal.SIGABRT, NOW + KILL_GRACE, "silent for 21.0 s, over its boot timeout of 20.0 s")),
+     Stop(1, "timeout", DUMP, NOW + DUMP_GRACE, "silent for 21.0 s, over its boot timeout of 20.0 s")),
     ("booting, within the boot timeout", worker(1, ready=False, born=NOW - 19), 0.0, None),
     ("already being stopped: its own deadline rules",
      worker(1, last_seen=NOW - 99, stop_reason="stop", stop_signal=signal.SIGTERM, kill_at=NOW + 5), 0.0, None),
@@ -100,7 +102,7 @@ def test_timeouts_of_zero_are_off():
 
 
 def test_a_worker_past_its_kill_deadline_is_killed():
-    dying = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW - 0.01)
+    dying = worker(1, stop_reason="timeout", stop_signal=DUMP, kill_at=NOW - 0.01)
     assert actions(pool(dying, worker(2)))[0] == Kill(1, "timeout")
     assert Kill(1, "timeout") not in actions(pool(replace(dying, kill_at=NOW + 0.5), worker(2)))
 
@@ -108,14 +110,14 @@ def test_a_worker_past_its_kill_deadline_is_killed():
 # -- stopping the pool -----------------------------------------------------------------
 
 def test_a_graceful_stop_signals_everyone_but_keeps_a_timeout_kill_as_it_was():
-    timing_out = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW + 0.7)
+    timing_out = worker(1, stop_reason="timeout", stop_signal=DUMP, kill_at=NOW + 0.7)
     recycling = worker(2, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 20)
     snapshot = pool(timing_out, recycling, worker(3), worker(4, spare=True, slot=5), stopping="graceful")
     assert actions(snapshot) == [Retire(3, "stop", NOW + 30), Retire(4, "stop", NOW + 30)]
 
 
 def test_a_quick_stop_hurries_everyone_but_never_postpones_a_kill():
-    timing_out = worker(1, stop_reason="timeout", stop_signal=signal.SIGABRT, kill_at=NOW + 0.7)
+    timing_out = worker(1, stop_reason="timeout", stop_signal=DUMP, kill_at=NOW + 0.7)
     recycling = worker(2, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 0.2)
     quitting = worker(3, stop_reason="stop", stop_signal=signal.SIGQUIT, kill_at=NOW + 0.9)
     snapshot = pool(timing_out, recycling, quitting, worker(4), stopping="quick")
@@ -126,7 +128,7 @@ def test_a_quick_stop_hurries_everyone_but_never_postpones_a_kill():
 def test_a_stop_that_begins_as_a_worker_times_out_keeps_that_kills_reason():
     snapshot = pool(worker(1, last_seen=NOW - 31), worker(2), stopping="graceful")
     found = actions(snapshot)
-    assert found[0].reason == "timeout" and found[0].signum == signal.SIGABRT
+    assert found[0].reason == "timeout" and found[0].signum == DUMP
     assert found[1:] == [Retire(2, "stop", NOW + 30)]
 
 

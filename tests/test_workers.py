@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import prefork
-from conftest import exchange, serving, wait_for
+from conftest import serving
 from workers.echo import EchoHandler
 from workers.hello import BODY, HelloHandler
 

@@ -111,3 +111,47 @@ class DeathSignal(prefork.BaseRequestHandler):
         value = ctypes.c_int()
         ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0)
         _reply(self, lambda data: f"{value.value} {os.getuid()}\n".encode())
+
+
+class SignalReport(prefork.BaseRequestHandler):
+    """Answer the ignored and blocked signal masks a program started by the handler inherits."""
+
+    def handle(self):
+        import subprocess
+        status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+        masks = dict(line.split(":\t") for line in status.splitlines() if line.startswith(("SigIgn", "SigBlk")))
+        _reply(self, lambda data: f"{masks['SigIgn']} {masks['SigBlk']}\n".encode())
+
+
+class LineEcho(prefork.StreamRequestHandler):
+    """The README's first example: echo lines, waiting on the client with a plain for-loop."""
+
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class CloseListener(prefork.BaseRequestHandler):
+    """Close the worker's copy of the listening socket, then answer: its next accept() fails."""
+
+    def handle(self):
+        self.server.socket.close()
+        _reply(self, lambda data: f"closed {os.getpid()}\n".encode())
+
+
+class ShutdownWithFullDoorbell(prefork.BaseRequestHandler):
+    """With the master paused, fill its wake-up socket until it refuses more, then ask for a
+    stop of the pool, and let the master go on."""
+
+    def handle(self):
+        import signal
+        doorbell = self.server.shutdown.__self__.setup.doorbell_fd
+        os.kill(os.getppid(), signal.SIGSTOP)
+        try:
+            while True:
+                os.write(doorbell, b"x")
+        except BlockingIOError:
+            pass
+        self.server.shutdown()
+        os.kill(os.getppid(), signal.SIGCONT)
+        _reply(self, lambda data: b"stopping\n")

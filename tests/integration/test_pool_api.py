@@ -254,3 +254,84 @@ def test_from_socket_accepts_an_abstract_unix_socket():
     server = prefork.UnixStreamServer.from_socket(sock, PidEcho)
     with serving(server):
         assert exchange("unix", server.server_address).endswith(b"|hello\n")
+
+
+# -- what the hardening review found ----------------------------------------------------
+
+def test_a_poll_interval_longer_than_the_worker_timeout_does_not_make_idle_workers_look_hung():
+    """Before: serve_forever(poll_interval=P) with P >= worker_timeout killed every idle worker."""
+    config = prefork.Config(worker_timeout=1, client_timeout=0.5)
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=2), config=config)
+    with serving(server, workers=2, poll_interval=2):
+        before = {w["pid"] for w in server.stats()["workers"]}
+        time.sleep(2.5)                              # idle past the timeout: the condition is time itself
+        stats = server.stats()
+        assert stats["restarts"]["timeout"] == 0 and {w["pid"] for w in stats["workers"]} == before
+
+
+def test_a_poll_interval_of_none_serves_with_a_spare():
+    """Before: poll_interval=None crashed spares (sigtimedwait(None))."""
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=1),
+                               config=prefork.Config(spare_workers=1))
+    with serving(server, workers=1, poll_interval=None):
+        wait_for(lambda: sorted(w["state"] for w in server.stats()["workers"]) == ["idle", "spare"])
+        assert exchange("tcp", server.server_address).endswith(b"|hello\n")
+        assert server.stats()["restarts"] == dict.fromkeys(prefork.master.EXIT_REASONS, 0)
+
+
+def test_stats_never_raises_from_another_thread_while_the_server_closes():
+    errors, stop = [], threading.Event()
+
+    def hammer(server):
+        while not stop.is_set():
+            try:
+                server.stats()
+            except Exception as exc:             # surfaced below
+                errors.append(exc)
+
+    for _ in range(8):
+        server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=4))
+        threads = [threading.Thread(target=hammer, args=(server,)) for _ in range(2)]
+        with serving(server, workers=4):
+            for thread in threads:
+                thread.start()
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        stop.clear()
+    assert errors == []
+
+
+def test_with_accept_threads_stats_say_how_many_are_busy_and_count_every_request():
+    server = prefork.TCPServer(("127.0.0.1", 0), Sleepy, policy=prefork.Prefork(workers=1, threads=4),
+                               config=FAST_MONITOR)
+    with serving(server, workers=1):
+        clients = [threading.Thread(target=exchange, args=("tcp", server.server_address, b"1\n")) for _ in range(3)]
+        for client in clients:
+            client.start()
+        (busy,) = wait_for(lambda: [w for w in server.stats()["workers"] if w["busy_threads"] == 3])
+        assert busy["state"] == "busy" and 0 < busy["request_seconds"] < 2
+        for client in clients:
+            client.join(10)
+        (idle,) = wait_for(lambda: [w for w in server.stats()["workers"] if w["requests"] == 3])
+        assert idle["busy_threads"] == 0 and idle["state"] == "idle" and idle["request_seconds"] is None
+
+
+def test_scale_and_reload_from_another_thread():
+    server = prefork.TCPServer(("127.0.0.1", 0), PidEcho, policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        (first,) = [w["pid"] for w in server.stats()["workers"]]
+        server.scale("+2")
+        wait_for(lambda: ready_workers(server) == 3)
+        server.scale(2)
+        wait_for(lambda: len(server.stats()["workers"]) == 2 and ready_workers(server) == 2)
+        assert server.stats()["master"]["target_workers"] == 2
+        server.reload()
+        wait_for(lambda: (lambda s: s["master"]["generation"] == 1 and ready_workers(server) == 2 and
+                          all(w["generation"] == 1 for w in s["workers"]))(server.stats()))
+        assert first not in [w["pid"] for w in server.stats()["workers"]]
+        assert sorted(w["slot"] for w in server.stats()["workers"]) == [1, 2]
+        with pytest.raises(prefork.ConfigError, match="scale wants N, \\+N or -N"):
+            server.scale("lots")
+    with pytest.raises(RuntimeError, match="no server is running"):
+        server.scale(3)

@@ -54,7 +54,7 @@ def test_sigstopped_worker_is_killed_and_replaced(serve_cli):
     new = server.wait_replaced({frozen}, 2)
     log = server.log()
     assert len(new - workers) == 1, f"only the stopped worker was replaced:\n{log}"
-    assert "still alive after SIGABRT: SIGKILL" in log and "(timeout, signal SIGKILL)" in log
+    assert "SIGKILL after its stack dump" in log and "(timeout, signal SIGKILL)" in log
     assert exchange("tcp", address) == b"hello\n"
 
 
@@ -123,7 +123,7 @@ def test_max_requests_recycles_under_concurrent_load_without_a_failed_request(se
     assert log.count("exited (recycle, exit code 5)") + log.count("exited (recycle, exit code 0)") >= 498
 
 
-def test_every_retired_worker_served_at_least_max_requests(serve_cli):
+def test_every_retired_worker_served_between_its_successor_threshold_and_its_jittered_cap(serve_cli):
     server = serve(serve_cli, "apps.handlers:PidEcho", "-w", "1", "-b", "127.0.0.1:0",
                    "--max-requests", "3", "--max-requests-jitter", "4")
     address = server.addresses()[0]
@@ -136,7 +136,7 @@ def test_every_retired_worker_served_at_least_max_requests(serve_cli):
         return retired if len(retired) >= 3 else None
 
     retired = wait_for(three_retired, timeout=30, interval=0.001, message=lambda: f"3 retired workers: {served}")
-    assert all(count >= 3 for count in retired), served
+    assert all(2 <= count <= 3 + 4 for count in retired), served      # threshold of 3: 2; cap 3 + jitter 4
 
 
 def test_worker_over_the_memory_limit_is_replaced(serve_cli):
@@ -342,8 +342,16 @@ def test_spare_does_not_serve_until_a_worker_dies_then_takes_over(serve_cli):
     server.wait_log(rf"spare worker \d+ \(pid {spare}\) now serving")
     new_spare, now_serving = spare_and_serving(server, 2)
     assert now_serving == serving - {victim} | {spare} and new_spare not in serving | {spare}
-    served_by = {int(exchange("tcp", address, b"x\n").split()[0]) for _ in range(40)}
-    assert spare in served_by and new_spare not in served_by
+    # The oldest idle worker takes each new connection (see worker.py), so hold one worker
+    # with a half-sent line: the next request must go to the other, and both are the serving ones.
+    with socket.create_connection(address, timeout=10) as held:
+        held.sendall(b"half ")
+        wait_for(lambda: any(c.status == "ESTABLISHED" for pid in now_serving
+                             for c in psutil.Process(pid).net_connections()))
+        other = int(exchange("tcp", address, b"x\n").split()[0])
+        held.sendall(b"line\n")
+        holder = int(held.recv(100).split()[0])
+    assert {holder, other} == now_serving and spare in now_serving
 
 
 def test_spare_makes_recycling_prompt(serve_cli):
@@ -436,3 +444,25 @@ def test_parent_death_signal_survives_a_hook_that_drops_root(serve_cli):
                    "--hooks", "apps.drop_root_hooks")
     address = server.addresses()[0]
     assert exchange("tcp", address, b"?\n") == f"{int(signal.SIGTERM)} 65534\n".encode()
+
+
+def test_a_stop_asked_by_a_handler_is_not_lost_when_the_wake_up_socket_is_full(serve_cli):
+    """Before: server.shutdown() in a worker wrote a byte that EAGAIN could drop, silently."""
+    server = serve(serve_cli, "apps.handlers:ShutdownWithFullDoorbell", "-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    server.wait_workers(2)
+    assert exchange("tcp", address, b"stop\n") == b"stopping\n"
+    assert server.proc.wait(10) == 0
+    assert "graceful stop of 2 worker(s) (shutdown())" in server.log()
+
+
+def test_a_worker_whose_listener_broke_is_replaced_not_left_spinning(serve_cli):
+    """Before: accept errors other than EMFILE were dropped, and a closed listener spun silently."""
+    server = serve(serve_cli, "apps.handlers:CloseListener", "-w", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    (first,) = server.wait_workers(1)
+    assert exchange("tcp", address, b"x\n") == f"closed {first}\n".encode()
+    reply = exchange("tcp", address, b"x\n", timeout=10)     # waits in the queue for the replacement
+    (second,) = server.wait_replaced({first}, 1)
+    assert reply == f"closed {second}\n".encode()
+    assert "cannot accept on" in server.log() and "worker 1 crashed" in server.log()

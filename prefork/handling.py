@@ -1,0 +1,99 @@
+"""Taking one request: socketserver's steps, plus what a pool worker keeps track of.
+
+handle_one() is the body of every accept loop, in pool workers (worker.py)
+and in the in-process request loop (inprocess.py).
+"""
+
+import errno
+import logging
+import socket
+import time
+
+log = logging.getLogger("prefork")
+
+_ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
+_ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class PoolRequest:
+    """What handle_one needs from one accept thread of a pool worker."""
+
+    __slots__ = ("record", "client_timeout", "accepted", "finished")
+
+    def __init__(self, record, client_timeout, accepted):
+        self.record = record
+        self.client_timeout = client_timeout or None
+        self.accepted = accepted        # counts the request against --max-requests
+        self.finished = 0               # requests this thread has finished
+
+    def done(self):
+        self.finished += 1
+        self.record.end_request(time.monotonic(), self.finished)
+
+
+def handle_one(server, pool=None):
+    """Take one request from server's socket and handle it, as socketserver does.
+
+    The same steps and hooks as socketserver's _handle_request_noblock. In a
+    pool worker (pool is its PoolRequest) also: count the request, mark the
+    thread busy on the scoreboard, give a stream request the client timeout,
+    and drop a connection that a deferred accept let through with no data
+    (its client stayed silent for the whole client timeout). Returns False
+    when there was nothing to take (another worker won the race).
+    """
+    try:
+        request, client_address = server.get_request()
+    except OSError as exc:
+        _accept_failed(server, exc, fatal=pool is not None)
+        return False
+    if pool is not None:
+        pool.accepted()
+        if isinstance(request, socket.socket):
+            if getattr(server, "defers_accept", False) and not _has_data(request):
+                log.debug("client %s sent nothing within the client timeout; closing", client_address)
+                server.shutdown_request(request)
+                pool.done()
+                return True
+            if pool.client_timeout:
+                request.settimeout(pool.client_timeout)
+        pool.record.begin_request(time.monotonic())
+    try:
+        if server.verify_request(request, client_address):
+            try:
+                server.process_request(request, client_address)
+            except Exception:
+                server.handle_error(request, client_address)
+                server.shutdown_request(request)
+            except BaseException:
+                server.shutdown_request(request)
+                raise
+        else:
+            server.shutdown_request(request)
+    finally:
+        if pool is not None:
+            pool.done()
+    return True
+
+
+def _accept_failed(server, exc, fatal):
+    """A failed accept: a lost race is routine, running out of fds is a pause, anything else is
+    fatal to a pool worker (an in-process loop returns, as socketserver's does)."""
+    if exc.errno in _ACCEPT_AGAIN or isinstance(exc, TimeoutError):
+        return
+    if exc.errno in _ACCEPT_PAUSE:
+        log.warning("cannot accept on %s: %s; pausing 0.1 s", server.server_address, exc.strerror)
+        time.sleep(0.1)
+        return
+    if not fatal:
+        return
+    # EBADF, EINVAL, ENOTSOCK: the listener itself is broken (closed by a handler, say). Looping
+    # on it would spin silently; stop this worker instead, so that the master replaces it with
+    # one holding a good copy of the socket.
+    raise RuntimeError(f"cannot accept on {server.server_address}: {exc}") from exc
+
+
+def _has_data(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:            # nothing yet (EAGAIN), or reset
+        return False

@@ -1,0 +1,253 @@
+"""The master's worker table: forking workers, watching and reaping them, and what their exits teach.
+
+The Master (master.py) decides nothing here and this module decides nothing
+either: it carries out "fork a worker for slot 3", "signal that one", and
+turns each exit into a reason (stop, recycle, timeout, crash, ...), a log
+line, a count in stats(), and, for a worker that never became ready, a boot
+failure with its backoff.
+"""
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import time
+import warnings
+
+from .errors import WorkerExit
+from .signals import signal_name
+from .worker import FORK_BLOCKED_SIGNALS, Worker
+
+log = logging.getLogger("prefork")
+
+HAS_PIDFD = hasattr(os, "pidfd_open")
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
+# Why workers went, as counted by stats()["restarts"]; a stop of the pool is not a restart.
+RESTART_REASONS = ("timeout", "recycle", "memory", "reload", "boot", "crash", "signal")
+
+
+class SlotHistory:
+    """What outlives the workers of one slot: how often it restarted and why the last one went."""
+
+    __slots__ = ("restarts", "last_exit_reason")
+
+    def __init__(self):
+        self.restarts = 0
+        self.last_exit_reason = None
+
+
+class Pool:
+    """The live workers of one master, by pid, and the history of their slots."""
+
+    def __init__(self, capacity, board, selector, monitor, call_hook):
+        self.capacity = capacity
+        self.monitor = monitor
+        self.board = board
+        self.selector = selector
+        self.call_hook = call_hook
+        self.workers = {}                     # pid -> Worker
+        self.history = collections.defaultdict(SlotHistory)
+        self.restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self.boot_failures = 0                # in all
+        self.failed_boots_in_a_row = 0        # since a worker last became ready
+        self.last_boot_failure = ""
+        self.ever_ready = False
+        self.spawn_after = 0.0                # boot backoff
+        self._seen_boot_messages = set()
+
+    def __len__(self):
+        return len(self.workers)
+
+    def __iter__(self):
+        return iter(list(self.workers.values()))
+
+    def get(self, pid):
+        return self.workers.get(pid)
+
+    @property
+    def unwatched(self):
+        """Workers without a pidfd, whose exit only polling finds."""
+        return any(w.pidfd is None for w in self.workers.values())
+
+    # -- forking ------------------------------------------------------------
+
+    def spawn(self, slot, spare, setup, generation, close_master_fds):
+        """Fork a worker for slot; returns it, or None when it could not be forked (a boot failure)."""
+        index = self._free_index()
+        if index is None:
+            log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
+            self.spawn_after = time.monotonic() + 1.0
+            return None
+        worker = Worker(slot, setup, index, generation, spare)
+        self.call_hook("pre_fork", worker)
+        self.board.reset(index, time.monotonic())
+        # Keep signals blocked across fork: one sent to the new worker before it has installed
+        # its own handlers then waits for them, instead of running ours in the child and being lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+        try:
+            with warnings.catch_warnings():       # said once, at start (Master._warn_about_settings)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._boot_failed(worker, f"cannot fork a worker: {exc.strerror}")
+            return None
+        if pid == 0:
+            worker.run_in_child(close_master_fds)      # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        worker.pid = pid
+        self.workers[pid] = worker
+        self._watch(worker)
+        log.debug("spawned worker %s (pid %s)", slot, pid)
+        return worker
+
+    def _watch(self, worker):
+        if not HAS_PIDFD:
+            return
+        try:
+            worker.pidfd = os.pidfd_open(worker.pid)
+            self.selector.register(worker.pidfd, selectors.EVENT_READ)
+        except OSError as exc:        # out of fds: find its exit by polling instead
+            log.warning("cannot watch worker %s with a pidfd (%s); polling for its exit",
+                        worker.slot, exc.strerror)
+            if worker.pidfd is not None:
+                os.close(worker.pidfd)
+            worker.pidfd = None
+
+    def close_in_child(self):
+        """In a new worker: close the pidfds of its siblings."""
+        for worker in self.workers.values():
+            if worker.pidfd is not None:
+                os.close(worker.pidfd)
+                worker.pidfd = None
+
+    def _free_index(self):
+        used = {worker.index for worker in self.workers.values()}
+        return next((index for index in range(1, self.capacity + 1) if index not in used), None)
+
+    # -- readiness and signals ------------------------------------------------
+
+    def notice_ready(self, worker, view, now):
+        """Mark a worker ready once its scoreboard slot says so; a ready worker ends a run of boot failures."""
+        if worker.ready or not view.ready:
+            return
+        worker.ready = True
+        self.ever_ready = True
+        self.failed_boots_in_a_row = 0
+        self.spawn_after = 0.0
+        log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid, (now - worker.born) * 1000)
+
+    def signal(self, worker, signum, reason=None, deadline=None):
+        """Send signum; with a reason, the worker is on its way out, SIGKILL due at deadline."""
+        if reason is not None:
+            worker.stop_reason, worker.stop_signal, worker.kill_at = reason, signum, deadline
+        try:
+            os.kill(worker.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    # -- reaping ------------------------------------------------------------
+
+    def reap(self, orphans, stopping):
+        """Collect exited workers; with orphans (we are PID 1), also reap adopted processes, ignoring them."""
+        if orphans:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                worker = self.workers.get(pid)
+                if worker is None:
+                    log.debug("reaped pid %s, which is not one of our workers", pid)
+                else:
+                    self._exited(worker, status, stopping)
+            return
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:       # someone else reaped it: its status is lost
+                pid, status = worker.pid, 0
+            if pid:
+                self._exited(worker, status, stopping)
+
+    def kill_all(self):
+        """A safety net when the master finishes: no worker outlives it."""
+        for worker in list(self.workers.values()):
+            self.signal(worker, signal.SIGKILL)
+            try:
+                os.waitpid(worker.pid, 0)
+            except ChildProcessError:
+                pass
+            self.forget(worker)
+
+    def _exited(self, worker, status, stopping):
+        code = os.waitstatus_to_exitcode(status)
+        self.notice_ready(worker, self.board.view(worker.index), time.monotonic())  # since our last look?
+        boot_message = self.board.message(worker.index)
+        self.forget(worker)
+        reason = worker.stop_reason or ("stop" if stopping else None) or (
+            "boot" if not worker.ready else "recycle" if code == WorkerExit.RECYCLE
+            else "signal" if code < 0 else "crash")
+        history = self.history[worker.slot]
+        history.last_exit_reason = reason
+        if reason != "stop":
+            history.restarts += 1
+            self.restarts[reason] += 1
+        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
+        if not worker.ready and reason in ("boot", "timeout"):
+            self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
+        elif reason in ("crash", "signal"):
+            log.error("worker %s (pid %s) died unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
+        else:
+            log.info("worker %s (pid %s) exited (%s, %s)", worker.slot, worker.pid, reason, how)
+        self.call_hook("worker_exit", worker, code, reason)
+
+    def _boot_failed(self, worker, message):
+        self.boot_failures += 1
+        self.failed_boots_in_a_row += 1
+        self.last_boot_failure = message
+        first_time = message not in self._seen_boot_messages
+        self._seen_boot_messages.add(message)
+        (log.error if first_time else log.debug)("worker %s failed to boot: %s", worker.slot, message)
+        delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
+        self.spawn_after = time.monotonic() + delay
+        log.debug("next boot attempt in %.1f s", delay)
+
+    def forget(self, worker):
+        self.workers.pop(worker.pid, None)
+        worker.reaped = True
+        self.monitor.forget(worker.pid)
+        if worker.pidfd is not None:
+            self.selector.unregister(worker.pidfd)
+            os.close(worker.pidfd)
+            worker.pidfd = None
+
+
+def worker_stats(worker, board, history, now):
+    """One worker's row of stats(), from its handle, its scoreboard slot and its slot's history."""
+    view = board.view(worker.index)
+    sample = worker.sample
+    return {
+        "slot": worker.slot, "pid": worker.pid,
+        "state": "stopping" if worker.stop_reason is not None else view.state_name,
+        "generation": worker.generation,
+        "requests": view.requests, "busy_threads": view.busy_threads,
+        "request_seconds": now - view.request_start if view.request_start else None,
+        "started_at": worker.started_at,
+        "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,
+        "cpu_percent": sample.cpu_percent if sample else None,
+        "num_fds": sample.num_fds if sample else None,
+        "restarts": history.restarts if history else 0,
+        "last_exit_reason": history.last_exit_reason if history else None,
+    }
+
+
+def _boot_failure_text(code, how, stop_reason):
+    if stop_reason == "timeout":
+        return "not ready within the boot timeout"
+    if code == WorkerExit.APP_LOAD_ERROR:
+        return "the handler could not be loaded"
+    return f"died before becoming ready ({how})"
