@@ -33,6 +33,7 @@ import socket
 import socketserver
 import sys
 import threading
+import warnings
 
 from . import commands
 from .config import Config
@@ -286,9 +287,23 @@ class _PolicyMixIn:
 
 
 class ForkingMixIn(_PolicyMixIn, socketserver.ForkingMixIn):
-    """socketserver.ForkingMixIn, choosing the ForkPerRequest policy."""
+    """socketserver.ForkingMixIn, choosing the ForkPerRequest policy.
+
+    On Python 3.12+, forking from a process with several threads warns
+    (DeprecationWarning) on every fork: here the first fork of a server
+    warns, the rest do not, so a threaded program is told once, not per request.
+    """
 
     policy = ForkPerRequest()
+    _warned_about_threads = False
+
+    def process_request(self, request, client_address):
+        if not self._warned_about_threads:
+            self._warned_about_threads = True
+            return super().process_request(request, client_address)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().process_request(request, client_address)
 
 
 class ThreadingMixIn(_PolicyMixIn, socketserver.ThreadingMixIn):

@@ -91,3 +91,18 @@ def test_workers_run_on_socketservers_own_servers(handler, request_bytes, expect
         finally:
             server.shutdown()
             thread.join(5)
+
+
+@pytest.mark.parametrize("handler", [EchoHandler, HelloHandler])
+def test_in_a_pool_a_quiet_client_is_closed_after_the_client_timeout(handler):
+    import time
+    config = prefork.Config(client_timeout=2)
+    server = prefork.TCPServer(("127.0.0.1", 0), handler, policy=prefork.Prefork(workers=1), config=config)
+    with serving(server, workers=1):
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" if handler is HelloHandler else b"a\n")
+            assert sock.recv(100)
+            started = time.monotonic()
+            assert sock.recv(100) == b""
+            assert 1.5 <= time.monotonic() - started <= 4
+        assert server.stats()["restarts"]["timeout"] == 0

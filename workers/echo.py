@@ -6,9 +6,10 @@ Unix, UDP and Unix-datagram addresses at once with the same handler.
 It follows prefork's protocol for long-lived handlers: while a connection is
 quiet it calls self.server.heartbeat() every second, so the master does not
 take a quiet client for a hung worker, and it closes the connection between
-lines once self.server.stopping says a graceful stop began. The quiet second
-is the kernel's SO_RCVTIMEO, which costs nothing per recv() (settimeout()
-would add a poll() to each).
+lines once self.server.stopping says a graceful stop began, or once the
+client has been quiet for the pool's client timeout (which arrives as the
+socket's timeout). The quiet second is the kernel's SO_RCVTIMEO, which costs
+nothing per recv() (settimeout() would add a poll() to each).
 """
 
 import socket
@@ -28,15 +29,23 @@ class EchoHandler(prefork.BaseRequestHandler):
             return
         sock, pending, server = self.request, b"", self.server
         heartbeat = getattr(server, "heartbeat", _nothing)     # also runs on socketserver's servers
+        client_timeout = sock.gettimeout()                    # the pool's, or None: no limit
+        if client_timeout is not None:
+            sock.setblocking(True)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _ONE_SECOND)
+        quiet = 0
         while not getattr(server, "stopping", False):
             try:
                 data = sock.recv(65536)
             except BlockingIOError:                # a quiet second
+                quiet += 1
+                if client_timeout is not None and quiet >= client_timeout:
+                    break
                 heartbeat()
                 continue
             if not data:
                 break
+            quiet = 0
             pending += data
             end = pending.rfind(b"\n") + 1
             if end:

@@ -7,7 +7,9 @@ closed after IDLE_TIMEOUT quiet seconds or once the worker is stopping.
 
 While a client is quiet the handler heartbeats once a second. The wait uses
 the kernel's SO_RCVTIMEO on a blocking socket rather than socket.settimeout(),
-which would add a poll() before every recv().
+which would add a poll() before every recv(). In a pool the socket arrives
+with the client timeout set (a socket timeout); the handler takes it as its
+limit for a quiet client, and makes the socket blocking again.
 """
 
 import socket
@@ -21,14 +23,19 @@ KEEP_ALIVE_RESPONSE = _HEAD + b"\r\n" + BODY
 CLOSE_RESPONSE = _HEAD + b"Connection: close\r\n\r\n" + BODY
 TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
                       b"Connection: close\r\n\r\n")
-IDLE_TIMEOUT = 5          # quiet seconds before a keep-alive connection is closed
+IDLE_TIMEOUT = 5          # quiet seconds before a connection is closed (fewer if the client timeout is)
 MAX_HEADER_BYTES = 65536
 _ONE_SECOND = struct.pack("ll", 1, 0)
 
 
 class HelloHandler(prefork.BaseRequestHandler):
     def setup(self):
-        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _ONE_SECOND)
+        sock = self.request
+        client_timeout = sock.gettimeout()            # the pool's client timeout, or None
+        if client_timeout is not None:
+            sock.setblocking(True)
+        self._quiet_seconds = min(IDLE_TIMEOUT, max(1, round(client_timeout or IDLE_TIMEOUT)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _ONE_SECOND)
         self._heartbeat = getattr(self.server, "heartbeat", _nothing)   # also runs on socketserver's
 
     def handle(self):
@@ -60,7 +67,7 @@ class HelloHandler(prefork.BaseRequestHandler):
 
     def _receive(self, waiting_for_request):
         """The next bytes from the client, or b"" to close: EOF, idle timeout, or stopping."""
-        for _ in range(IDLE_TIMEOUT):
+        for _ in range(self._quiet_seconds):
             try:
                 return self.request.recv(65536)
             except BlockingIOError:                    # a quiet second (SO_RCVTIMEO)
