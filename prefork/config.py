@@ -1,12 +1,14 @@
-"""The master's and workers' settings: one frozen dataclass, one field table.
+"""The pool's supervision settings: one frozen dataclass whose field table says everything.
 
-Each field carries its CLI flag, help text and check in its metadata, so the
-same table drives validation (``Config(...)`` raises ConfigError), the
-``prefork serve`` flags and docs/settings.md (``python -m prefork.config``
-prints it; a test keeps the file in step).
+Each field is declared once with setting(): its default, its `prefork serve`
+flag, its help, its check and its kind. That one declaration drives
+validation (``Config(...)`` raises ConfigError naming the field), the CLI
+flag, the config-file key and PREFORK_* environment variable (settings.py),
+and docs/settings.md (`prefork settings` prints it; a test keeps it in step).
 
-Settings that choose *what* to serve (binds, handler, policy, workers,
-threads) are not here: they belong to the server objects and the policy.
+Settings that choose *what* to serve (handler, binds, policy, workers,
+threads) live in settings.ServeOptions, declared the same way: they belong
+to the CLI, while an API user gives them to the server objects and the policy.
 """
 
 import dataclasses
@@ -16,10 +18,16 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 
-def setting(default, flag, help, check=None, metavar=None, short=None):
-    """Declare one setting: its default, its ``prefork serve`` flag(s), its help and its check."""
+def setting(default, flag, help, check=None, metavar=None, short=None, kind=None, choices=None, restart=False):
+    """Declare one setting.
+
+    kind is how its values are checked and parsed from text (str, int, float,
+    bool, list, octal, optional-int); by default the field's type. restart:
+    changing it needs a new master (a reload cannot apply it).
+    """
     return field(default=default, metadata={"flag": flag, "short": short, "help": help, "check": check,
-                                            "metavar": metavar})
+                                            "metavar": metavar, "kind": kind, "choices": choices,
+                                            "restart": restart})
 
 
 def range_problem(value, low, most=None):
@@ -57,7 +65,7 @@ class Config:
 
     name: str = setting(
         "", "--name", "name shown in process titles and log lines (default: the handler's name)",
-        metavar="NAME", short="-n")
+        metavar="NAME", short="-n", restart=True)
     graceful_timeout: float = setting(
         30.0, "--graceful-timeout",
         "on a graceful stop, seconds workers get to finish the request in hand before SIGKILL",
@@ -79,7 +87,7 @@ class Config:
     spare_workers: int = setting(
         0, "--spare-workers",
         "keep N more workers booted but not accepting; one takes over at once when a worker dies "
-        "or retires, so no fork and boot stands between them", at_least(0, 1024), "N")
+        "or retires, so no fork and boot stands between them", at_least(0, 1024), "N", restart=True)
     min_worker_lifetime: float = setting(
         10.0, "--min-worker-lifetime",
         "never retire a worker for memory before it has lived this long (prevents retire storms)",
@@ -105,52 +113,57 @@ class Config:
         above(0), "S")
     preload: bool = setting(
         False, "--preload",
-        "import the handler in the master before forking and gc.freeze() it, so workers share it")
+        "import the handler in the master before forking and gc.freeze() it, so workers share it",
+        restart=True)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            problem = _type_problem(f.type, value)
-            if problem is None and f.metadata["check"] is not None:
-                problem = f.metadata["check"](value)
-            if problem:
-                raise ConfigError.about(f.name, problem, value)
+        check_fields(self)
 
     def replace(self, **changes):
         """A copy with some settings changed (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
 
-def _type_problem(type_name, value):
-    """Why value does not fit the field's declared type, or None."""
-    type_name = getattr(type_name, "__name__", type_name)
-    if type_name == "bool":
-        return None if isinstance(value, bool) else "must be true or false"
+def kind_of(f):
+    """A field's kind: declared, or from its type."""
+    return f.metadata.get("kind") or getattr(f.type, "__name__", f.type)
+
+
+def check_fields(instance):
+    """Validate every field of a settings dataclass; normalize ints given for floats and lists to tuples."""
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        problem, value = value_problem(f, value)
+        if problem is None and f.metadata["check"] is not None and value is not None:
+            problem = f.metadata["check"](value)
+        if problem is None and f.metadata["choices"] and value not in f.metadata["choices"]:
+            problem = f"must be one of {', '.join(f.metadata['choices'])}"
+        if problem:
+            raise ConfigError.about(f.name, problem, getattr(instance, f.name))
+        object.__setattr__(instance, f.name, value)
+
+
+def value_problem(f, value):
+    """(why value does not fit the field's kind or None, the value normalized)."""
+    kind = kind_of(f)
+    if kind == "bool":
+        return (None if isinstance(value, bool) else "must be true or false"), value
+    if kind == "str":
+        return (None if isinstance(value, str) else "must be text"), value
+    if kind == "list":
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return "must be a list of text", value
+        return (None if value else "must not be empty"), tuple(value)
+    if value is None and kind in ("octal", "optional-int"):
+        return None, value
     if isinstance(value, bool):
-        return "must be a number"
-    if type_name == "int":
-        return None if isinstance(value, int) else "must be a whole number"
-    if type_name == "float":
-        if not isinstance(value, (int, float)):
-            return "must be a number"
-        return None if math.isfinite(value) else "must be a finite number"
-    return None if isinstance(value, str) else "must be text"
-
-
-def settings_markdown():
-    """The settings table of docs/settings.md, made from the field table."""
-    lines = [
-        "# Settings",
-        "",
-        "Generated by `prefork settings` from `prefork/config.py`; a test keeps it in step.",
-        "Each is a field of `prefork.Config` (Python API) and a flag of `prefork serve` (CLI).",
-        "",
-        "| `Config` field | `prefork serve` flag | default | meaning |",
-        "| --- | --- | --- | --- |",
-    ]
-    for f in dataclasses.fields(Config):
-        flag = "/".join(filter(None, (f.metadata["short"], f.metadata["flag"])))
-        flag += f" {f.metadata['metavar']}" if f.metadata["metavar"] else ""
-        default = repr(f.default) if f.default != "" else '`""`'
-        lines.append(f"| `{f.name}` | `{flag}` | {default} | {f.metadata['help']} |")
-    return "\n".join(lines) + "\n"
+        return "must be a number", value
+    if kind in ("int", "octal", "optional-int"):
+        if not isinstance(value, int):
+            return "must be a whole number", value
+        return (range_problem(value, 0, 0o7777) if kind == "octal" else None), value
+    if not isinstance(value, (int, float)):
+        return "must be a number", value
+    return (None if math.isfinite(value) else "must be a finite number"), float(value)

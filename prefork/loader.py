@@ -12,11 +12,20 @@ import socketserver
 from .errors import AppLoadError
 
 
+# The ready-made handlers of the repository's workers/ folder, installed as prefork_workers, by name.
+BUILTIN_HANDLERS = {"echo": "prefork_workers.echo:EchoHandler", "hello": "prefork_workers.hello:HelloHandler"}
+
+
 def split_spec(spec):
-    """Split ``module:Object`` (Object may be dotted), or raise AppLoadError."""
+    """Split ``module:Object`` (Object may be dotted) or a built-in's name, or raise AppLoadError."""
+    spec = BUILTIN_HANDLERS.get(spec, spec)
     module, sep, name = spec.partition(":")
+    if module.endswith(".py") and sep:
+        raise AppLoadError(f"bad handler {spec!r}: name the module, not its file: "
+                           f"{module[:-3].replace('/', '.')}:{name}")
     if not sep or not module or not name or not all(part.isidentifier() for part in name.split(".")):
-        raise AppLoadError(f"bad handler {spec!r}: expected MODULE:CLASS, as in workers.echo:EchoHandler")
+        raise AppLoadError(f"bad handler {spec!r}: expected MODULE:CLASS, as in myapp:Handler, "
+                           f"or a built-in handler: echo, hello")
     return module, name
 
 
@@ -35,6 +44,7 @@ def check_findable(spec):
 def load_handler(spec):
     """Import and return the request handler class that ``spec`` names."""
     module_name, name = split_spec(spec)
+    spec = BUILTIN_HANDLERS.get(spec, spec)
     module = _import(module_name, f"cannot import handler {spec!r}")
     obj = module
     for part in name.split("."):

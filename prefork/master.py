@@ -29,6 +29,7 @@ that, 1.1 to 1.7 ms passes before the pidfd fires: the kernel tears the dead
 process down first, so no supervisor can know sooner.
 """
 
+import dataclasses
 import gc
 import logging
 import os
@@ -36,11 +37,12 @@ import selectors
 import signal
 import threading
 import time
+from typing import NamedTuple, Optional
 
 import setproctitle
 
 from . import commands, planner, scoreboard
-from .errors import HaltServer, WorkerSignal
+from .errors import HaltServer, PreforkError, WorkerSignal
 from .listeners import describe_socket, prepare_for_pool
 from .monitor import Monitor
 from .pool import RESTART_REASONS, Pool, worker_stats
@@ -54,6 +56,15 @@ MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the 
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 EXIT_REASONS = RESTART_REASONS     # the keys of stats()["restarts"]
+
+
+class Reconfiguration(NamedTuple):
+    """What a reload changes besides the code: the settings read again (the CLI's config file)."""
+
+    config: object                     #: the new Config
+    workers: Optional[int] = None      #: the new pool size, if the policy has one
+    load_handler: object = None        #: how new workers load the (perhaps renamed) handler
+    restart: tuple = ()                #: settings that changed but need a new master
 
 
 class Master:
@@ -71,13 +82,15 @@ class Master:
     pre_fork, post_fork, worker_ready, worker_exit and on_exit.
     """
 
-    def __init__(self, servers, policy=None, config=None, hooks=None, load_handler=None, poll_interval=0.5):
+    def __init__(self, servers, policy=None, config=None, hooks=None, load_handler=None, poll_interval=0.5,
+                 reconfigure=None):
         self.servers = list(servers)
         first = self.servers[0]
         self.policy = policy or first.policy
         self.config = config or first.config
         self.hooks = hooks or first
         self.load_handler = load_handler
+        self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
@@ -356,9 +369,33 @@ class Master:
                  len(self.pool), why)
 
     def begin_reload(self, why):
-        """Replace every worker, one at a time, with one that loads the code afresh."""
+        """Replace every worker, one at a time, with one that loads the code (and settings) afresh.
+
+        Settings that fail to load leave everything as it was; code that fails
+        to import leaves the old workers serving, as their successors never
+        become ready (the boot failures are logged, with their cause).
+        """
+        if self.reconfigure is not None:
+            try:
+                self._apply(self.reconfigure())
+            except PreforkError as exc:
+                log.error("%s: not reloading, the settings have a problem: %s", why, exc)
+                return
         self.generation += 1
         log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
+
+    def _apply(self, change):
+        if change.restart:
+            log.warning("reload: %s changed, which takes a new master (SIGUSR2 or a restart); keeping the old",
+                        ", ".join(change.restart))
+        self.config = self.setup.config = change.config
+        self.monitor.interval = change.config.monitor_interval
+        if change.load_handler is not None:
+            self.setup.load_handler = change.load_handler
+        if change.workers is not None and change.workers != self.policy.workers:
+            self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
+            self.requested_size = None
+            log.info("reload: %s worker(s) wanted", self.policy.workers)
 
     def set_size(self, size, relative, why):
         current = self.sizing.target if self.sizing else self.policy.workers

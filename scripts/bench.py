@@ -208,7 +208,7 @@ class Server:
 
 
 def http_servers(tools, workdir, keep_alive):
-    hello = "workers.hello:HelloHandler"
+    hello = "prefork_workers.hello:HelloHandler"
     servers = [] if keep_alive else [
         # One request at a time per worker: with keep-alive it would serve 2 of the 50
         # connections and starve the rest, which wrk cannot report. Not a suitable pool there.
@@ -230,7 +230,7 @@ def http_servers(tools, workdir, keep_alive):
 
 
 def echo_servers():
-    echo = "workers.echo:EchoHandler"
+    echo = "prefork_workers.echo:EchoHandler"
     return [
         Server("prefork 2x1", prefork_cmd(echo, "-w", "2", "--preload"), peer=False),
         Server(f"prefork 2x{THREADS} threads", prefork_cmd(echo, "-w", "2", "--threads", str(THREADS), "--preload"),
@@ -320,7 +320,7 @@ def http_get(port, timeout=5):
 
 def respawn(tools, repeats):
     """Median and max milliseconds from SIGKILL of the only worker to the next answered request."""
-    hello = "workers.hello:HelloHandler"
+    hello = "prefork_workers.hello:HelloHandler"
     cases = [Server("prefork (handler imported by each worker)", prefork_cmd(hello, "-w", "1"), False),
              Server("prefork --preload", prefork_cmd(hello, "-w", "1", "--preload"), False),
              Server("prefork --spare-workers 1", prefork_cmd(hello, "-w", "1", "--spare-workers", "1"), False)]
@@ -397,7 +397,7 @@ def _ask(port, line):
 
 def idle(tools, workdir, seconds):
     """Percent of one CPU used by an idle master and by all its workers together."""
-    hello = "workers.hello:HelloHandler"
+    hello = "prefork_workers.hello:HelloHandler"
     cases = [Server("prefork 2x1", prefork_cmd(hello, "-w", "2"), False)]
     if tools.gunicorn:
         cases.append(Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync"), True))

@@ -5,7 +5,7 @@
     python scripts/slow_clients.py -- --client-timeout 1
     python scripts/slow_clients.py --repo /path/to/an/older/checkout
 
-Starts `prefork serve HANDLER -w 2` (workers.hello by default; plus any flags after --),
+Starts `prefork serve HANDLER -w 2` (hello by default; plus any flags after --),
 opens --stalled connections that each send half an HTTP request line and go
 quiet, then times one complete request. Prints the delay and exits.
 """
@@ -27,7 +27,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=REPO, help="the checkout to run (default: this one)")
     parser.add_argument("--stalled", type=int, default=10, help="stalled clients (default: 10)")
-    parser.add_argument("--handler", default="workers.hello:HelloHandler",
+    parser.add_argument("--handler", default="hello",
                         help="an HTTP handler (default: workers.hello:HelloHandler)")
     parser.add_argument("flags", nargs="*", help="more flags for prefork serve, after --")
     args = parser.parse_args()

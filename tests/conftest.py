@@ -210,6 +210,16 @@ class ServerProcess:
 
 
 @pytest.fixture
+def short_tmp():
+    """A short temporary directory, removed afterwards: Unix socket paths must fit in 108 bytes,
+    which pytest's tmp_path, named after the test, does not always."""
+    import shutil
+    directory = tempfile.mkdtemp(prefix="pf-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
 def serve_cli(tmp_path):
     """Start `prefork serve` subprocesses; everything they started is killed afterwards."""
     started = []

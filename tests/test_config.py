@@ -3,7 +3,7 @@ import os
 import pytest
 
 from prefork import Config, ConfigError
-from prefork.config import settings_markdown
+from prefork.settings import settings_markdown
 
 from conftest import REPO
 

@@ -2,20 +2,22 @@ import pytest
 
 from prefork import AppLoadError
 from prefork.loader import check_findable, load_handler, load_module, split_spec
-from workers.echo import EchoHandler
+from prefork_workers.echo import EchoHandler
 
 
 def test_loads_a_handler_class():
-    assert load_handler("workers.echo:EchoHandler") is EchoHandler
+    assert load_handler("echo") is EchoHandler is load_handler("prefork_workers.echo:EchoHandler")
     assert load_handler("apps.handlers:PidEcho").__name__ == "PidEcho"
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("workers.echo", "expected MODULE:CLASS"),
-    ("workers.echo:", "expected MODULE:CLASS"),
+    ("prefork_workers.echo", "expected MODULE:CLASS"),
+    ("prefork_workers.echo:", "expected MODULE:CLASS"),
     (":EchoHandler", "expected MODULE:CLASS"),
-    ("workers.echo:Echo-Handler", "expected MODULE:CLASS"),
-    ("workers.echo:Missing", "module 'workers.echo' has no 'Missing'"),
+    ("prefork_workers.echo:Echo-Handler", "expected MODULE:CLASS"),
+    ("prefork_workers.echo:Missing", "module 'prefork_workers.echo' has no 'Missing'"),
+    ("myapp.py:Handler", "name the module, not its file: myapp:Handler"),
+    ("src/myapp.py:Handler", "name the module, not its file: src.myapp:Handler"),
     ("apps.handlers:NOT_A_HANDLER", "is not a request handler class"),
     ("apps.handlers:os", "is not a request handler class"),
     ("no_such_module_anywhere:X", "No module named 'no_such_module_anywhere'"),

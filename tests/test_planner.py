@@ -177,7 +177,7 @@ def test_memory_over_the_limit_is_due_only_after_the_minimum_lifetime():
     assert actions(pool(replace(fat, uss=90 * MB), worker(2))) == []
     successor = worker(3, slot=1)
     (retire,) = actions(pool(fat, worker(2), successor))
-    assert retire.reason == "memory" and "uses 150.0 MB unique memory, over 100 MB" in retire.detail
+    assert retire.reason == "memory" and "uses 150.0 MB unique memory, over 100.0 MB" in retire.detail
 
 
 def test_the_worker_nearest_its_cap_goes_before_a_reload():

@@ -8,8 +8,8 @@ import pytest
 
 import prefork
 from conftest import serving
-from workers.echo import EchoHandler
-from workers.hello import BODY, HelloHandler
+from prefork_workers.echo import EchoHandler
+from prefork_workers.hello import BODY, HelloHandler
 
 
 def http(address, raw, timeout=5):

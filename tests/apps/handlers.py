@@ -155,3 +155,11 @@ class ShutdownWithFullDoorbell(prefork.BaseRequestHandler):
         self.server.shutdown()
         os.kill(os.getppid(), signal.SIGCONT)
         _reply(self, lambda data: b"stopping\n")
+
+
+class StatsInWorker(prefork.BaseRequestHandler):
+    """Answer, as JSON on one line, what server.stats() says inside a worker."""
+
+    def handle(self):
+        import json
+        _reply(self, lambda data: json.dumps(self.server.stats()).encode() + b"\n")

@@ -26,7 +26,7 @@ def pre_fork(server, worker):
 
 
 def post_fork(server, worker):
-    _record("post_fork", os.getpid(), worker.slot)
+    _record("post_fork", os.getpid(), worker.slot, worker.generation)
     time.sleep(float(os.environ.get("PREFORK_TEST_BOOT_SLEEP", "0")))
     if os.path.exists(os.environ.get("PREFORK_TEST_FAIL_BOOT", "/nonexistent")):
         raise RuntimeError("post_fork hook failed on purpose")

@@ -3,7 +3,6 @@
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 
@@ -31,16 +30,16 @@ def send_later(address, payload, results, timeout=30):
     return thread
 
 
-def test_default_serve_is_echo_on_port_8000_with_a_worker_per_cpu(serve_cli):
-    server = serve_cli()
-    assert server.addresses() == [("127.0.0.1", 8000)]
+def test_default_serve_is_echo_with_a_worker_per_cpu(serve_cli):
+    """The default port, 8000, is checked in test_first_use.py without binding it (it may be taken)."""
+    server = serve_cli(env={"PREFORK_BIND": "127.0.0.1:0"})
     server.wait_workers(len(os.sched_getaffinity(0)))
-    assert exchange("tcp", ("127.0.0.1", 8000), b"one\ntwo\n") == b"one\ntwo\n"
+    assert exchange("tcp", server.addresses()[0], b"one\ntwo\n") == b"one\ntwo\n"
     assert server.stop() == 0
 
 
-def test_several_binds_of_every_kind_at_once(serve_cli):
-    directory = tempfile.mkdtemp(prefix="pf-")
+def test_several_binds_of_every_kind_at_once(serve_cli, short_tmp):
+    directory = short_tmp
     stream, dgram = os.path.join(directory, "s.sock"), os.path.join(directory, "d.sock")
     server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "-b", "[::1]:0", "-b", f"unix:{stream}",
                        "-b", "udp://127.0.0.1:0", "-b", f"unix-dgram:{dgram}", "-b", "udp://[::1]:0")
@@ -152,8 +151,8 @@ def test_handler_that_raises_is_logged_and_the_worker_keeps_serving(serve_cli):
     assert server.wait_workers(1) == {worker}
 
 
-def test_oversized_datagram_does_not_crash_a_worker(serve_cli):
-    directory = tempfile.mkdtemp(prefix="pf-")
+def test_oversized_datagram_does_not_crash_a_worker(serve_cli, short_tmp):
+    directory = short_tmp
     server = serve_cli("-w", "1", "-b", "udp://127.0.0.1:0", "-b", f"unix-dgram:{directory}/d.sock")
     udp, unix_dgram = server.addresses()
     (worker,) = server.wait_workers(1)
@@ -218,19 +217,25 @@ def one_line_error(code, stdout, stderr):
     (["-w", "100000000000"], "--workers: must be between 1 and 4096", 2),
     (["--threads", "0"], "--threads: must be between 1 and 1024, got 0", 2),
     (["--backlog", "99999999999"], "--backlog: must be between 1 and 65535", 2),
-    (["--monitor-interval", "inf", "--timeout", "0"], "--monitor-interval must be a finite number", 2),
-    (["--spare-workers", "-1"], "--spare-workers must be between 0 and 1024", 2),
+    (["--monitor-interval", "inf", "--timeout", "0"], "--monitor-interval: must be a finite number, got inf", 2),
+    (["--spare-workers", "-1"], "--spare-workers: must be between 0 and 1024, got -1", 2),
     (["-b", "127.0.0.1:\u00b2"], "is not a number", 2),
     (["-b", "a..b:1234"], "'a..b' is not a valid host name", 1),
-    (["-w", "many"], "'many' is not a whole number", 2),
+    (["-w", "many"], "--workers: must be a whole number, got 'many'", 2),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag (see 'prefork serve --help')", 2),
-    (["--graceful-timeout", "-1"], "--graceful-timeout must be at least 0", 2),
+    (["--graceful-timeout", "-1"], "--graceful-timeout: must be at least 0, got -1.0", 2),
     (["no_such_module:Handler"], "cannot import handler 'no_such_module:Handler': no module named", 2),
     (["apps.handlers"], "expected MODULE:CLASS", 2),
     (["apps.handlers:Raising", "--preload", "--hooks", "no_such_hooks"], "cannot import hooks module", 2),
     (["apps.handlers:NOT_A_HANDLER", "--preload"], "is not a request handler class", 2),
     (["apps.handlers:Missing", "--preload"], "module 'apps.handlers' has no 'Missing'", 2),
-    (["--policy", "thread", "-w", "2"], "--workers applies to --policy prefork only", 2),
+    (["--policy", "thread", "-w", "2"], "--workers applies to --policy prefork only, not --policy thread", 2),
+    (["--timeout", "-1"], "--timeout: must be at least 0, got -1.0", 2),
+    (["myapp.py:Handler"], "bad handler 'myapp.py:Handler': name the module, not its file: myapp:Handler", 2),
+    (["-b", "udp:127.0.0.1:9000"], "bad bind 'udp:127.0.0.1:9000': write udp://127.0.0.1:9000", 2),
+    (["-b", "127.0.0.1:-1"], "port -1 is out of range 0-65535", 2),
+    (["--policy", "forking"], "--policy: must be one of serial, fork, thread, prefork, got 'forking'", 2),
+    (["--config", "/nonexistent/prefork.toml"], "cannot read config file /nonexistent/prefork.toml", 2),
 ])
 def test_bad_input_gets_one_clear_line(args, expected, code):
     returncode, stdout, stderr = run_cli("serve", *args, cwd=TESTS)

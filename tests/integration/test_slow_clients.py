@@ -32,7 +32,7 @@ def http_get(address, timeout=20):
 
 def test_clients_that_stall_mid_request_are_dropped_after_the_client_timeout(serve_cli):
     """Before: ten clients sending half a request line held -w 2 for 25.6 s before a real request."""
-    server = serve(serve_cli, "workers.hello:HelloHandler", "-w", "2", "-b", "127.0.0.1:0", "--client-timeout", "1",
+    server = serve(serve_cli, "hello", "-w", "2", "-b", "127.0.0.1:0", "--client-timeout", "1",
                    "--log-level", "debug")
     address = server.addresses()[0]
     server.wait_workers(2)
