@@ -1,4 +1,4 @@
-"""The `prefork` command: `prefork serve`, `prefork check-config`, `prefork settings`.
+"""The `prefork` command: `prefork serve`, `prefork check-config`, `prefork settings`, `prefork ctl`.
 
 Bad input never shows a traceback: every problem becomes one line on stderr,
 ``prefork: error: ...``, and an exit status from errors.Exit (2 for what the
@@ -13,8 +13,8 @@ the environment, then the config file, then the declared default.
 import argparse
 import sys
 
-from . import __version__
-from .errors import ConfigError, Exit, PreforkError
+from . import __version__, ctl
+from .errors import ConfigError, Exit, PreforkError, report
 from .launcher import run_serve, validate
 from .settings import SETTINGS, effective_table, parse_text, resolve, settings_markdown
 
@@ -45,7 +45,7 @@ def build_parser():
     check.set_defaults(run=_check_config)
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
-    parser.commands = {"serve": serve, "check-config": check, "settings": settings}
+    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": ctl.add_parser(commands)}
     return parser
 
 
@@ -109,7 +109,7 @@ def _serve(args):
     try:
         resolved = _resolved(args)
     except ConfigError as exc:
-        return fail(exc, Exit.USAGE)
+        return report(exc, Exit.USAGE)
     return run_serve(resolved, lambda: _resolved(args))
 
 
@@ -118,11 +118,6 @@ def _check_config(args):
         resolved = _resolved(args)
         validate(resolved)
     except PreforkError as exc:
-        return fail(exc, Exit.USAGE)
+        return report(exc, Exit.USAGE)
     print(effective_table(resolved), end="")
     return Exit.OK
-
-
-def fail(exc, code):
-    print(f"prefork: error: {exc}", file=sys.stderr)
-    return code

@@ -2,12 +2,15 @@
 
 One table for all three. A signal is looked up in SIGNAL_COMMANDS; an API
 call (``server.scale(4)``) builds the same object; the control socket parses
-one from a request by name (COMMANDS). The loop that owns the pool runs
-``command.run(target)``, where target is the master of a pool or the request
-loop of an in-process policy; the command's docstring is its user help.
+one from a JSON request by name (from_request). The loop that owns the pool
+runs ``command.run(target)``, where target is the master of a pool or the
+request loop of an in-process policy, and the result (text, or a dict for
+status) goes back to a control client. The first line of a command's
+docstring is its help in `prefork ctl --help`.
 
 A target provides: begin_stop(graceful, why, interrupt), begin_reload(why),
-set_size(size, relative, why), reopen_logs(why), resume(why) and ignore(why). A target that cannot do something (a serial server asked to
+set_size(size, relative, why), reopen_logs(why), begin_upgrade(why),
+resume(why), ignore(why) and status(); each returns a short text saying what it did, or raises PreforkError. A target that cannot do something (a serial server asked to
 reload) says so in its log: every command has a defined meaning everywhere.
 """
 
@@ -26,6 +29,21 @@ class Command:
     def run(self, target):
         raise NotImplementedError
 
+    @classmethod
+    def from_request(cls, request, why):
+        """The command a control request asks for (its other keys are arguments)."""
+        return cls(why=why)
+
+
+@dataclass(frozen=True)
+class Status(Command):
+    """Status: the master, each worker (pid, slot, state, requests, memory, CPU, age, last exit), restarts."""
+
+    name: ClassVar[str] = "status"
+
+    def run(self, target):
+        return target.status()
+
 
 @dataclass(frozen=True)
 class Stop(Command):
@@ -38,6 +56,10 @@ class Stop(Command):
 
     def run(self, target):
         return target.begin_stop(graceful=not self.quick, why=self.why or self.name, interrupt=self.interrupt)
+
+    @classmethod
+    def from_request(cls, request, why):
+        return cls(why=why, quick=bool(request.get("quick", False)))
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,10 @@ class Scale(Command):
         return target.set_size(self.size, self.relative, why=self.why or self.name)
 
     @classmethod
+    def from_request(cls, request, why):
+        return cls.parse(request.get("size", ""), why=why)
+
+    @classmethod
     def parse(cls, text, why=""):
         """'8', '+1' or '-2' as a Scale command, or ConfigError."""
         text = str(text).strip()
@@ -83,6 +109,16 @@ class ReopenLogs(Command):
 
     def run(self, target):
         return target.reopen_logs(why=self.why or self.name)
+
+
+@dataclass(frozen=True)
+class Upgrade(Command):
+    """Upgrade: start a new master from the same command, on the same sockets; stop the old one after."""
+
+    name: ClassVar[str] = "upgrade"
+
+    def run(self, target):
+        return target.begin_upgrade(why=self.why or self.name)
 
 
 @dataclass(frozen=True)
@@ -114,12 +150,25 @@ SIGNAL_COMMANDS = {
     signal.SIGTTIN: Scale(why="SIGTTIN", size=1, relative=True),
     signal.SIGTTOU: Scale(why="SIGTTOU", size=-1, relative=True),
     signal.SIGUSR1: ReopenLogs(why="SIGUSR1"),
-    signal.SIGUSR2: Ignore(why="SIGUSR2"),
+    signal.SIGUSR2: Upgrade(why="SIGUSR2"),
     signal.SIGWINCH: Ignore(why="SIGWINCH"),
     signal.SIGCONT: Resume(why="SIGCONT"),
 }
 
-COMMANDS = {cls.name: cls for cls in (Stop, Reload, Scale, ReopenLogs)}
+COMMANDS = {cls.name: cls for cls in (Status, Scale, Reload, Stop, ReopenLogs, Upgrade)}
+
+
+def from_request(request, why):
+    """A command from a decoded control request ({"command": "scale", "size": "+1"}), or ConfigError."""
+    name = request.get("command") if isinstance(request, dict) else None
+    if name not in COMMANDS:
+        raise ConfigError(f"unknown command {name!r}; the commands are {', '.join(COMMANDS)}")
+    return COMMANDS[name].from_request(request, why)
+
+
+def help_lines():
+    """One line per command, from its docstring: for `prefork ctl --help`."""
+    return [f"{name:<12} {cls.__doc__.split(':', 1)[1].strip().splitlines()[0]}" for name, cls in COMMANDS.items()]
 
 
 def for_signal(signum):

@@ -6,6 +6,7 @@ error into a message and an exit status.
 
 import enum
 import signal
+import sys
 
 
 class PreforkError(Exception):
@@ -85,3 +86,9 @@ class WorkerSignal:
 
     ACTIVATE = signal.SIGRTMIN          #: a spare starts serving
     DUMP_STACKS = signal.SIGRTMIN + 1   #: a hung worker writes every thread's stack to stderr (then SIGKILL)
+
+
+def report(problem, code):
+    """For the CLI's commands: say what went wrong in one line on stderr; return the exit status."""
+    print(f"prefork: error: {problem}", file=sys.stderr)
+    return code

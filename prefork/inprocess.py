@@ -22,7 +22,7 @@ import signal
 
 import setproctitle
 
-from . import commands
+from . import commands, logs
 from .listeners import describe_socket
 from .signals import Doorbell, SignalInbox
 from .handling import handle_one
@@ -105,8 +105,20 @@ class RequestLoop:
     def set_size(self, size, relative, why):
         self._no_workers(why, "resize")
 
+    def begin_upgrade(self, why):
+        log.info("%s ignored: upgrading in place needs a pool (--policy prefork)", why)
+        return "ignored"
+
     def reopen_logs(self, why):
-        log.info("%s: no log file to reopen (logging goes to stderr)", why)
+        reopened = logs.reopen()
+        what = ", ".join(reopened) if reopened else "no log file (logging goes to stderr)"
+        log.info("%s: reopened %s", why, what)
+        return f"reopened {what}"
+
+    def status(self):
+        return {"master": {"pid": os.getpid(), "name": self.name, "policy": self.servers[0].policy.name,
+                           "state": "stopping" if self.stopped else "running"},
+                "workers": [], "restarts": {}, "boot_failures": 0}
 
     def resume(self, why):
         log.debug("%s", why)
@@ -116,3 +128,4 @@ class RequestLoop:
 
     def _no_workers(self, why, what):
         log.info("%s ignored: policy %s has no workers to %s", why, self.servers[0].policy.name, what)
+        return "ignored"

@@ -12,20 +12,21 @@ import os
 import sys
 from typing import NamedTuple
 
-from . import loader
-from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer
-from .listeners import open_listener, parse_bind
-from .master import Reconfiguration
+from . import loader, logs, privileges, systemd, upgrade
+from .config import Config
+from .control import ControlServer, open_control_socket
+from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
+from .listeners import describe_socket, open_listener, parse_bind, socket_kind, take_inherited
+from .operations import Reconfiguration
+from .pidfile import PidFile
 from .policies import POLICIES_BY_NAME, Prefork, cpu_count
 from .servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
-from .config import Config
 from .settings import SETTINGS
 
 log = logging.getLogger("prefork")
 
 HOOK_NAMES = ("on_starting", "pre_fork", "post_fork", "worker_ready", "worker_exit", "on_exit")
 SERVER_CLASSES = {"tcp": TCPServer, "udp": UDPServer, "unix": UnixStreamServer, "unix-dgram": UnixDatagramServer}
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
 
 class Launch(NamedTuple):
@@ -61,39 +62,120 @@ def validate(resolved):
 def run_serve(resolved, re_resolve):
     """Serve until stopped; the exit status. re_resolve() reads the settings again (for SIGHUP)."""
     options = resolved.options()
-    logging.basicConfig(level=options.log_level.upper(), format=LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S %z",
-                        stream=sys.stderr)
+    if options.umask is not None:
+        os.umask(options.umask)
+    try:
+        launch = validate(resolved)
+        credentials = privileges.resolve(options.user, options.group)
+        socket_owner = privileges.owner_of(options.socket_owner) if options.socket_owner else None
+    except (ConfigError, AppLoadError, BindError) as exc:
+        return report(exc, Exit.USAGE)
+    try:
+        logs.configure(options.log_level, options.log_file, credentials and (credentials.uid, credentials.gid))
+    except OSError as exc:
+        return report(f"cannot open --log-file {options.log_file}: {exc.strerror}", Exit.ERROR)
     if os.getcwd() not in sys.path:        # like gunicorn: serve modules from where you stand
         sys.path.insert(0, os.getcwd())
     try:
-        launch = validate(resolved)
         handler, load_handler = _handler(launch)
         hooks = _hooks(options.hooks)
-    except (ConfigError, AppLoadError, BindError) as exc:
-        return _fail(exc, Exit.USAGE)
-    servers = []
+    except (ConfigError, AppLoadError) as exc:
+        return report(exc, Exit.USAGE)
+    inherited, control_socket, ready_fd = upgrade.inherited()
+    servers, pidfile, services = [], None, []
     try:
-        for bind in launch.binds:
-            sock = open_listener(bind, options.backlog)
-            servers.append(SERVER_CLASSES[bind.kind].from_socket(sock, handler, policy=launch.policy,
-                                                                 config=launch.config))
-    except BindError as exc:
-        _close(servers)
-        return _fail(exc, Exit.ERROR)
+        activated = systemd.listen_fds()
+        servers = _servers(launch, handler, inherited, activated, resolved.sources["bind"] == "default")
+        _set_socket_files(servers, options.socket_mode, socket_owner)
+        if options.pid:
+            pidfile = PidFile(options.pid)
+            pidfile.create()
+        services = _services(launch, servers, control_socket, ready_fd, pidfile)
+    except (BindError, OSError) as exc:
+        for service in services:
+            service.close()
+        _close(servers, pidfile)
+        return report(exc, Exit.ERROR)
     if hooks is not None:
         for name in HOOK_NAMES:
             if hasattr(hooks, name):
                 setattr(servers[0], name, functools.partial(getattr(hooks, name), servers[0]))
+    if credentials is not None:
+        _drop_privileges_first(servers[0], credentials)
     try:
-        serve_together(servers, load_handler=load_handler,
+        serve_together(servers, load_handler=load_handler, services=services,
                        reconfigure=functools.partial(_reconfigure, launch, re_resolve))
     except HaltServer as exc:
-        return _fail(exc, exc.exit_code)
+        return report(exc, exc.exit_code)
     except KeyboardInterrupt:
         pass
     finally:
-        _close(servers)
+        _close(servers, pidfile)             # the master closed its services
     return Exit.OK
+
+
+def _servers(launch, handler, inherited, activated, binds_are_default):
+    """Servers on the sockets systemd or an old master passed us, and on fresh binds for the rest."""
+    servers, kwargs = [], {"policy": launch.policy, "config": launch.config}
+    for sock, _name in activated:
+        servers.append(SERVER_CLASSES[socket_kind(sock)].from_socket(sock, handler, owned=False, **kwargs))
+    binds = [] if activated and binds_are_default else launch.binds
+    for bind in binds:
+        sock = take_inherited(bind, inherited)
+        if sock is None:
+            sock = open_listener(bind, launch.options.backlog)
+        servers.append(SERVER_CLASSES[bind.kind].from_socket(sock, handler, **kwargs))
+    for sock in inherited:                       # an old master's socket this one no longer wants
+        log.warning("upgrade: not serving %s any more (not among the binds)", describe_socket(sock))
+        sock.close()
+    if not servers:
+        raise BindError("nothing to serve: no -b/--bind, and no socket from systemd (LISTEN_FDS)")
+    return servers
+
+
+def _set_socket_files(servers, mode, owner):
+    for server in servers:
+        path = getattr(getattr(server, "_unix_path", None), "path", None)
+        if path is None:
+            continue
+        if mode is not None:
+            os.chmod(path, mode)
+        if owner is not None:
+            os.chown(path, *owner)
+
+
+def _services(launch, servers, control_socket, ready_fd, pidfile):
+    """What the master looks after beside its workers, for `prefork serve`."""
+    services = []
+    options = launch.options
+    if (options.control or control_socket) and not launch.policy.pooled:
+        raise BindError(f"--control needs a pool (--policy prefork), not --policy {options.policy}")
+    control = None
+    if control_socket is not None:
+        control_socket.setblocking(False)
+        control = ControlServer(control_socket)
+    elif options.control:
+        control = ControlServer(open_control_socket(options.control))
+    if control is not None:
+        services.append(control)
+    notifier = systemd.Notifier()
+    if notifier.enabled:
+        services.append(notifier)
+    if launch.policy.pooled:
+        services.append(upgrade.Upgrader(servers, control, pidfile))
+    if ready_fd is not None:
+        services.append(upgrade.Successor(ready_fd, servers, control))
+    return services
+
+
+def _drop_privileges_first(server, credentials):
+    """Workers become --user/--group before any hook or handler code runs (post_fork comes first)."""
+    hook = server.post_fork
+
+    def post_fork(worker):
+        credentials.drop()
+        hook(worker)
+    server.post_fork = post_fork
 
 
 def _handler(launch):
@@ -131,11 +213,8 @@ def _reconfigure(launch, re_resolve):
                            load_handler=load_handler, restart=tuple(restart))
 
 
-def _fail(exc, code):
-    print(f"prefork: error: {exc}", file=sys.stderr)
-    return code
-
-
-def _close(servers):
+def _close(servers, pidfile):
     for server in servers:
         server.server_close()
+    if pidfile is not None:
+        pidfile.remove()

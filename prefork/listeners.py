@@ -125,6 +125,39 @@ def describe_socket(sock):
     return f"udp://{text}" if datagram else text
 
 
+def socket_kind(sock):
+    """"tcp", "udp", "unix" or "unix-dgram": what kind of listener an inherited socket is."""
+    datagram = sock.type == socket.SOCK_DGRAM
+    if sock.family == socket.AF_UNIX:
+        return "unix-dgram" if datagram else "unix"
+    return "udp" if datagram else "tcp"
+
+
+def take_inherited(bind, sockets):
+    """The socket in sockets (removed from it) that serves bind, if any: same kind and address.
+
+    A bind on port 0 takes an inherited socket of the same host on any port:
+    an upgraded master keeps the port its predecessor was given.
+    """
+    for sock in sockets:
+        if socket_kind(sock) != bind.kind:
+            continue
+        address = sock.getsockname()
+        if bind.unix:
+            path = address.decode(errors="replace") if isinstance(address, bytes) else address
+            found = path == bind.address
+        else:
+            try:
+                _, wanted = _resolve(bind, sock.type)
+            except BindError:
+                continue
+            found = address[0] == wanted[0] and (bind.address[1] == 0 or address[1] == wanted[1])
+        if found:
+            sockets.remove(sock)
+            return sock
+    return None
+
+
 class PoolSocketState:
     """What prepare_for_pool changed on a listening socket, to put back when the pool stops."""
 
@@ -230,6 +263,10 @@ class UnixPathOwner:
 
     def __init__(self, path):
         self.path, self._identity, self._pid = path, _identity(path), os.getpid()
+
+    def release(self):
+        """Never remove it: another process (an upgraded master) serves on it now."""
+        self._pid = None
 
     def remove(self):
         if os.getpid() != self._pid:

@@ -29,7 +29,6 @@ that, 1.1 to 1.7 ms passes before the pidfd fires: the kernel tears the dead
 process down first, so no supervisor can know sooner.
 """
 
-import dataclasses
 import gc
 import logging
 import os
@@ -37,7 +36,6 @@ import selectors
 import signal
 import threading
 import time
-from typing import NamedTuple, Optional
 
 import setproctitle
 
@@ -45,6 +43,7 @@ from . import commands, planner, scoreboard
 from .errors import HaltServer, PreforkError, WorkerSignal
 from .listeners import describe_socket, prepare_for_pool
 from .monitor import Monitor
+from .operations import Operations
 from .pool import RESTART_REASONS, Pool, worker_stats
 from .signals import Doorbell, SignalInbox, default_sigchld
 from .worker import PoolSetup
@@ -58,16 +57,30 @@ MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 EXIT_REASONS = RESTART_REASONS     # the keys of stats()["restarts"]
 
 
-class Reconfiguration(NamedTuple):
-    """What a reload changes besides the code: the settings read again (the CLI's config file)."""
+class Service:
+    """What else the master's loop looks after, beside its workers: the control socket, systemd's
+    notifications, an upgrade in progress. The loop calls each from its own thread, never blocking:
 
-    config: object                     #: the new Config
-    workers: Optional[int] = None      #: the new pool size, if the policy has one
-    load_handler: object = None        #: how new workers load the (perhaps renamed) handler
-    restart: tuple = ()                #: settings that changed but need a new master
+    - start(selector)             # register fds, with the service as the key's data
+    - on_event(master, fileobj, mask)    # one of its fds is ready
+    - on_pass(master, now) -> deadline or None   # once per pass, after the plan was carried out
+    - close(in_child=False)       # at the end; in a new worker, only release fds
+    """
+
+    def start(self, selector):
+        pass
+
+    def on_event(self, master, fileobj, mask):
+        pass
+
+    def on_pass(self, master, now):
+        return None
+
+    def close(self, in_child=False):
+        pass
 
 
-class Master:
+class Master(Operations):
     """Runs a pool of worker processes serving ``servers`` until stopped.
 
     Methods for the caller:
@@ -83,7 +96,7 @@ class Master:
     """
 
     def __init__(self, servers, policy=None, config=None, hooks=None, load_handler=None, poll_interval=0.5,
-                 reconfigure=None):
+                 reconfigure=None, services=()):
         self.servers = list(servers)
         first = self.servers[0]
         self.policy = policy or first.policy
@@ -91,6 +104,7 @@ class Master:
         self.hooks = hooks or first
         self.load_handler = load_handler
         self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
+        self.services = list(services)        # see Service: the control socket, systemd, an upgrade
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
@@ -169,6 +183,8 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.doorbell.reader, selectors.EVENT_READ)
         self.pool = Pool(self.capacity, self.board, self.selector, self.monitor, self._call_hook)
+        for service in self.services:
+            service.start(self.selector)
         self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
         self._old_sigchld = default_sigchld()
         if self.inbox.install(MASTER_SIGNALS):
@@ -206,6 +222,11 @@ class Master:
     def _finish(self):
         if self.pool is not None:
             self.pool.kill_all()
+        for service in reversed(self.services):      # the last started first: an upgrade releases files
+            try:
+                service.close()
+            except Exception:
+                log.exception("closing %s failed", type(service).__name__)
         if self.started_at is not None:
             self._call_hook("on_exit")
         self.inbox.restore()
@@ -236,8 +257,9 @@ class Master:
         self.carry_out_plan(now)
         self._table = tuple(self.pool)
         views = [(w, self.board.view(w.index)) for w in self._table]
-        sample_at = self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)
-        self.sleep(now, sample_at)
+        wake_at = [self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)]
+        wake_at += [service.on_pass(self, now) for service in self.services]
+        self.sleep(now, wake_at)
         return True
 
     def take_commands(self):
@@ -245,6 +267,8 @@ class Master:
             command = commands.for_signal(item) if isinstance(item, int) else item
             try:
                 command.run(self)
+            except PreforkError:
+                pass                            # said in the log by the command itself
             except Exception:
                 log.exception("command %s failed", command)
 
@@ -287,14 +311,16 @@ class Master:
             ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
             last_activation=self.last_activation, max_size=self.max_size)
 
-    def sleep(self, now, sample_at):
+    def sleep(self, now, wake_at):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
-        deadlines = [d for d in (self._deadline, sample_at) if d is not None]
+        deadlines = [d for d in (self._deadline, *wake_at) if d is not None]
         timeout = min(max(0.0, min(deadlines, default=now + MAX_SLEEP) - now) + 0.001, MAX_SLEEP)
         if self.pool.unwatched:
             timeout = min(timeout, 0.1)
         asleep = time.monotonic()
-        self.selector.select(timeout)
+        for key, mask in self.selector.select(timeout):
+            if key.data is not None:
+                key.data.on_event(self, key.fileobj, mask)
         self.doorbell.drain()
         woke = time.monotonic()
         overslept = woke - (asleep + timeout)
@@ -355,68 +381,8 @@ class Master:
         self.selector.close()
         self.doorbell.reader.close()
         self.pool.close_in_child()
-
-    # -- commands (commands.py runs these in the loop's thread) ------------------
-
-    def begin_stop(self, graceful, why, interrupt=False):
-        """Stop every worker: SIGTERM and the graceful timeout, or SIGQUIT and a second (the planner's rule 4)."""
-        self.interrupted = self.interrupted or interrupt
-        if self.stopping == "quick" or (self.stopping and graceful):
-            return
-        self.stopping = "graceful" if graceful else "quick"
-        self.state = "stopping"
-        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
-                 len(self.pool), why)
-
-    def begin_reload(self, why):
-        """Replace every worker, one at a time, with one that loads the code (and settings) afresh.
-
-        Settings that fail to load leave everything as it was; code that fails
-        to import leaves the old workers serving, as their successors never
-        become ready (the boot failures are logged, with their cause).
-        """
-        if self.reconfigure is not None:
-            try:
-                self._apply(self.reconfigure())
-            except PreforkError as exc:
-                log.error("%s: not reloading, the settings have a problem: %s", why, exc)
-                return
-        self.generation += 1
-        log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
-
-    def _apply(self, change):
-        if change.restart:
-            log.warning("reload: %s changed, which takes a new master (SIGUSR2 or a restart); keeping the old",
-                        ", ".join(change.restart))
-        self.config = self.setup.config = change.config
-        self.monitor.interval = change.config.monitor_interval
-        if change.load_handler is not None:
-            self.setup.load_handler = change.load_handler
-        if change.workers is not None and change.workers != self.policy.workers:
-            self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
-            self.requested_size = None
-            log.info("reload: %s worker(s) wanted", self.policy.workers)
-
-    def set_size(self, size, relative, why):
-        current = self.sizing.target if self.sizing else self.policy.workers
-        wanted = max(1, min(current + size if relative else size, self.max_size))
-        self.requested_size = wanted
-        log.info("%s: %s worker(s) wanted", why, wanted)
-
-    def reopen_logs(self, why):
-        log.info("%s: no log file to reopen (logging goes to stderr)", why)
-
-    def resume(self, why):
-        """We may have been stopped (SIGSTOP, Ctrl-Z) and continued: their silence meanwhile was ours."""
-        self.resumed_at = time.monotonic()
-        if self.stopping:
-            # systemd and timeout(1) send SIGCONT right after the stop signal, in case we were stopped.
-            log.debug("%s during a stop", why)
-        else:
-            log.info("%s: every worker gets a fresh timeout, in case the master was stopped", why)
-
-    def ignore(self, why):
-        log.info("%s ignored: it has no meaning to the master", why)
+        for service in self.services:
+            service.close(in_child=True)
 
     def _call_hook(self, name, *args):
         try:

@@ -313,7 +313,7 @@ def _due_detail(worker, reason, config):
         return (f"uses {worker.uss / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
     if reason == "recycle":
         return f"served {worker.requests} requests, near --max-requests {config.max_requests}"
-    return "reloading"
+    return ""
 
 
 def _free_slots(wanted, taken_by):

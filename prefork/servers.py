@@ -172,14 +172,18 @@ class BaseServer(socketserver.BaseServer):
         pass
 
     @classmethod
-    def from_socket(cls, sock, RequestHandlerClass, **kwargs):
-        """A server on an already bound (and, for streams, listening) socket."""
+    def from_socket(cls, sock, RequestHandlerClass, owned=True, **kwargs):
+        """A server on an already bound (and, for streams, listening) socket.
+
+        owned: the socket file of a Unix socket is ours to remove at close;
+        not so for one systemd created and passed in.
+        """
         server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False, **kwargs)
         server.socket.close()
         server.socket = sock
         server.server_address = sock.getsockname()
         address = server.server_address
-        if sock.family == socket.AF_UNIX and address and address[0] not in ("\0", 0):   # not abstract
+        if owned and sock.family == socket.AF_UNIX and address and address[0] not in ("\0", 0):   # not abstract
             server._unix_path = UnixPathOwner(address)
         return server
 
@@ -395,7 +399,7 @@ def _class_for(cls, policy):
 
 # -- serving ----------------------------------------------------------------------
 
-def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=None):
+def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=None, services=()):
     """Serve several servers with the first one's policy until shutdown() is called on any.
 
     With a pooled policy this process becomes the master: it returns after a
@@ -406,7 +410,8 @@ def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=No
     """
     first = servers[0]
     if first.policy.pooled:
-        runner = Master(servers, load_handler=load_handler, poll_interval=poll_interval, reconfigure=reconfigure)
+        runner = Master(servers, load_handler=load_handler, poll_interval=poll_interval, reconfigure=reconfigure,
+                        services=services)
     else:
         runner = RequestLoop(servers, poll_interval)
     for server in servers:

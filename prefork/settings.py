@@ -64,6 +64,30 @@ class ServeOptions:
         "on_exit; each is called with the server first", metavar="MODULE", restart=True)
     log_level: str = setting(
         "info", "--log-level", "level of the log messages", choices=LOG_LEVELS)
+    log_file: str = setting(
+        "", "--log-file", "append log messages to FILE instead of stderr; reopened on SIGUSR1 and "
+        "`prefork ctl reopen-logs`", metavar="FILE", restart=True)
+    control: str = setting(
+        "", "--control", "a Unix socket for `prefork ctl` (mode 0600; only root and this user are served)",
+        metavar="PATH", restart=True)
+    pid: str = setting(
+        "", "--pid", "write the master's pid to FILE (refused if it names a live master); removed at exit",
+        metavar="FILE", restart=True)
+    user: str = setting(
+        "", "--user", "workers drop to this user (name or uid) once the sockets are bound; needs root",
+        metavar="USER", restart=True)
+    group: str = setting(
+        "", "--group", "workers drop to this group (name or gid; default: the user's group)", metavar="GROUP",
+        restart=True)
+    umask: Optional[int] = setting(
+        None, "--umask", "the master's umask, in octal, for the files it creates (default: unchanged)",
+        metavar="MASK", kind="octal", restart=True)
+    socket_mode: Optional[int] = setting(
+        None, "--socket-mode", "mode of the Unix socket files bound with -b, in octal, such as 660 "
+        "(default: from the umask)", metavar="MODE", kind="octal", restart=True)
+    socket_owner: str = setting(
+        "", "--socket-owner", "owner of the Unix socket files bound with -b, as USER or USER:GROUP",
+        metavar="USER[:GROUP]", restart=True)
 
     def __post_init__(self):
         check_fields(self)
@@ -236,7 +260,9 @@ def _labelled(get, label):
 
 # -- showing them ----------------------------------------------------------------------------
 
-def show_value(value):
+def show_value(value, kind=None):
+    if kind == "octal" and value is not None:
+        return f"{value:04o}"
     if isinstance(value, tuple):
         return ", ".join(value)
     if value is None:
@@ -248,7 +274,7 @@ def show_value(value):
 
 def effective_table(resolved):
     """The lines `prefork check-config` prints: each setting, its value and where it came from."""
-    rows = [(s.key, show_value(resolved.values[s.name]), resolved.sources[s.name]) for s in SETTINGS]
+    rows = [(s.key, show_value(resolved.values[s.name], s.kind), resolved.sources[s.name]) for s in SETTINGS]
     widths = [max(len(row[i]) for row in rows + [("setting", "value", "from")]) for i in range(2)]
     lines = [f"{'setting':<{widths[0]}}  {'value':<{widths[1]}}  from"]
     lines += [f"{key:<{widths[0]}}  {value:<{widths[1]}}  {source}" for key, value, source in rows]
@@ -276,7 +302,7 @@ def settings_markdown():
         flag = "/".join(filter(None, (meta["short"], meta["flag"]))) or "MODULE:CLASS (argument)"
         flag += f" {meta['metavar']}" if meta["metavar"] and meta["flag"] else ""
         default = item.field.default
-        shown = "one per CPU" if default is None and item.name == "workers" else show_value(default)
+        shown = "one per CPU" if default is None and item.name == "workers" else show_value(default, item.kind)
         meaning = meta["help"] + (" *(restart)*" if item.restart else "")
         api = f"`{item.name}`" if item.owner is Config else ""
         lines.append(f"| `{flag}` | `{item.key}` | `{item.env}` | `{shown}` | {meaning} | {api} |")

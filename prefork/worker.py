@@ -45,7 +45,7 @@ import time
 
 import setproctitle
 
-from . import scoreboard
+from . import logs, scoreboard
 from .errors import AppLoadError, WorkerExit, WorkerSignal
 from .handling import PoolRequest, handle_one
 from .signals import ring
@@ -67,8 +67,7 @@ FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SI
 # Signals meant for the master, which reach workers too when sent to the process group (Ctrl-C
 # in a terminal, systemd's KillMode). A worker *handles* them by doing nothing, rather than
 # ignoring them: an ignored signal stays ignored across exec, in every program a handler starts.
-_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
-                    signal.SIGUSR2, signal.SIGWINCH)
+_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGWINCH)
 
 
 class PoolSetup:
@@ -160,6 +159,8 @@ class _ChildProcess:
         self.header = setup.board.writer(worker.index)
         self.stopping = False
         self.stop_r, self.stop_w = os.pipe()       # never drained: once written, every loop sees it
+        self.notice_r, self.notice_w = os.pipe()   # drained: "the master sent SIGUSR1, reopen the logs"
+        os.set_blocking(self.notice_r, False)
         self.activate_r = self.activate_w = None
         self.started = itertools.count(1)          # next() is atomic under the GIL, for accept threads
         self.accepted = 0
@@ -194,6 +195,7 @@ class _ChildProcess:
         signal.signal(signal.SIGQUIT, _on_quick_stop)
         for signum in _MASTERS_SIGNALS:
             signal.signal(signum, _do_nothing)
+        signal.signal(signal.SIGUSR1, self._on_reopen_logs)
         if self.worker.spare:
             self.activate_r, self.activate_w = os.pipe()
         signal.signal(ACTIVATE_SIGNAL, self._on_activate if self.worker.spare else _do_nothing)
@@ -266,7 +268,13 @@ class _ChildProcess:
         with select.epoll() as poller:
             poller.register(self.activate_r, select.EPOLLIN)
             poller.register(self.stop_r, select.EPOLLIN)
-            while not self.stopping and not poller.poll(self.setup.tick_interval):
+            poller.register(self.notice_r, select.EPOLLIN)
+            while not self.stopping:
+                ready = {fd for fd, _ in poller.poll(self.setup.tick_interval)}
+                if self.activate_r in ready:
+                    break
+                if self.notice_r in ready:
+                    self._reopen_logs()
                 self.header.tick(time.monotonic())
                 self._check_master()
         if self.stopping:
@@ -290,6 +298,21 @@ class _ChildProcess:
             # Nobody is left to enforce the graceful timeout: do it ourselves.
             signal.alarm(max(1, int(self.setup.config.graceful_timeout + 0.5)))
 
+    def _on_reopen_logs(self, signum, frame):
+        os.write(self.notice_w, b"r")
+
+    def _reopen_logs(self):
+        """Reopen the log files, in the loop, not in the signal handler (a handler's lock may be held)."""
+        try:
+            while os.read(self.notice_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        try:
+            logs.reopen()
+        except OSError as exc:
+            log.warning("worker %s cannot reopen its log file: %s", self.worker.slot, exc)
+
     def _on_activate(self, signum, frame):
         os.write(self.activate_w, b"a")
 
@@ -312,12 +335,17 @@ class _ChildProcess:
             for fd in by_fd:
                 poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             poller.register(self.stop_r, select.EPOLLIN)
+            if self.setup.threads == 1:                  # else the main thread takes the notices
+                poller.register(self.notice_r, select.EPOLLIN)
             while not self.stopping:
                 events = poller.poll(tick_interval)
                 if not events:
                     record.tick(monotonic())
                     self._check_master()
                 for fd, _ in events:
+                    if fd == self.notice_r:
+                        self._reopen_logs()
+                        continue
                     # Even when stopping, serve what this batch holds: with EPOLLEXCLUSIVE the
                     # kernel may have woken only us for it, and nobody else would look soon.
                     # At the request cap, though, not one more.
@@ -350,8 +378,12 @@ class _ChildProcess:
             thread.start()
         with select.epoll() as poller:
             poller.register(self.stop_r, select.EPOLLIN)
+            poller.register(self.notice_r, select.EPOLLIN)
             while not self.stopping:
-                if not poller.poll(self.setup.tick_interval):
+                ready = {fd for fd, _ in poller.poll(self.setup.tick_interval)}
+                if self.notice_r in ready:
+                    self._reopen_logs()
+                if not ready:
                     self.header.tick(time.monotonic())
                     self._check_master()
         for thread in threads:

@@ -163,3 +163,21 @@ class StatsInWorker(prefork.BaseRequestHandler):
     def handle(self):
         import json
         _reply(self, lambda data: json.dumps(self.server.stats()).encode() + b"\n")
+
+
+class LogLine(prefork.BaseRequestHandler):
+    """Log one line through the "prefork" logger (as a handler would), answer the pid and version."""
+
+    VERSION = "one"
+
+    def handle(self):
+        import logging
+        logging.getLogger("prefork").warning("worker %s logs a line", os.getpid())
+        _reply(self, lambda data: f"{os.getpid()} {self.VERSION}\n".encode())
+
+
+class Identity(prefork.BaseRequestHandler):
+    """Answer the uid, gid and supplementary groups the worker runs with."""
+
+    def handle(self):
+        _reply(self, lambda data: f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())}\n".encode())

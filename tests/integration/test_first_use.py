@@ -7,8 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import xmlrpc.client
 
 import psutil
@@ -74,7 +72,7 @@ def test_in_process_policies_log_start_name_themselves_and_survive_habitual_sign
     for signum, logged in ((signal.SIGHUP, "SIGHUP ignored: policy .* has no workers to reload"),
                            (signal.SIGTTIN, "SIGTTIN ignored"), (signal.SIGTTOU, "SIGTTOU ignored"),
                            (signal.SIGUSR2, "SIGUSR2 ignored"), (signal.SIGWINCH, "SIGWINCH ignored"),
-                           (signal.SIGUSR1, "SIGUSR1: no log file to reopen")):
+                           (signal.SIGUSR1, "SIGUSR1: reopened no log file")):
         os.kill(server.pid, signum)
         server.wait_log(logged)
         assert psutil.Process(server.pid).status() != psutil.STATUS_STOPPED, signal.Signals(signum).name

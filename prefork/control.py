@@ -1,0 +1,188 @@
+"""The control socket: a Unix stream socket the master answers `prefork ctl` on.
+
+The protocol is one JSON object per line, each way: a request such as
+{"command": "scale", "size": "+1"}, then a reply {"ok": true, "result": ...}
+or {"ok": false, "error": "..."}, then the master closes the connection.
+The commands are commands.COMMANDS, the same objects signals and the API use.
+
+Who may talk to it: the socket file is created with mode 0600 from the first
+instant (a umask around bind(), never a chmod after, which would leave a
+moment when anyone could connect), and the master checks every peer's
+credentials (SO_PEERCRED): only root and the master's own user are served.
+
+The master's loop is single-threaded, so a client must never block it: every
+connection is non-blocking, read and written from the loop's selector, with
+a request size limit and a deadline.
+"""
+
+import json
+import logging
+import os
+import selectors
+import socket
+import struct
+import time
+
+from . import commands
+from .errors import BindError, PreforkError
+from .listeners import UnixPathOwner, remove_stale_unix_socket
+
+log = logging.getLogger("prefork")
+
+MAX_REQUEST = 64 * 1024      # bytes: a request line longer than this is refused
+CLIENT_DEADLINE = 5.0        # seconds a client has to send its request
+_UCRED = struct.Struct("3i")     # pid, uid, gid
+
+
+def open_control_socket(path):
+    """Bind and listen on path with mode 0600 from the start; BindError if it cannot."""
+    remove_stale_unix_socket(path, socket.SOCK_STREAM, "control socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot open the control socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    sock.setblocking(False)
+    return sock
+
+
+class ControlServer:
+    """A master service (see Master.services): accepts control connections and answers them."""
+
+    def __init__(self, sock, owned=True):
+        self.sock = sock
+        self.path = sock.getsockname()
+        self.owner = UnixPathOwner(self.path) if owned else None
+        self.active = True               # False while an upgraded master answers instead of us
+        self._clients = {}               # socket -> _Client
+        self._selector = None
+
+    def fds(self):
+        return [self.sock.fileno()]
+
+    def start(self, selector):
+        self._selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, self)
+
+    def pause(self):
+        """Stop answering (an upgraded master has taken over); the socket stays open for a roll-back."""
+        if self.active:
+            self._selector.unregister(self.sock)
+            self.active = False
+
+    def resume(self):
+        if not self.active:
+            self._selector.register(self.sock, selectors.EVENT_READ, self)
+            self.active = True
+
+    def on_event(self, master, fileobj, mask):
+        if fileobj is self.sock:
+            self._accept()
+            return
+        client = self._clients.get(fileobj)
+        if client is None:
+            return
+        if client.on_event(mask, master):
+            self._drop(client)
+        elif client.outbox:
+            self._selector.modify(client.sock, selectors.EVENT_WRITE, self)
+
+    def on_pass(self, master, now):
+        """Drop clients past their deadline; the next deadline."""
+        for client in list(self._clients.values()):
+            if now > client.deadline:
+                self._drop(client)
+        return min((c.deadline for c in self._clients.values()), default=None)
+
+    def close(self, in_child=False):
+        for client in list(self._clients.values()):
+            self._drop(client, unregister=not in_child)
+        self.sock.close()
+        if not in_child and self.owner is not None:
+            self.owner.remove()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:           # EMFILE and the like: try again on the next event
+                log.warning("control socket: cannot accept: %s", exc.strerror)
+                return
+            conn.setblocking(False)
+            client = _Client(conn)
+            if not client.allowed():
+                client.reply_and_close({"ok": False, "error": "permission denied: only root and the master's "
+                                                              "user may control it"})
+                log.warning("control socket: refused a client of uid %s", client.uid)
+            self._clients[conn] = client
+            self._selector.register(conn, selectors.EVENT_WRITE if client.outbox else selectors.EVENT_READ, self)
+
+    def _drop(self, client, unregister=True):
+        self._clients.pop(client.sock, None)
+        if unregister:
+            try:
+                self._selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+        client.sock.close()
+
+
+class _Client:
+    """One control connection: read one request line, run it, write the reply, close."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = b""
+        self.replied = False
+        self.deadline = time.monotonic() + CLIENT_DEADLINE
+        pid, self.uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+    def allowed(self):
+        return self.uid in (0, os.geteuid())
+
+    def reply_and_close(self, reply):
+        self.outbox = json.dumps(reply, default=str).encode() + b"\n"
+        self.replied = True
+
+    def on_event(self, mask, master):
+        """Handle readiness; True when the connection is done."""
+        try:
+            if mask & selectors.EVENT_READ and not self.replied:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.inbox += data
+                if b"\n" in self.inbox:
+                    self.reply_and_close(self._answer(self.inbox.split(b"\n", 1)[0], master))
+                elif len(self.inbox) > MAX_REQUEST:
+                    self.reply_and_close({"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
+            if mask & selectors.EVENT_WRITE and self.outbox:
+                sent = self.sock.send(self.outbox)
+                self.outbox = self.outbox[sent:]
+                return not self.outbox
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        return False
+
+    def _answer(self, line, master):
+        try:
+            request = json.loads(line)
+            command = commands.from_request(request, why=f"prefork ctl {request.get('command')}")
+        except PreforkError as exc:
+            return {"ok": False, "error": str(exc)}
+        except (ValueError, AttributeError) as exc:
+            return {"ok": False, "error": f"not a JSON request object: {exc}"}
+        try:
+            return {"ok": True, "result": command.run(master)}
+        except PreforkError as exc:
+            return {"ok": False, "error": str(exc)}

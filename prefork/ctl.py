@@ -1,0 +1,131 @@
+"""`prefork ctl`: talk to a running master through its control socket (control.py).
+
+    prefork ctl --control /run/app.ctl status [--json]
+    prefork ctl scale 8 | scale +1 | scale -1
+    prefork ctl reload | stop [--quick] | reopen-logs | upgrade
+
+The socket comes from --control or PREFORK_CONTROL. Each invocation sends one
+JSON request and prints the reply: a table (or JSON) for status, one line
+for the rest. Nobody listening, a refused peer, or an error from the master
+is one line on stderr and exit status 1.
+"""
+
+import argparse
+import json
+import os
+import socket
+import time
+
+from . import commands
+from .errors import Exit, report
+
+TIMEOUT = 10.0
+
+
+def add_parser(subparsers):
+    ctl = subparsers.add_parser(
+        "ctl", help="control a running master through its control socket (prefork serve --control PATH)",
+        description="Send one command to a running master. Commands:\n  " + "\n  ".join(commands.help_lines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ctl.add_argument("--control", metavar="PATH", default=os.environ.get("PREFORK_CONTROL", ""),
+                     help="the master's control socket (default: $PREFORK_CONTROL)")
+    actions = ctl.add_subparsers(dest="action", metavar="COMMAND", parser_class=type(ctl))
+    actions.required = True
+    status = actions.add_parser("status", help="the master and each worker, as a table")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    scale = actions.add_parser("scale", help="set the number of workers: N, +N or -N")
+    scale.add_argument("size", metavar="N|+N|-N")
+    actions.add_parser("reload", help="replace every worker, one at a time (re-reading the config file)")
+    stop = actions.add_parser("stop", help="stop gracefully")
+    stop.add_argument("--quick", action="store_true", help="stop at once, abandoning requests in hand")
+    actions.add_parser("reopen-logs", help="reopen the log file in the master and every worker")
+    actions.add_parser("upgrade", help="start a new master on the same sockets (like SIGUSR2)")
+    ctl.set_defaults(run=run_ctl)
+    return ctl
+
+
+def run_ctl(args):
+    if not args.control:
+        return report("no control socket: give --control PATH or set PREFORK_CONTROL", Exit.USAGE)
+    request = {"command": args.action}
+    if args.action == "scale":
+        request["size"] = args.size
+    if args.action == "stop":
+        request["quick"] = args.quick
+    try:
+        reply = send(args.control, request)
+    except FileNotFoundError:
+        return report(f"no master is listening on {args.control} (no such socket)", Exit.ERROR)
+    except ConnectionRefusedError:
+        return report(f"no master is listening on {args.control} (connection refused)", Exit.ERROR)
+    except PermissionError:
+        return report(f"permission denied on {args.control}: run as root or as the master's user", Exit.ERROR)
+    except (OSError, ValueError) as exc:
+        return report(f"the master at {args.control} did not answer: {exc}", Exit.ERROR)
+    if not reply.get("ok"):
+        return report(reply.get("error", "the master refused the command"), Exit.ERROR)
+    result = reply.get("result")
+    if args.action == "status":
+        print(json.dumps(result, indent=2) if args.json else status_table(result))
+    else:
+        print(result)
+    return Exit.OK
+
+
+def send(path, request, timeout=TIMEOUT):
+    """One request to the control socket at path; the decoded reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise ValueError("it closed the connection without a reply")
+    return json.loads(data)
+
+
+def status_table(stats, now=None):
+    """The status as a person reads it: the master in one line, then a row per worker."""
+    now = time.time() if now is None else now
+    master = stats["master"]
+    lines = [f"master {master['pid']} [{master['name']}] {master['state']}, policy {master['policy']}, "
+             f"{len(stats['workers'])} worker(s), target {master.get('target_workers')}"
+             f" ({master.get('target_reason') or '-'}), generation {master.get('generation', 0)}, "
+             f"up {_age(now - master['started_at']) if master.get('started_at') else '-'}"]
+    if master.get("upgrade"):
+        upgrade = master["upgrade"]
+        lines.append(f"upgrade: new master {upgrade['new_master']}, {'serving' if upgrade['ready'] else 'starting'}")
+    header = ("pid", "slot", "state", "requests", "uss", "cpu", "age", "last exit")
+    rows = [header]
+    for worker in stats["workers"]:
+        rows.append((str(worker["pid"]), str(worker["slot"]), worker["state"], str(worker["requests"]),
+                     _megabytes(worker.get("uss")), _percent(worker.get("cpu_percent")),
+                     _age(now - worker["started_at"]), worker.get("last_exit_reason") or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.rjust(width) if i in (0, 1, 3, 4, 5, 6) else cell.ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    restarts = {reason: count for reason, count in stats.get("restarts", {}).items() if count}
+    lines.append("restarts: " + (", ".join(f"{reason} {count}" for reason, count in restarts.items()) or "none"))
+    return "\n".join(lines)
+
+
+def _megabytes(value):
+    return "-" if value is None else f"{value / 2**20:.1f}M"
+
+
+def _percent(value):
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _age(seconds):
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

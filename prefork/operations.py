@@ -1,0 +1,137 @@
+"""What each named command (commands.py) means to a pool's master.
+
+The master's loop runs these in its own thread, for a signal, an API call or
+a control request alike. Each returns a short text saying what it did (a
+control client prints it), or raises PreforkError saying why it did nothing.
+They change the facts the planner reads (the stop, the generation, the
+requested size), never the workers directly.
+"""
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import NamedTuple, Optional
+
+from . import logs
+from .errors import PreforkError
+
+log = logging.getLogger("prefork")
+
+
+class Reconfiguration(NamedTuple):
+    """What a reload changes besides the code: the settings read again (the CLI's config file)."""
+
+    config: object                     #: the new Config
+    workers: Optional[int] = None      #: the new pool size, if the policy has one
+    load_handler: object = None        #: how new workers load the (perhaps renamed) handler
+    restart: tuple = ()                #: settings that changed but need a new master
+
+
+class Operations:
+    """Mixed into Master: the command target (see commands.py)."""
+
+    def begin_stop(self, graceful, why, interrupt=False):
+        """Stop every worker: SIGTERM and the graceful timeout, or SIGQUIT and a second (the planner's rule 4)."""
+        self.interrupted = self.interrupted or interrupt
+        if self.stopping == "quick" or (self.stopping and graceful):
+            return f"already stopping ({self.stopping})"
+        self.stopping = "graceful" if graceful else "quick"
+        self.state = "stopping"
+        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
+                 len(self.pool), why)
+        return f"{self.stopping} stop of {len(self.pool)} worker(s)"
+
+    def begin_reload(self, why):
+        """Replace every worker, one at a time, with one that loads the code (and settings) afresh.
+
+        Settings that fail to load leave everything as it was; code that fails
+        to import leaves the old workers serving, as their successors never
+        become ready (the boot failures are logged, with their cause).
+        """
+        if self.reconfigure is not None:
+            try:
+                self._apply(self.reconfigure())
+            except PreforkError as exc:
+                log.error("%s: not reloading, the settings have a problem: %s", why, exc)
+                raise PreforkError(f"not reloading, the settings have a problem: {exc}") from None
+        self.generation += 1
+        log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
+        return f"reloading {len(self.pool)} worker(s) one at a time (generation {self.generation})"
+
+    def _apply(self, change):
+        if change.restart:
+            log.warning("reload: %s changed, which takes a new master (SIGUSR2 or a restart); keeping the old",
+                        ", ".join(change.restart))
+        self.config = self.setup.config = change.config
+        self.monitor.interval = change.config.monitor_interval
+        if change.load_handler is not None:
+            self.setup.load_handler = change.load_handler
+        if change.workers is not None and change.workers != self.policy.workers:
+            self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
+            self.requested_size = None
+            log.info("reload: %s worker(s) wanted", self.policy.workers)
+
+    def set_size(self, size, relative, why):
+        current = self.sizing.target if self.sizing else self.policy.workers
+        wanted = max(1, min(current + size if relative else size, self.max_size))
+        self.requested_size = wanted
+        log.info("%s: %s worker(s) wanted", why, wanted)
+        return f"{wanted} worker(s) wanted"
+
+    def reopen_logs(self, why):
+        """Reopen the log files here, and tell every worker to reopen its own (SIGUSR1)."""
+        reopened = logs.reopen()
+        for worker in self.pool:
+            self.pool.signal(worker, signal.SIGUSR1)
+        what = ", ".join(reopened) if reopened else "no log file (logging goes to stderr)"
+        log.info("%s: reopened %s", why, what)
+        return f"reopened {what}"
+
+    def status(self):
+        """stats(), for `prefork ctl status`, with what the services add (the control socket, ...)."""
+        stats = self.stats()
+        for service in self.services:
+            stats["master"].update(getattr(service, "status", dict)())
+        return stats
+
+    def resume(self, why):
+        """We may have been stopped (SIGSTOP, Ctrl-Z) and continued: their silence meanwhile was ours."""
+        self.resumed_at = time.monotonic()
+        if self.stopping:
+            # systemd and timeout(1) send SIGCONT right after the stop signal, in case we were stopped.
+            log.debug("%s during a stop", why)
+        else:
+            log.info("%s: every worker gets a fresh timeout, in case the master was stopped", why)
+
+    def ignore(self, why):
+        log.info("%s ignored: it has no meaning to the master", why)
+        return "ignored"
+
+    def begin_upgrade(self, why):
+        """Start a new master on the same sockets (SIGUSR2): the Upgrader service of `prefork serve`."""
+        upgrader = next((s for s in self.services if hasattr(s, "begin")), None)
+        if upgrader is None:
+            log.info("%s ignored: upgrading in place is for `prefork serve`", why)
+            return "ignored"
+        try:
+            return upgrader.begin(self)
+        except PreforkError as exc:
+            log.error("%s: %s", why, exc)
+            raise
+
+    def settled(self):
+        """The pool is running at its target, every serving worker ready and of the current generation."""
+        if self.stopping or self.sizing is None or self.pool is None:
+            return False
+        serving = [w for w in self.pool if not w.spare and w.stop_reason is None]
+        return len(serving) >= self.sizing.target and all(
+            w.ready and w.generation == self.generation for w in serving)
+
+    def summary(self):
+        """One line about the pool, for systemd's STATUS=."""
+        serving = [w for w in self.pool if not w.spare and w.stop_reason is None]
+        busy = sum(1 for w in serving if self.board.view(w.index).busy_threads)
+        return f"{len(serving)} worker(s), {busy} busy, generation {self.generation}"
+

@@ -1,0 +1,68 @@
+"""--pid FILE: the master's pid, for init scripts and for `kill -HUP $(cat FILE)`.
+
+It is refused when it names a live prefork master (two masters would fight
+over it), written atomically (a temporary file renamed over it), and removed
+at exit only if it still names us. During an upgrade (SIGUSR2) the old master
+moves it to FILE.oldbin and the new master writes FILE, as nginx and gunicorn
+do; if the new master goes away, the old one moves it back.
+"""
+
+import os
+
+from .errors import BindError
+
+MASTER_TITLE = "prefork: master"
+
+
+class PidFile:
+    def __init__(self, path):
+        self.path = path
+        self.oldbin = path + ".oldbin"
+
+    def create(self):
+        """Write our pid; BindError (exit 1) if the file names another live master or cannot be written."""
+        other = read_pid(self.path)
+        if other and other != os.getpid() and is_master(other):
+            raise BindError(f"--pid {self.path} names a live prefork master (pid {other}); stop it first")
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise BindError(f"cannot write --pid {self.path}: {exc.strerror}") from None
+
+    def move_aside(self):
+        """An upgrade begins: FILE becomes FILE.oldbin, for the new master to write FILE."""
+        if read_pid(self.path) == os.getpid():
+            os.replace(self.path, self.oldbin)
+
+    def move_back(self):
+        """The upgrade was rolled back: FILE names us again."""
+        if read_pid(self.oldbin) == os.getpid():
+            os.replace(self.oldbin, self.path)
+
+    def remove(self):
+        for path in (self.path, self.oldbin):
+            if read_pid(path) == os.getpid():
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def is_master(pid):
+    """Whether pid is a live prefork master (by its process title)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").startswith(MASTER_TITLE.encode())
+    except OSError:
+        return False

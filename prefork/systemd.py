@@ -1,0 +1,111 @@
+"""systemd: listening sockets it passes in (socket activation), and what we tell it (sd_notify).
+
+Both protocols are a few lines of documented environment and a datagram, so
+we speak them directly rather than depend on python-systemd:
+
+- Socket activation: LISTEN_PID names us, LISTEN_FDS counts the sockets
+  starting at fd 3, LISTEN_FDNAMES names them. We take them and unset the
+  variables, so that nothing we start mistakes them for its own. We never
+  unlink a socket file systemd created.
+- sd_notify: datagrams to NOTIFY_SOCKET ("@name" is an abstract socket):
+  READY=1 once the pool has its workers, RELOADING=1 then READY=1 around a
+  reload, STOPPING=1, STATUS= with the pool's size, MAINPID= after an
+  upgrade (SIGUSR2), and WATCHDOG=1 every half WATCHDOG_USEC.
+"""
+
+import logging
+import os
+import socket
+
+from .errors import BindError
+
+log = logging.getLogger("prefork")
+
+FIRST_FD = 3
+
+
+def listen_fds(environ=None):
+    """The sockets systemd passed us, as [(socket, name)], or [] if none (or they are not ours)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    found = []
+    for index, fd in enumerate(range(FIRST_FD, FIRST_FD + count)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(f"LISTEN_FDS names fd {fd}, which is not an open socket ({exc.strerror})") from None
+        sock.set_inheritable(False)
+        found.append((sock, names[index] if index < len(names) else ""))
+    return found
+
+
+class Notifier:
+    """A master service (see Master.Service) that keeps systemd informed, when NOTIFY_SOCKET is set."""
+
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        address = environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = environ.get("WATCHDOG_USEC", "")
+        watchdog_pid = environ.get("WATCHDOG_PID", str(os.getpid()))
+        self.watchdog = int(usec) / 2e6 if usec.isdigit() and watchdog_pid == str(os.getpid()) else None
+        self.next_watchdog = 0.0
+        self._sock = None
+        self._ready = False
+        self._generation = 0
+        self._stopping = False
+        self._status = ""
+
+    @property
+    def enabled(self):
+        return bool(self.address)
+
+    def notify(self, *lines):
+        if not self.address:
+            return
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.sendto("\n".join(lines).encode(), self.address)
+        except OSError as exc:
+            log.debug("sd_notify %s failed: %s", lines, exc)
+
+    def start(self, selector):
+        pass
+
+    def on_event(self, master, fileobj, mask):
+        pass
+
+    def on_pass(self, master, now):
+        if master.stopping and not self._stopping:
+            self._stopping = True
+            self.notify("STOPPING=1", f"STATUS=stopping {len(master.pool)} worker(s)")
+        elif not master.stopping:
+            if master.generation != self._generation:
+                self._generation, self._ready = master.generation, False
+                self.notify("RELOADING=1", f"STATUS=reloading (generation {master.generation})")
+            if master.settled() and not self._ready:
+                self._ready = True
+                self.notify("READY=1", f"MAINPID={os.getpid()}")
+            status = master.summary()
+            if status != self._status:
+                self._status = status
+                self.notify(f"STATUS={status}")
+        if self.watchdog is None:
+            return None
+        if now >= self.next_watchdog:
+            self.notify("WATCHDOG=1")
+            self.next_watchdog = now + self.watchdog
+        return self.next_watchdog
+
+    def close(self, in_child=False):
+        if self._sock is not None:
+            self._sock.close()

@@ -1,0 +1,180 @@
+"""Upgrade in place (SIGUSR2): a new master, started from the same command, takes over the sockets.
+
+The old master runs the `prefork` command it was started with again, as a
+child, passing it the listening sockets and the control socket as inherited
+file descriptors named in the environment (PREFORK_FDS, PREFORK_CONTROL_FD),
+never binding anything twice, so not one connection is refused in between.
+Both pools accept on the same sockets until the operator stops the old master
+(SIGTERM), exactly as with nginx and gunicorn. The pid file moves to
+FILE.oldbin for the old master and FILE names the new one.
+
+The new master tells the old one that its workers are ready through a pipe
+(PREFORK_UPGRADE_FD); the old master then leaves the control socket to it. If
+the new master exits instead (it failed, or the operator stopped it to roll
+back), the old master takes the pid file and the control socket back. When
+the old master exits after a successful upgrade it leaves the socket files in
+place: they belong to the new master now.
+"""
+
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+
+from .errors import PreforkError
+from .pidfile import is_master
+
+log = logging.getLogger("prefork")
+
+FDS_VARIABLE, CONTROL_VARIABLE, READY_VARIABLE = "PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"
+
+
+# -- the new master's side ------------------------------------------------------------------
+
+def inherited(environ=None):
+    """(listening sockets, control socket or None, ready fd or None) an old master passed us."""
+    environ = os.environ if environ is None else environ
+    listeners = [socket.socket(fileno=int(fd)) for fd in environ.pop(FDS_VARIABLE, "").split(",") if fd]
+    control = environ.pop(CONTROL_VARIABLE, "")
+    ready = environ.pop(READY_VARIABLE, "")
+    for sock in listeners:
+        os.set_inheritable(sock.fileno(), False)
+    return listeners, socket.socket(fileno=int(control)) if control else None, int(ready) if ready else None
+
+
+class Successor:
+    """A new master's service: tells the old master once our pool is ready, and, should we exit
+    while the old master still runs (a roll-back), leaves the socket files to it."""
+
+    def __init__(self, fd, servers, control=None):
+        self.fd, self.servers, self.control = fd, servers, control
+        self.predecessor = os.getppid()
+
+    def start(self, selector):
+        pass
+
+    def on_event(self, master, fileobj, mask):
+        pass
+
+    def on_pass(self, master, now):
+        if self.fd is not None and master.settled():
+            try:
+                os.write(self.fd, b"ready\n")
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        return None
+
+    def close(self, in_child=False):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not in_child and is_master(self.predecessor):
+            release_files(self.servers, self.control)
+
+
+# -- the old master's side ------------------------------------------------------------------
+
+class Upgrader:
+    """An old master's service: starts the new master on SIGUSR2 and follows it."""
+
+    def __init__(self, servers, control=None, pidfile=None, cwd=None):
+        self.servers, self.control, self.pidfile = servers, control, pidfile
+        self.cwd = cwd or os.getcwd()
+        self.child = None                  # the new master, a subprocess.Popen
+        self.handed_over = False           # its workers are ready: it answers the control socket
+        self._pidfd = self._ready = self._selector = None
+
+    def start(self, selector):
+        self._selector = selector
+
+    def status(self):
+        return {"upgrade": {"new_master": self.child.pid, "ready": self.handed_over}} if self.child else {}
+
+    def begin(self, master):
+        """Start the new master; a text for the log and `prefork ctl upgrade`."""
+        if self.child is not None:
+            raise PreforkError(f"an upgrade is already under way (new master pid {self.child.pid})")
+        if master.stopping:
+            raise PreforkError("the master is stopping")
+        read_end, write_end = os.pipe()
+        listeners = [server.socket.fileno() for server in self.servers]
+        env = dict(os.environ, **{FDS_VARIABLE: ",".join(map(str, listeners)), READY_VARIABLE: str(write_end)})
+        passed = [*listeners, write_end]
+        if self.control is not None:
+            env[CONTROL_VARIABLE] = str(self.control.sock.fileno())
+            passed.append(self.control.sock.fileno())
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            env.pop(name, None)
+        if self.pidfile is not None:
+            self.pidfile.move_aside()
+        command = [sys.executable, *sys.orig_argv[1:]]
+        try:
+            self.child = subprocess.Popen(command, cwd=self.cwd, env=env, pass_fds=passed)
+        except OSError as exc:
+            os.close(read_end)
+            self._roll_back()
+            raise PreforkError(f"cannot start a new master: {exc}") from None
+        finally:
+            os.close(write_end)
+        self._ready = read_end
+        self._selector.register(read_end, selectors.EVENT_READ, self)
+        self._pidfd = os.pidfd_open(self.child.pid)
+        self._selector.register(self._pidfd, selectors.EVENT_READ, self)
+        log.info("upgrade: started a new master, pid %s: %s", self.child.pid, " ".join(command))
+        return f"new master started, pid {self.child.pid}"
+
+    def on_event(self, master, fileobj, mask):
+        if fileobj == self._ready:
+            message = os.read(self._ready, 64)
+            self._selector.unregister(self._ready)
+            os.close(self._ready)
+            self._ready = None
+            if message.startswith(b"ready") and self.child.poll() is None:
+                self.handed_over = True
+                if self.control is not None:
+                    self.control.pause()
+                log.info("upgrade: the new master (pid %s) is serving; stop this one (pid %s) with SIGTERM, "
+                         "or stop the new one to roll back", self.child.pid, os.getpid())
+        elif fileobj == self._pidfd:
+            code = self.child.wait()
+            self._selector.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+            log.warning("upgrade rolled back: the new master (pid %s) exited with %s; this one carries on",
+                        self.child.pid, code)
+            self.child = None
+            self._roll_back()
+
+    def on_pass(self, master, now):
+        return None
+
+    def _roll_back(self):
+        self.handed_over = False
+        if self.pidfile is not None:
+            self.pidfile.move_back()
+        if self.control is not None:
+            self.control.resume()
+
+    def close(self, in_child=False):
+        if in_child:
+            for fd in (self._pidfd, self._ready):
+                if fd is not None:
+                    os.close(fd)
+            self._pidfd = self._ready = None
+            return
+        if self.child is not None and self.child.poll() is None:
+            release_files(self.servers, self.control)       # the new master serves on them
+
+
+def release_files(servers, control):
+    """Leave the Unix socket files (listeners, control socket) in place at exit: another master uses them."""
+    for server in servers:
+        owner = getattr(server, "_unix_path", None)
+        if owner is not None:
+            owner.release()
+    if control is not None and control.owner is not None:
+        control.owner.release()

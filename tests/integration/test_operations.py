@@ -1,0 +1,331 @@
+"""What an operator touches: the control socket and `prefork ctl`, reloads that re-read the config,
+upgrades in place, systemd, pid files, privileges and log files. Real masters, real signals."""
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from conftest import REPO, exchange, process_gone, run_cli, wait_for
+from prefork.pidfile import read_pid
+
+TESTS = os.path.join(REPO, "tests")
+
+
+def ctl(control, *args, timeout=15):
+    """Run `prefork ctl --control PATH ...`: (returncode, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "prefork", "ctl", "--control", control, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def ask_as(uid, gid, control, request):
+    """Send one control request from a process of another user (forked: it needs no file to run)."""
+    from prefork.ctl import send
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(gid)
+            os.setuid(uid)
+            answer = json.dumps(send(control, request))
+        except OSError as exc:
+            answer = json.dumps({"oserror": type(exc).__name__})
+        os.write(write_end, answer.encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as f:
+        return json.loads(f.read())
+
+
+def status(control):
+    code, out, err = ctl(control, "status", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+# -- the control socket ----------------------------------------------------------------------
+
+def test_every_ctl_command_against_a_running_master(serve_cli, short_tmp):
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "--control", control)
+    address = server.addresses()[0]
+    first = server.wait_workers(2)
+    assert stat.S_IMODE(os.stat(control).st_mode) == 0o600
+    code, out, _ = ctl(control, "status")
+    assert code == 0 and out.startswith(f"master {server.pid} [echo] running, policy prefork, 2 worker(s)")
+    rows = [line.split() for line in out.splitlines()[2:4]]
+    assert {int(row[0]) for row in rows} == first and [row[1] for row in rows] == ["1", "2"]
+    assert out.splitlines()[1].split() == ["pid", "slot", "state", "requests", "uss", "cpu", "age", "last", "exit"]
+    assert status(control)["master"]["pid"] == server.pid
+    assert ctl(control, "scale", "3")[1] == "3 worker(s) wanted\n"
+    wait_for(lambda: len(server.workers()) == 3)
+    assert ctl(control, "scale", "-1")[0] == 0 and ctl(control, "scale", "+2")[1] == "4 worker(s) wanted\n"
+    wait_for(lambda: len(status(control)["workers"]) == 4)
+    code, _, err = ctl(control, "scale", "lots")
+    assert code == 1 and err.strip() == "prefork: error: scale wants N, +N or -N, got 'lots'"
+    code, out, _ = ctl(control, "reload")
+    assert code == 0 and out.startswith("reloading 4 worker(s) one at a time (generation 1)")
+    wait_for(lambda: {w["generation"] for w in status(control)["workers"]} == {1}
+             and len(status(control)["workers"]) == 4, timeout=20)
+    assert not first & {w["pid"] for w in status(control)["workers"]}
+    assert ctl(control, "reopen-logs")[1] == "reopened no log file (logging goes to stderr)\n"
+    assert exchange("tcp", address) == b"hello\n"
+    assert ctl(control, "stop") == (0, "graceful stop of 4 worker(s)\n", "")
+    assert server.proc.wait(10) == 0 and not os.path.exists(control)
+
+
+def test_ctl_with_nobody_listening_or_no_socket_named_says_so(short_tmp):
+    missing = os.path.join(short_tmp, "none.sock")
+    code, _, err = ctl(missing, "status")
+    assert code == 1 and err == f"prefork: error: no master is listening on {missing} (no such socket)\n"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(os.path.join(short_tmp, "stale.sock"))
+    stale.close()
+    code, _, err = ctl(os.path.join(short_tmp, "stale.sock"), "status")
+    assert code == 1 and "(connection refused)" in err
+    code, _, err = run_cli("ctl", "status")
+    assert code == 2 and "give --control PATH or set PREFORK_CONTROL" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_peer_of_another_user_is_refused(serve_cli, short_tmp):
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
+    server.wait_workers(1)
+    os.chmod(short_tmp, 0o755)
+    assert ask_as(65534, 65534, control, {"command": "status"}) == {"oserror": "PermissionError"}  # mode 0600
+    os.chmod(control, 0o666)                                        # and if someone loosened the mode
+    reply = ask_as(65534, 65534, control, {"command": "stop"})
+    assert not reply["ok"] and "only root and the master's user may control it" in reply["error"]
+    assert server.proc.poll() is None and "refused a client of uid 65534" in server.log()
+    assert status(control)["master"]["state"] == "running"
+
+
+def test_the_control_socket_is_0600_from_the_start_not_chmodded_after(short_tmp, monkeypatch):
+    from prefork.control import open_control_socket
+
+    def no_chmod(*args, **kwargs):
+        raise AssertionError("chmod after bind leaves a window when anyone can connect")
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "fchmod", no_chmod)
+    old = os.umask(0)
+    try:
+        sock = open_control_socket(os.path.join(short_tmp, "c.sock"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(sock.getsockname()).st_mode) == 0o600 and os.umask(old) == old
+    sock.close()
+
+
+# -- reloads re-read the config and survive bad code ----------------------------------------------
+
+def test_a_reload_applies_a_changed_config_file_and_refuses_a_broken_one(serve_cli, tmp_path):
+    config = tmp_path / "prefork.toml"
+    config.write_text('workers = 2\nbind = ["127.0.0.1:0"]\nmax_requests = 100\n')
+    server = serve_cli("-c", str(config), cwd=str(tmp_path))
+    first = server.wait_workers(2)
+    config.write_text('workers = 3\nbind = ["127.0.0.1:0"]\nmax_requests = 100\nbacklog = 64\n')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log("reload: backlog changed, which takes a new master")
+    server.wait_replaced(first, 3, timeout=20)
+    config.write_text('workers = "many"\n')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(rf"not reloading, the settings have a problem: {re.escape(str(config))}: workers must be")
+    assert len(server.workers()) == 3 and len(re.findall(r"reloading \d+ worker", server.log())) == 1
+
+
+def test_a_reload_whose_code_fails_to_import_leaves_the_old_workers_serving(serve_cli, tmp_path):
+    module = tmp_path / "app.py"
+    module.write_text(textwrap.dedent("""
+        import prefork
+        class Handler(prefork.BaseRequestHandler):
+            def handle(self):
+                self.request.sendall(b"version one\\n")
+    """))
+    server = serve_cli("app:Handler", "-w", "2", "-b", "127.0.0.1:0", cwd=str(tmp_path))
+    address = server.addresses()[0]
+    old = server.wait_workers(2)
+    module.write_text("import no_such_module_at_all\n")
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log("failed to boot: cannot import handler 'app:Handler': No module named 'no_such_module_at_all'")
+    for _ in range(5):
+        assert exchange("tcp", address, b"x") == b"version one\n"      # the old code, still serving
+    assert {w.pid for w in server.workers()} >= old
+    module.write_text(module.read_text().replace("import no_such_module_at_all", "") + textwrap.dedent("""
+        import prefork
+        class Handler(prefork.BaseRequestHandler):
+            def handle(self):
+                self.request.sendall(b"version two\\n")
+    """))
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_replaced(old, 2, timeout=30)
+    assert exchange("tcp", address, b"x") == b"version two\n"
+
+
+# -- upgrade in place ----------------------------------------------------------------------
+
+def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
+    control, pidfile = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "prefork.pid")
+    unix = os.path.join(short_tmp, "app.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
+                       "--pid", pidfile)
+    address = server.addresses()[0]
+    server.wait_workers(1)
+    old = server.pid
+    assert int(open(pidfile).read()) == old
+
+    def upgrade_from(master):
+        os.kill(master, signal.SIGUSR2)
+        new = wait_for(lambda: (lambda p: p if p not in (0, master) else None)(read_pid(pidfile)), timeout=15)
+        assert read_pid(pidfile + ".oldbin") == master
+        wait_for(lambda: status(control)["master"]["pid"] == new, timeout=15)      # it took over the socket
+        return new
+
+    new = upgrade_from(old)
+    assert psutil.Process(new).ppid() == old and "prefork: master" in " ".join(psutil.Process(new).cmdline())
+    assert exchange("tcp", address) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+    os.kill(old, signal.SIGTERM)                                   # finish the upgrade
+    assert server.proc.wait(15) == 0
+    wait_for(lambda: not os.path.exists(pidfile + ".oldbin"))
+    assert os.path.exists(unix) and os.path.exists(control), "the old master left the new one's files alone"
+    assert exchange("tcp", address) == b"hello\n" and status(control)["master"]["pid"] == new
+
+    newer = upgrade_from(new)                                      # now roll one back
+    os.kill(newer, signal.SIGTERM)
+    wait_for(lambda: process_gone(newer) and read_pid(pidfile) == new, timeout=15)
+    assert not os.path.exists(pidfile + ".oldbin") and os.path.exists(unix) and os.path.exists(control)
+    wait_for(lambda: status(control)["master"]["pid"] == new)
+    assert exchange("tcp", address) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: process_gone(new) and not os.path.exists(unix) and not os.path.exists(control), timeout=15)
+    assert not os.path.exists(pidfile)
+
+
+# -- systemd ------------------------------------------------------------------------------
+
+ACTIVATE = textwrap.dedent("""
+    import os, socket, sys
+    tcp = socket.create_server(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(sys.argv[1])
+    unix.listen()
+    for fd, sock in ((3, tcp), (4, unix)):
+        if sock.fileno() != fd:
+            os.dup2(sock.fileno(), fd)
+        os.set_inheritable(fd, True)
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="web:local")
+    os.execv(sys.executable, [sys.executable, "-m", "prefork", "serve", "-w", "1"])
+""")
+
+
+def test_socket_activation_serves_systemds_sockets_and_never_unlinks_them(serve_cli, short_tmp):
+    path = os.path.join(short_tmp, "activated.sock")
+    server = serve_cli(prefix=(sys.executable, "-c", ACTIVATE, path))
+    server._prefixed = False                # the launcher execs: the master has its pid
+    tcp, unix = server.addresses()
+    assert unix == path
+    server.wait_workers(1)
+    assert exchange("tcp", tcp) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+    assert server.stop() == 0
+    assert os.path.exists(path), "a socket systemd created stays"
+
+
+def test_sd_notify_ready_reloading_stopping_status_and_watchdog(serve_cli, short_tmp):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(short_tmp, "notify"))
+    notify.settimeout(10)
+    messages = []
+
+    def until(wanted):
+        while not any(wanted in m for m in messages):
+            messages.append(notify.recv(4096).decode())
+        return [m for m in messages if wanted in m][0]
+
+    env = {"NOTIFY_SOCKET": notify.getsockname(), "WATCHDOG_USEC": "200000"}
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", env=env)
+    ready = until("READY=1")
+    assert f"MAINPID={server.pid}" in ready and len(server.workers()) == 2
+    assert re.search(r"STATUS=2 worker\(s\), 0 busy, generation 0", until("STATUS="))
+    started = time.monotonic()
+    while sum("WATCHDOG=1" in m for m in messages) < 3:
+        messages.append(notify.recv(4096).decode())
+    assert time.monotonic() - started < 1.5, "WATCHDOG=1 every half WATCHDOG_USEC"
+    messages.clear()
+    os.kill(server.pid, signal.SIGHUP)
+    until("RELOADING=1")
+    until("READY=1")
+    assert "generation 1" in until("STATUS=2 worker(s)")
+    os.kill(server.pid, signal.SIGTERM)
+    until("STOPPING=1")
+    assert server.proc.wait(10) == 0
+    notify.close()
+
+
+# -- the pid file, privileges, sockets' modes, log files ---------------------------------------------
+
+def test_a_pid_file_naming_a_live_master_is_refused(serve_cli, short_tmp):
+    pidfile = os.path.join(short_tmp, "app.pid")
+    first = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--pid", pidfile)
+    first.wait_workers(1)
+    code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--pid", pidfile)
+    assert code == 1 and err.strip().endswith(f"names a live prefork master (pid {first.pid}); stop it first")
+    assert first.stop() == 0 and not os.path.exists(pidfile)
+    with open(pidfile, "w") as f:
+        f.write("999999\n")                                    # stale: nobody by that pid
+    second = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--pid", pidfile)
+    second.wait_workers(1)
+    assert int(open(pidfile).read()) == second.pid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_workers_drop_to_user_and_group_after_binding_a_privileged_port(serve_cli, short_tmp):
+    os.chmod(short_tmp, 0o755)
+    log = os.path.join(short_tmp, "app.log")
+    server = serve_cli("apps.handlers:Identity", "-w", "1", "-b", "127.0.0.1:81", "--user", "nobody", "--preload",
+                       "--group", "nogroup", "--log-file", log, cwd=TESTS)
+    wait_for(lambda: "worker 1 ready" in open(log).read() if os.path.exists(log) else False)
+    assert exchange("tcp", ("127.0.0.1", 81), b"?\n") == b"65534 65534 [65534]\n"
+    assert psutil.Process(server.pid).uids().real == 0, "the master keeps its privileges"
+    code, _, err = run_cli("serve", "--user", "no-such-user-here")
+    assert code == 2 and err.strip() == "prefork: error: --user: no such user 'no-such-user-here'"
+
+
+def test_umask_socket_mode_and_owner_of_unix_socket_files(serve_cli, short_tmp):
+    loose, strict = os.path.join(short_tmp, "loose.sock"), os.path.join(short_tmp, "strict.sock")
+    server = serve_cli("-w", "1", "-b", f"unix:{loose}", "--umask", "007")
+    server.wait_workers(1)
+    assert stat.S_IMODE(os.stat(loose).st_mode) == 0o770
+    other = serve_cli("-w", "1", "-b", f"unix:{strict}", "--socket-mode", "660", "--socket-owner", "nobody:nogroup")
+    other.wait_workers(1)
+    info = os.stat(strict)
+    assert stat.S_IMODE(info.st_mode) == 0o660 and (info.st_uid, info.st_gid) == (65534, 65534)
+
+
+def test_log_file_is_reopened_after_a_rotation_by_master_and_workers(serve_cli, short_tmp):
+    control, log = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "app.log")
+    server = serve_cli("apps.handlers:LogLine", "-w", "1", "-b", "127.0.0.1:0", "--log-file", log,
+                       "--control", control, cwd=TESTS)
+    wait_for(lambda: os.path.exists(log) and "worker 1 ready" in open(log).read())
+    address = re.search(r"listening on 127\.0\.0\.1:(\d+)", open(log).read()).group(1)
+    worker = int(exchange("tcp", ("127.0.0.1", int(address)), b"x\n").split()[0])
+    os.rename(log, log + ".1")                                    # logrotate moves it
+    assert ctl(control, "reopen-logs")[1] == f"reopened {log}\n"
+    wait_for(lambda: os.path.exists(log) and "reopened" in open(log).read())
+    exchange("tcp", ("127.0.0.1", int(address)), b"x\n")
+    wait_for(lambda: f"worker {worker} logs a line" in open(log).read())   # the worker writes to the new file
+    os.rename(log, log + ".2")
+    os.kill(server.pid, signal.SIGUSR1)
+    wait_for(lambda: os.path.exists(log) and "SIGUSR1: reopened" in open(log).read())
+    assert server.log() == "", "nothing on stderr with --log-file"
