@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from . import __version__, loader
+from . import __version__, loader, tune
 from .config import Config, settings_markdown
 from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer
 from .listeners import parse_bind, open_listener
@@ -86,6 +86,7 @@ def build_parser():
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
     parser.commands = {"serve": serve, "settings": settings}
+    parser.commands["tune"] = tune.add_parser(commands)
     return parser
 
 
