@@ -1,36 +1,33 @@
 """A closed-loop load generator for stream servers, for `prefork tune`.
 
-Each client process drives many non-blocking connections from one epoll loop;
-every connection sends a request, waits for the whole reply, and sends the
-next one at once (closed loop: concurrency is the number of connections).
+Each client process drives its share of the connections from one epoll loop;
+each connection sends a request, waits for the whole reply, and sends the next
+at once (closed loop: concurrency is the number of connections).
 
-Why this shape: Python spends far more CPU per request than wrk does, and on a
-small machine the load generator shares the cores with the server it
-measures, so its own cost lowers what it measures. So there are as few client
-processes as the machine has cores, and the per-request path is a handful of
-system calls with as little Python around them as we could manage: epoll
-directly (no selectors layer), recv_into a reused buffer, no per-request
-objects but the socket.
+Why this shape: Python costs far more CPU per request than wrk, and on a small
+machine the load generator shares the cores with the server it measures. So
+there are no more client processes than cores, and a request is a handful of
+system calls with little Python around them: epoll without the selectors
+layer, recv_into a reused buffer, no objects per request but the socket, and
+no parsing of a keep-alive reply identical to the last one.
 
-When is a reply complete:
+When a reply is complete:
 
 - without keep-alive (a new connection per request): the client sends the
-  request, half-closes its side (shutdown SHUT_WR), and the reply is every
-  byte until the server closes. That fits a server that answers and closes
-  as well as one that answers until its client is done (a line echo). An
-  HTTP request with ``Connection: close`` needs no half-close (``half_close=False``,
-  as prefork tune's built-in request does, and as wrk does): the server
-  closes first, so the TIME_WAIT state stays on its side.
-- with keep-alive: the reply is exactly ``reply_bytes`` bytes when that is
-  given, else an HTTP response framed by its Content-Length; the next request
-  goes out on the same connection. A server that closes an idle keep-alive
+  request, half-closes (shutdown SHUT_WR), and the reply is everything until
+  the server closes, which fits a server that answers and closes as well as
+  one that answers until its client is done (a line echo). ``half_close=False``
+  skips the half-close for an HTTP request with ``Connection: close``, as wrk
+  does: the server then closes first and keeps the TIME_WAIT state.
+- with keep-alive: the reply is ``reply_bytes`` bytes if given, else an HTTP
+  response framed by its Content-Length. A server that closes a keep-alive
   connection between replies is reconnected to, without an error.
 
-Errors: a refused or reset connection, a connection closed before any reply
-byte (or mid-reply with keep-alive), a reply beginning ``HTTP/`` whose status
-is not 2xx or 3xx, and a request unanswered after ``timeout`` seconds. A slot
-whose request failed opens its next connection a tick later (10 ms), so a
-dead server is not hammered in a tight loop.
+Errors: a refused or reset connection, one closed before the reply was
+complete, a reply beginning ``HTTP/`` whose status is not 2xx or 3xx, a
+request unanswered after ``timeout`` seconds or for the whole measured window.
+A slot whose request failed reconnects a tick (10 ms) later, so a dead server
+is not hammered in a tight loop.
 """
 
 import array
@@ -54,6 +51,7 @@ _RETRY_TICK = 0.01         # seconds before a failed slot reconnects
 _CHECK_TICK = 0.1          # seconds between scans for overdue requests
 _START_DELAY = 0.05        # seconds between forking the clients and the common start
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+_now = time.monotonic
 
 
 @dataclass
@@ -102,11 +100,6 @@ def http_get(address, keepalive):
     return f"GET / HTTP/1.1\r\nHost: {host}\r\n{close}\r\n".encode("ascii")
 
 
-def default_processes(concurrency):
-    """One client process per usable CPU, never more than connections."""
-    return max(1, min(concurrency, len(os.sched_getaffinity(0))))
-
-
 def run_load(address, request, concurrency, duration, *, keepalive=False, processes=None, warmup=0.0,
              timeout=2.0, reply_bytes=None, half_close=True, during=None):
     """Drive ``address`` ((host, port) or a Unix socket path) with ``concurrency`` connections
@@ -115,15 +108,16 @@ def run_load(address, request, concurrency, duration, *, keepalive=False, proces
     A request unanswered for ``timeout`` seconds, or for the whole window, is an error.
     ``during``, if given, is a context manager factory entered when the measured window
     opens and exited when it closes (prefork tune samples the server's CPU time with it).
+    ``processes`` client processes share the connections (default: one per usable CPU).
     Uses fork(): call it from a single-threaded program.
     """
     if concurrency < 1 or duration <= 0:
         raise ValueError("concurrency must be at least 1 and duration positive")
-    processes = min(processes or default_processes(concurrency), concurrency)
+    processes = min(processes or len(os.sched_getaffinity(0)), concurrency)
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     family = socket.AF_UNIX if isinstance(address, (str, bytes)) else (
         socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-    start_at = time.monotonic() + _START_DELAY
+    start_at = _now() + _START_DELAY
     window_start = start_at + warmup
     end = window_start + duration
     plan = _Plan(address, family, bytes(request), keepalive, reply_bytes, half_close and not keepalive, timeout,
@@ -162,20 +156,16 @@ _Plan = namedtuple("_Plan", "address family request keepalive reply_bytes half_c
 
 
 def _sleep_until(moment):
-    while (left := moment - time.monotonic()) > 0:
+    while (left := moment - _now()) > 0:
         time.sleep(left)
 
 
 def _read_report(fd):
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    if not chunks:
+    with open(fd, "rb", closefd=False) as pipe:
+        data = pipe.read()
+    if not data:
         raise RuntimeError("a load generator process died without a report")
-    return pickle.loads(b"".join(chunks))
+    return pickle.loads(data)
 
 
 def _kill_and_reap(pid):
@@ -192,9 +182,8 @@ def _client_main(plan, connections, start_at, write_fd):
         signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent handles Ctrl-C and reaps us
         _sleep_until(start_at)
         report = _Client(plan).run(connections)
-        data = memoryview(pickle.dumps(report))
-        while data:
-            data = data[os.write(write_fd, data):]
+        with open(write_fd, "wb") as pipe:
+            pickle.dump(report, pipe)
         code = 0
     except BaseException as exc:                            # reported by the parent as a missing report
         print(f"prefork loadgen: client process failed: {exc!r}", file=sys.stderr)
@@ -252,7 +241,7 @@ class _Client:
                 for _ in range(waiting):
                     self._open(t)
             wake = min(next_check, end, self.retry_at) if self.retry else min(next_check, end)
-            for fd, mask in epoll.poll(max(wake - t, 0.0)):
+            for fd, _ in epoll.poll(max(wake - t, 0.0)):
                 conn = conns.get(fd)
                 if conn is None:
                     continue
@@ -292,18 +281,26 @@ class _Client:
 
     # -- one request ------------------------------------------------------------------
 
-    def _open(self, started):
-        sock = socket.socket(self.plan.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        code = sock.connect_ex(self.plan.address)
+    def _open(self, started, _stream=socket.SOCK_STREAM | socket.SOCK_NONBLOCK):
+        plan = self.plan
+        sock = socket.socket(plan.family, _stream)
+        code = sock.connect_ex(plan.address)
         if code and code != errno.EINPROGRESS:
             sock.close()
             if code != errno.EAGAIN:             # a full Unix listen queue: not an error, try again
                 self._count_error(_describe(code), started)
-            self._retry_later(time.monotonic())
+            self._retry_later(_now())
             return
         conn = _Conn(sock, started)
-        self.conns[sock.fileno()] = conn
-        self._send(conn, self.plan.request, register=True)
+        self.conns[conn.fd] = conn
+        if not plan.half_close:                  # the usual case: the socket takes the whole request
+            try:
+                if sock.send(plan.request) == len(plan.request):
+                    self.epoll.register(conn.fd, _EPOLLIN)
+                    return
+            except OSError:
+                pass                             # _send tells an error from a connection in progress
+        self._send(conn, plan.request, register=True)
 
     def _send(self, conn, data, register=False):
         """Send what the socket takes; wait for EPOLLOUT for the rest, else for the reply."""
@@ -335,22 +332,23 @@ class _Client:
             self.epoll.modify(conn.fd, _EPOLLIN)
 
     def _read_to_eof(self, conn, window_start):
-        recv_into, buffer = conn.sock.recv_into, self.buffer
+        sock, buffer = conn.sock, self.buffer
         while True:
             try:
-                n = recv_into(buffer)
+                n = sock.recv_into(buffer)
             except BlockingIOError:
                 return
             except OSError as exc:
-                self._fail(conn, _describe(exc.errno), time.monotonic())
+                self._fail(conn, _describe(exc.errno), _now())
                 return
             if not n:
                 break
             if not conn.got and n > 9 and buffer.startswith(b"HTTP/") and buffer[9] not in b"23":
                 conn.bad_status = True           # an error, once the reply has ended
             conn.got += n
-        t = time.monotonic()
-        self._drop(conn)
+        t = _now()
+        del self.conns[conn.fd]
+        sock.close()
         if not conn.got:
             self._count_error("closed without a reply", t)
         elif conn.bad_status:
@@ -364,27 +362,27 @@ class _Client:
         """Add what recv returned (bytes or an OSError) to the reply; on a complete reply, send the next request."""
         if isinstance(data, OSError):
             if not isinstance(data, BlockingIOError):
-                self._fail(conn, _describe(data.errno), time.monotonic())
+                self._fail(conn, _describe(data.errno), _now())
             return
         if not data:
             if conn.served and not conn.head:    # closed between replies: reconnect, same request
                 self._drop(conn)
                 self._open(conn.started)
             else:
-                self._fail(conn, "closed before the reply was complete", time.monotonic())
+                self._fail(conn, "closed before the reply was complete", _now())
             return
         reply = conn.head + data if conn.head else data
         need = self.plan.reply_bytes or _http_length(reply)
         if need is None or len(reply) < need:
             if need is None and len(reply) > _BUFFER:
-                self._fail(conn, "no end of the HTTP header in 64 KiB", time.monotonic())
+                self._fail(conn, "no end of the HTTP header in 64 KiB", _now())
             else:
                 conn.head = reply
             return
         if need < 0:
-            self._fail(conn, "an HTTP reply without Content-Length", time.monotonic())
+            self._fail(conn, "an HTTP reply without Content-Length", _now())
             return
-        t = time.monotonic()
+        t = _now()
         if len(reply) > need:
             self._fail(conn, "more reply bytes than expected", t)
             return
