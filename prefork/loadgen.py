@@ -1,8 +1,9 @@
 """A closed-loop load generator for stream servers, for `prefork tune`.
 
-Each client process drives its share of the connections from one epoll loop;
-each connection sends a request, waits for the whole reply, and sends the next
-at once (closed loop: concurrency is the number of connections).
+Client processes (prefork/loadclient.py) each drive their share of the
+connections from one epoll loop; each connection sends a request, waits for
+the whole reply, and sends the next at once (closed loop: concurrency is the
+number of connections). This module forks them and merges what they measured.
 
 Why this shape: Python costs far more CPU per request than wrk, and on a small
 machine the load generator shares the cores with the server it measures. So
@@ -32,26 +33,19 @@ is not hammered in a tight loop.
 
 import array
 import contextlib
-import errno
 import math
 import os
 import pickle
-import re
-import select
 import signal
 import socket
-import sys
+import threading
 import time
-from collections import Counter, namedtuple
+from collections import Counter
 from dataclasses import dataclass, field
 
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
-_BUFFER = 65536
-_RETRY_TICK = 0.01         # seconds before a failed slot reconnects
-_CHECK_TICK = 0.1          # seconds between scans for overdue requests
+from .loadclient import Plan, client_main, sleep_until
+
 _START_DELAY = 0.05        # seconds between forking the clients and the common start
-_EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-_now = time.monotonic
 
 
 @dataclass
@@ -117,25 +111,25 @@ def run_load(address, request, concurrency, duration, *, keepalive=False, proces
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     family = socket.AF_UNIX if isinstance(address, (str, bytes)) else (
         socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-    start_at = _now() + _START_DELAY
+    start_at = time.monotonic() + _START_DELAY
     window_start = start_at + warmup
     end = window_start + duration
-    plan = _Plan(address, family, bytes(request), keepalive, reply_bytes, half_close and not keepalive, timeout,
+    plan = Plan(address, family, bytes(request), keepalive, reply_bytes, half_close and not keepalive, timeout,
                  window_start, end)
     children = {}
     try:
-        for share in shares:
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                os.close(read_end)
-                _client_main(plan, share, start_at, write_end)     # never returns
-            os.close(write_end)
-            children[pid] = read_end
-        _sleep_until(window_start)
+        with deferred_signals():                 # every client forked is recorded, to be reaped
+            for share in shares:
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    client_main(plan, share, start_at, read_end, write_end)     # never returns
+                os.close(write_end)
+                children[pid] = read_end
+        sleep_until(window_start)
         if during is not None:
             with during():
-                _sleep_until(end)
+                sleep_until(end)
         reports = [_read_report(fd) for fd in children.values()]
         for pid in list(children):
             os.waitpid(pid, 0)
@@ -152,12 +146,23 @@ def run_load(address, request, concurrency, duration, *, keepalive=False, proces
                       seconds=duration, latencies=array.array("d", sorted(latencies)), error_kinds=dict(kinds))
 
 
-_Plan = namedtuple("_Plan", "address family request keepalive reply_bytes half_close timeout window_start end")
-
-
-def _sleep_until(moment):
-    while (left := moment - _now()) > 0:
-        time.sleep(left)
+@contextlib.contextmanager
+def deferred_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: a block that starts
+    a process and records it must not be cut in between, or the process would be lost.
+    (Not a blocked signal mask: a child would inherit it, and exec would keep it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in caught:
+            os.kill(os.getpid(), signum)
 
 
 def _read_report(fd):
@@ -173,263 +178,3 @@ def _kill_and_reap(pid):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-def _client_main(plan, connections, start_at, write_fd):
-    """The forked client: drive its connections, write a pickled report, and _exit."""
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent handles Ctrl-C and reaps us
-        _sleep_until(start_at)
-        report = _Client(plan).run(connections)
-        with open(write_fd, "wb") as pipe:
-            pickle.dump(report, pipe)
-        code = 0
-    except BaseException as exc:                            # reported by the parent as a missing report
-        print(f"prefork loadgen: client process failed: {exc!r}", file=sys.stderr)
-    finally:
-        os._exit(code)
-
-
-class _Conn:
-    __slots__ = ("sock", "fd", "started", "got", "bad_status", "head", "unsent", "served")
-
-    def __init__(self, sock, started):
-        self.sock, self.fd, self.started = sock, sock.fileno(), started
-        self.got = 0             # reply bytes so far (without keep-alive)
-        self.bad_status = False  # the reply began with an HTTP status other than 2xx or 3xx
-        self.head = b""          # the partial reply so far (with keep-alive)
-        self.unsent = None       # the rest of a request the socket did not take at once
-        self.served = 0          # replies on this connection
-
-
-class _Client:
-    """One process's epoll loop over its connections."""
-
-    def __init__(self, plan):
-        self.plan = plan
-        self.epoll = select.epoll()
-        self.conns = {}                          # fd -> _Conn
-        self.retry = 0                           # slots waiting to reconnect
-        self.retry_at = 0.0
-        self.latencies = array.array("d")
-        self.completed = 0
-        self.errors = Counter()
-        self.buffer = bytearray(_BUFFER)         # replies without keep-alive are only counted
-        self.known_reply = None                  # the last complete keep-alive reply, for a fast match
-
-    def run(self, connections):
-        plan, conns, epoll = self.plan, self.conns, self.epoll
-        window_start, end, timeout = plan.window_start, plan.end, plan.timeout
-        request, request_size, keepalive = plan.request, len(plan.request), plan.keepalive
-        record, now = self.latencies.append, time.monotonic
-        fast = 0                                 # keep-alive replies identical to the last one
-        for _ in range(connections):
-            self._open(now())
-        first_wave = max(now(), window_start)   # requests sent by then, unanswered at the end, starved
-        next_check = now() + _CHECK_TICK
-        while True:
-            t = now()
-            if t >= end:
-                break
-            if t >= next_check:
-                next_check = t + _CHECK_TICK
-                for conn in [c for c in conns.values() if t - c.started > timeout]:
-                    self._fail(conn, "timeout", t)
-            if self.retry and t >= self.retry_at:
-                waiting, self.retry = self.retry, 0
-                for _ in range(waiting):
-                    self._open(t)
-            wake = min(next_check, end, self.retry_at) if self.retry else min(next_check, end)
-            for fd, _ in epoll.poll(max(wake - t, 0.0)):
-                conn = conns.get(fd)
-                if conn is None:
-                    continue
-                if conn.unsent is not None:
-                    self._send(conn, conn.unsent)
-                    continue
-                if not keepalive:
-                    self._read_to_eof(conn, window_start)
-                    continue
-                sock = conn.sock
-                try:
-                    data = sock.recv(_BUFFER)
-                except OSError as exc:
-                    data = exc
-                if data != self.known_reply or conn.head:
-                    self._keepalive_data(conn, data, window_start)
-                    continue
-                # The fast path, the same reply as last time: no parsing, and the next request at once.
-                t = now()
-                if t >= window_start:
-                    record(t - conn.started)
-                    fast += 1
-                conn.started = t
-                conn.served += 1
-                try:
-                    sent = sock.send(request)
-                except OSError:
-                    sent = 0                         # _send tells an error from a full buffer
-                if sent != request_size:
-                    self._send(conn, request[sent:])
-        for conn in conns.values():
-            if conn.started <= first_wave:       # waited through the whole window
-                self.errors["unanswered for the whole window"] += 1
-            conn.sock.close()
-        self.epoll.close()
-        return {"completed": self.completed + fast, "errors": dict(self.errors), "latencies": self.latencies}
-
-    # -- one request ------------------------------------------------------------------
-
-    def _open(self, started, _stream=socket.SOCK_STREAM | socket.SOCK_NONBLOCK):
-        plan = self.plan
-        sock = socket.socket(plan.family, _stream)
-        code = sock.connect_ex(plan.address)
-        if code and code != errno.EINPROGRESS:
-            sock.close()
-            if code != errno.EAGAIN:             # a full Unix listen queue: not an error, try again
-                self._count_error(_describe(code), started)
-            self._retry_later(_now())
-            return
-        conn = _Conn(sock, started)
-        self.conns[conn.fd] = conn
-        if not plan.half_close:                  # the usual case: the socket takes the whole request
-            try:
-                if sock.send(plan.request) == len(plan.request):
-                    self.epoll.register(conn.fd, _EPOLLIN)
-                    return
-            except OSError:
-                pass                             # _send tells an error from a connection in progress
-        self._send(conn, plan.request, register=True)
-
-    def _send(self, conn, data, register=False):
-        """Send what the socket takes; wait for EPOLLOUT for the rest, else for the reply."""
-        sock, waiting = conn.sock, conn.unsent is not None
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:                  # still connecting
-            sent = 0
-        except OSError as exc:
-            self._fail(conn, _describe(exc.errno), conn.started)
-            return
-        if sent < len(data):
-            conn.unsent = memoryview(data)[sent:]
-            if register:
-                self.epoll.register(conn.fd, _EPOLLOUT)
-            elif not waiting:
-                self.epoll.modify(conn.fd, _EPOLLOUT)
-            return
-        conn.unsent = None
-        if self.plan.half_close:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:               # the server closed already
-                self._fail(conn, _describe(exc.errno), conn.started)
-                return
-        if register:
-            self.epoll.register(conn.fd, _EPOLLIN)
-        elif waiting:
-            self.epoll.modify(conn.fd, _EPOLLIN)
-
-    def _read_to_eof(self, conn, window_start):
-        sock, buffer = conn.sock, self.buffer
-        while True:
-            try:
-                n = sock.recv_into(buffer)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._fail(conn, _describe(exc.errno), _now())
-                return
-            if not n:
-                break
-            if not conn.got and n > 9 and buffer.startswith(b"HTTP/") and buffer[9] not in b"23":
-                conn.bad_status = True           # an error, once the reply has ended
-            conn.got += n
-        t = _now()
-        del self.conns[conn.fd]
-        sock.close()
-        if not conn.got:
-            self._count_error("closed without a reply", t)
-        elif conn.bad_status:
-            self._count_error("HTTP error status", t)
-        elif t >= window_start:
-            self.latencies.append(t - conn.started)
-            self.completed += 1
-        self._open(t)
-
-    def _keepalive_data(self, conn, data, window_start):
-        """Add what recv returned (bytes or an OSError) to the reply; on a complete reply, send the next request."""
-        if isinstance(data, OSError):
-            if not isinstance(data, BlockingIOError):
-                self._fail(conn, _describe(data.errno), _now())
-            return
-        if not data:
-            if conn.served and not conn.head:    # closed between replies: reconnect, same request
-                self._drop(conn)
-                self._open(conn.started)
-            else:
-                self._fail(conn, "closed before the reply was complete", _now())
-            return
-        reply = conn.head + data if conn.head else data
-        need = self.plan.reply_bytes or _http_length(reply)
-        if need is None or len(reply) < need:
-            if need is None and len(reply) > _BUFFER:
-                self._fail(conn, "no end of the HTTP header in 64 KiB", _now())
-            else:
-                conn.head = reply
-            return
-        if need < 0:
-            self._fail(conn, "an HTTP reply without Content-Length", _now())
-            return
-        t = _now()
-        if len(reply) > need:
-            self._fail(conn, "more reply bytes than expected", t)
-            return
-        conn.head = b""
-        conn.served += 1
-        if reply.startswith(b"HTTP/") and reply[9] not in b"23":
-            self._count_error("HTTP error status", t)
-        else:
-            self.known_reply = reply
-            if t >= window_start:
-                self.latencies.append(t - conn.started)
-                self.completed += 1
-        conn.started = t
-        self._send(conn, self.plan.request)
-
-    # -- failures ------------------------------------------------------------------------
-
-    def _fail(self, conn, kind, t):
-        self._drop(conn)
-        self._count_error(kind, t)
-        self._retry_later(t)
-
-    def _retry_later(self, t):
-        if not self.retry:
-            self.retry_at = t + _RETRY_TICK
-        self.retry += 1
-
-    def _drop(self, conn):
-        self.conns.pop(conn.fd, None)
-        conn.sock.close()
-
-    def _count_error(self, kind, t):
-        if t >= self.plan.window_start:
-            self.errors[kind] += 1
-
-
-def _http_length(reply):
-    """The full length of the HTTP response that reply begins: None while its header is
-    incomplete, -1 when it has no Content-Length."""
-    end = reply.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    match = _CONTENT_LENGTH.search(reply, 0, end + 2)
-    return end + 4 + int(match.group(1)) if match else -1
-
-
-def _describe(code):
-    names = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.ENOTCONN: "reset",
-             errno.EPIPE: "broken pipe", errno.ENOENT: "no such socket", errno.ETIMEDOUT: "timeout"}
-    return names.get(code) or os.strerror(code or 0).lower()

@@ -20,6 +20,7 @@ import time
 import psutil
 
 from .errors import Exit
+from .loadgen import deferred_signals
 
 READY_TIMEOUT = 30.0       # seconds for a server to log every worker ready
 STOP_TIMEOUT = 10.0        # seconds for a server to stop after SIGTERM before it is killed
@@ -58,9 +59,11 @@ class ServerUnderTest:
 
     def __enter__(self):
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.proc.pid
         try:
+            with deferred_signals():             # a Ctrl-C here must not lose the server it starts
+                self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+            self.pid = self.proc.pid
             self.address = self._wait_ready()
         except BaseException:
             self.stop()
@@ -104,6 +107,7 @@ class ServerUnderTest:
     def stop(self):
         """SIGTERM, wait; SIGKILL the whole session if it lingers, and anything it left."""
         if self.proc is None:
+            self._log.close()
             return
         try:
             if self.proc.poll() is None:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import REPO
-from prefork import loadgen
+from prefork import loadclient, loadgen
 
 TESTS = os.path.join(REPO, "tests")
 SHORT = 0.3            # seconds per measured run: long enough for hundreds of requests
@@ -60,7 +60,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"
     (b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\nContent-Length: 5\r\n", -1),     # not a header: in the body
 ])
 def test_http_length_reads_content_length_from_the_header_only(reply, expected):
-    assert loadgen._http_length(reply) == expected
+    assert loadclient.http_length(reply) == expected
 
 
 def test_default_request_is_http_get_with_host():
