@@ -75,10 +75,11 @@ def add_parser(commands):
     """Register `prefork tune` on the CLI's subparsers."""
     tune = commands.add_parser(
         "tune", help="measure a handler at several pool sizes and recommend one",
-        description="Serve HANDLER with each pool (workers x threads), drive it with a built-in closed-loop "
-                    "load generator at each concurrency, and recommend the smallest pool within 5 %% of "
-                    "the best throughput (and under --p99, if given).")
-    tune.add_argument("handler", metavar="MODULE:CLASS", help="the request handler class to measure")
+        description="Serve MODULE:CLASS with each pool (workers x threads), drive it with a built-in "
+                    "closed-loop load generator at each concurrency, and recommend the smallest pool within "
+                    "5 % of the best throughput (counting only runs with p99 at most --p99, if given).")
+    tune.add_argument("handler", metavar="MODULE:CLASS",
+                      help="the request handler class to measure (the current directory is on the import path)")
     tune.add_argument("-b", "--bind", default="127.0.0.1:0", metavar="ADDR",
                       help="HOST:PORT, [IPV6]:PORT or unix:PATH (default: 127.0.0.1:0, a free port)")
     tune.add_argument("--workers", type=count_list(MAX_WORKERS), default=[1, 2, 4, 8], metavar="N,N,...",
