@@ -1,4 +1,4 @@
-"""The `prefork` command: `prefork serve`, `prefork check-config`, `prefork settings`, `prefork ctl`.
+"""The `prefork` command: `prefork serve`, `check-config`, `settings`, `ctl` and `tune`.
 
 Bad input never shows a traceback: every problem becomes one line on stderr,
 ``prefork: error: ...``, and an exit status from errors.Exit (2 for what the
@@ -13,7 +13,7 @@ the environment, then the config file, then the declared default.
 import argparse
 import sys
 
-from . import __version__, ctl
+from . import __version__, ctl, tune
 from .errors import ConfigError, Exit, PreforkError, report
 from .launcher import run_serve, validate
 from .settings import SETTINGS, effective_table, parse_text, resolve, settings_markdown
@@ -45,7 +45,8 @@ def build_parser():
     check.set_defaults(run=_check_config)
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
-    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": ctl.add_parser(commands)}
+    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": ctl.add_parser(commands),
+                       "tune": tune.add_parser(commands)}
     return parser
 
 
