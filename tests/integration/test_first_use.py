@@ -207,3 +207,12 @@ def test_a_policy_the_class_cannot_honour_is_refused_with_the_fix():
     class Fine(prefork.ThreadingMixIn, http.server.HTTPServer):      # no policy: socketserver's threads
         pass
     assert Fine.policy == prefork.ThreadPerRequest()
+
+
+def test_the_readmes_config_file_example_is_valid(tmp_path):
+    readme = open(os.path.join(REPO, "README.md")).read()
+    example = re.search(r"```toml\n(# prefork.toml.*?)```", readme, re.S).group(1)
+    (tmp_path / "prefork.toml").write_text(example)
+    code, out, err = run_cli("check-config", "-c", str(tmp_path / "prefork.toml"))
+    assert code == 0, err
+    assert re.search(r"^workers +4 +file ", out, re.M) and re.search(r"^timeout +60.0 +file ", out, re.M)
