@@ -1,11 +1,13 @@
 """Taking one request: socketserver's steps, plus what a pool worker keeps track of.
 
 handle_one() is the body of every accept loop, in pool workers (worker.py)
-and in the in-process request loop (inprocess.py).
+and in the in-process request loop (inprocess.py). ReplySocket is what a
+datagram handler replies through, so that a reply never blocks a worker.
 """
 
 import errno
 import logging
+import os
 import socket
 import time
 
@@ -97,3 +99,37 @@ def _has_data(sock):
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:            # nothing yet (EAGAIN), or reset
         return False
+
+
+class ReplySocket(socket.socket):
+    """A datagram server's socket as its handlers see it: a reply never blocks the worker.
+
+    A client that sends but never reads fills its receive queue; a plain
+    sendto() would then wait for it forever, and so would every client
+    behind it. Here every send goes out with MSG_DONTWAIT, and a reply that
+    finds the queue full is dropped with a debug line, as a datagram may be.
+    It is a dup of the server's socket, made once per process.
+    """
+
+    owner = None
+
+    @classmethod
+    def for_socket(cls, sock):
+        replies = cls(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        replies.owner = os.getpid()
+        return replies
+
+    def sendto(self, data, flags_or_address, address=None):
+        flags, address = (0, flags_or_address) if address is None else (flags_or_address, address)
+        try:
+            return super().sendto(data, flags | socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            log.debug("reply to %s dropped: its receive queue is full", address)
+            return 0
+
+    def sendmsg(self, buffers, ancdata=(), flags=0, address=None):
+        try:
+            return super().sendmsg(buffers, ancdata, flags | socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            log.debug("reply to %s dropped: its receive queue is full", address)
+            return 0

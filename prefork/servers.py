@@ -37,6 +37,7 @@ import warnings
 
 from . import commands
 from .config import Config
+from .handling import ReplySocket
 from .inprocess import RequestLoop
 from .listeners import UnixPathOwner
 from .master import Master
@@ -211,40 +212,6 @@ class UDPServer(TCPServer, socketserver.UDPServer):
         super().server_close()
         if self._replies is not None:
             self._replies.close()
-
-
-class ReplySocket(socket.socket):
-    """A datagram server's socket as its handlers see it: a reply never blocks the worker.
-
-    A client that sends but never reads fills its receive queue; a plain
-    sendto() would then wait for it forever, and so would every client
-    behind it. Here every send goes out with MSG_DONTWAIT, and a reply that
-    finds the queue full is dropped with a debug line, as a datagram may be.
-    It is a dup of the server's socket, made once per process.
-    """
-
-    owner = None
-
-    @classmethod
-    def for_socket(cls, sock):
-        replies = cls(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-        replies.owner = os.getpid()
-        return replies
-
-    def sendto(self, data, flags_or_address, address=None):
-        flags, address = (0, flags_or_address) if address is None else (flags_or_address, address)
-        try:
-            return super().sendto(data, flags | socket.MSG_DONTWAIT, address)
-        except BlockingIOError:
-            log.debug("reply to %s dropped: its receive queue is full", address)
-            return 0
-
-    def sendmsg(self, buffers, ancdata=(), flags=0, address=None):
-        try:
-            return super().sendmsg(buffers, ancdata, flags | socket.MSG_DONTWAIT, address)
-        except BlockingIOError:
-            log.debug("reply to %s dropped: its receive queue is full", address)
-            return 0
 
 
 class _UnixPathMixIn:
