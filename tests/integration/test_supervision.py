@@ -117,7 +117,7 @@ def test_max_requests_recycles_under_concurrent_load_without_a_failed_request(se
     assert failures == [], server.log()[-3000:]
     assert len(served_by) >= 500, f"{len(served_by)} workers served {requests[0]} requests in 90 s"
     wait_for(lambda: len(server.workers()) == 2 and not zombies_of(server.pid), message="pool settled")
-    wait_for(lambda: master.num_fds() == fds_before, message=lambda: f"fds {master.num_fds()} != {fds_before}")
+    wait_for(lambda: master.num_fds() <= fds_before, message=lambda: f"fds {master.num_fds()} > {fds_before}")
     assert master.num_threads() == threads_before
     log = server.log()
     assert log.count("exited (recycle, exit code 5)") + log.count("exited (recycle, exit code 0)") >= 498
@@ -291,7 +291,9 @@ def test_repeated_sigkill_leaks_no_fd_thread_or_zombie_in_the_master(serve_cli):
             {w.pid for w in server.workers()}))
     assert exchange("tcp", address) == b"hello\n"
     wait_for(lambda: not zombies_of(server.pid))
-    assert (master.num_fds(), master.num_threads()) == (fds_before, threads_before)
+    # At most as many: the first count may have caught psutil reading a worker's /proc file.
+    wait_for(lambda: master.num_fds() <= fds_before, message=lambda: f"fds {master.num_fds()} > {fds_before}")
+    assert master.num_threads() == threads_before
 
 
 def test_handler_raising_on_every_request_leaks_no_fd_in_the_worker(serve_cli):
