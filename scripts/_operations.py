@@ -193,8 +193,16 @@ class Instance:
         return "its log ends:\n    " + "\n    ".join(self.log().strip().splitlines()[-lines:])
 
     def master(self):
-        """The master the pid file names (the new one, once an upgrade has begun)."""
+        """The master the pid file names (the new one, once an upgrade has begun); 0 if none."""
         return read_pid(self.pidfile)
+
+    def signal_master(self, signum):
+        """Send signum to the master the pid file names; its pid (never kill(0): that is our group)."""
+        pid = self.master()
+        if not pid:
+            raise OperationFailed(f"{self.name}: {self.pidfile} names no master")
+        os.kill(pid, signum)
+        return pid
 
     def status(self):
         """`prefork ctl status --json`, or None if the control socket does not answer."""
@@ -242,7 +250,7 @@ class Instance:
             command = subprocess.Popen([PY, "-m", "prefork", "ctl", "--control", self.control, "reload"], cwd=REPO,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         else:
-            os.kill(self.master(), signal.SIGHUP)
+            self.signal_master(signal.SIGHUP)
 
         def progress():
             nonlocal began, command_done
@@ -280,10 +288,9 @@ class Instance:
     def upgrade(self):
         """SIGUSR2 to the master; once the new master serves (the pid file names it and it answers
         the control socket with every worker ready), SIGTERM to the old one, until it has exited."""
-        old = self.master()
         oldbin = self.pidfile + ".oldbin"
         started = time.monotonic()
-        os.kill(old, signal.SIGUSR2)
+        old = self.signal_master(signal.SIGUSR2)
         new = wait_for(lambda: (lambda pid: pid if pid not in (0, old) else None)(read_pid(self.pidfile)),
                        SETTLE_TIMEOUT, f"{self.name}'s new master to write the pid file")
         if read_pid(oldbin) != old:

@@ -2,7 +2,7 @@
 """Two prefork instances behind nginx's stream module, upgraded and reloaded under load, without a failed request.
 
     python scripts/nginx_lb.py            # 2 rounds: upgrade one instance, reload the other; about 25 s
-    python scripts/nginx_lb.py --quick    # 1 round; about 12 s (the test suite runs this)
+    python scripts/nginx_lb.py --quick    # 1 round; about 13 s (the test suite runs this)
     python scripts/nginx_lb.py --json FILE --keep
 
 This is docs/deploy.md's "one prefork instance per host behind a load balancer", on one machine:
@@ -256,15 +256,16 @@ class Nginx:
 
 def parse_args(argv=None):
     parser = Parser(prog="nginx_lb.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round (~12 s)")
-    parser.add_argument("--rounds", type=positive(int), help="rounds of: upgrade one instance, reload the other "
-                                                            "(2; --quick 1)")
-    parser.add_argument("-w", "--workers", type=positive(int), default=2, help="workers per instance (2)")
-    parser.add_argument("-c", "--clients", type=positive(int), default=50, help="concurrent clients (50)")
-    parser.add_argument("--gap", type=positive(float), help="seconds of plain load after each operation (2.5)")
-    parser.add_argument("--duration", type=positive(float), help="seconds of measured load (default: enough for "
-                                                                "the operations and their gaps)")
-    parser.add_argument("--timeout", type=positive(float), default=2.0,
+    parser.add_argument("--quick", action="store_true", help="one round (~13 s)")
+    parser.add_argument("--rounds", type=positive(int), metavar="N",
+                        help="rounds of: upgrade one instance, reload the other (2; --quick 1)")
+    parser.add_argument("-w", "--workers", type=positive(int), default=2, metavar="N", help="workers per instance (2)")
+    parser.add_argument("-c", "--clients", type=positive(int), default=50, metavar="N", help="concurrent clients (50)")
+    parser.add_argument("--gap", type=positive(float), metavar="S",
+                        help="seconds of plain load after each operation (2.5; --quick 2)")
+    parser.add_argument("--duration", type=positive(float), metavar="S",
+                        help="seconds of measured load (default: enough for the operations and their gaps)")
+    parser.add_argument("--timeout", type=positive(float), default=2.0, metavar="S",
                         help="seconds after which an unanswered request is a failure (2)")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get; exit 2 if nginx is missing")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
