@@ -11,6 +11,7 @@ the environment, then the config file, then the declared default.
 """
 
 import argparse
+import os
 import sys
 
 from . import __version__, ctl, tune
@@ -92,7 +93,11 @@ def main(argv=None):
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return Exit.USAGE
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:                 # `prefork ctl status | head -2`: the reader left, not our fault
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
 
 
 def _command_line(args):

@@ -232,8 +232,11 @@ class Master(Operations):
         self.inbox.restore()
         if self._old_sigchld is not None:
             signal.signal(signal.SIGCHLD, self._old_sigchld)
-        for server, state in zip(self.servers, self._socket_state):
-            state.restore(server)
+        if not self.another_master_serves():
+            # The listeners' open file descriptions are shared with a master that took over (or
+            # rolled back): putting blocking mode back would change them under its workers.
+            for server, state in zip(self.servers, self._socket_state):
+                state.restore(server)
         if self._old_title is not None:
             setproctitle.setproctitle(self._old_title)
         self._table = ()

@@ -121,6 +121,15 @@ class Operations:
             log.error("%s: %s", why, exc)
             raise
 
+    def another_master_serves(self):
+        """An upgrade's other master serves on our sockets now (see upgrade.py): were we to stop, the
+        service would go on, so at exit we leave the sockets, their files and systemd to it."""
+        return any(getattr(service, "other_master_serves", False) for service in self.services)
+
+    def main_is_elsewhere(self):
+        """After an upgrade's hand-over, the new master is the service's main process, not us."""
+        return any(getattr(service, "main_is_elsewhere", False) for service in self.services)
+
     def settled(self):
         """The pool is running at its target, every serving worker ready and of the current generation."""
         if self.stopping or self.sizing is None or self.pool is None:

@@ -63,6 +63,7 @@ class Notifier:
         self._generation = 0
         self._stopping = False
         self._status = ""
+        self._elsewhere = False
 
     @property
     def enabled(self):
@@ -85,10 +86,15 @@ class Notifier:
         pass
 
     def on_pass(self, master, now):
+        elsewhere = master.main_is_elsewhere()        # an upgrade handed the service to a new master
+        if self._elsewhere and not elsewhere and not master.stopping:
+            self.notify(f"MAINPID={os.getpid()}", "READY=1")          # it rolled back: ours again
+        self._elsewhere = elsewhere
         if master.stopping and not self._stopping:
             self._stopping = True
-            self.notify("STOPPING=1", f"STATUS=stopping {len(master.pool)} worker(s)")
-        elif not master.stopping:
+            if not master.another_master_serves():    # else the service goes on without us
+                self.notify("STOPPING=1", f"STATUS=stopping {len(master.pool)} worker(s)")
+        elif not master.stopping and not elsewhere:
             if master.generation != self._generation:
                 self._generation, self._ready = master.generation, False
                 self.notify("RELOADING=1", f"STATUS=reloading (generation {master.generation})")

@@ -52,6 +52,11 @@ class Successor:
         self.fd, self.servers, self.control = fd, servers, control
         self.predecessor = os.getppid()
 
+    @property
+    def other_master_serves(self):
+        """The old master still runs: if we stop now, it is a roll-back and it serves on."""
+        return is_master(self.predecessor)
+
     def start(self, selector):
         pass
 
@@ -72,7 +77,7 @@ class Successor:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if not in_child and is_master(self.predecessor):
+        if not in_child and self.other_master_serves:
             release_files(self.servers, self.control)
 
 
@@ -91,6 +96,13 @@ class Upgrader:
     def start(self, selector):
         self._selector = selector
 
+    @property
+    def other_master_serves(self):
+        """The new master's workers are ready and it still runs: it is the service now."""
+        return self.handed_over and self.child is not None and self.child.poll() is None
+
+    main_is_elsewhere = other_master_serves
+
     def status(self):
         return {"upgrade": {"new_master": self.child.pid, "ready": self.handed_over}} if self.child else {}
 
@@ -107,7 +119,8 @@ class Upgrader:
         if self.control is not None:
             env[CONTROL_VARIABLE] = str(self.control.sock.fileno())
             passed.append(self.control.sock.fileno())
-        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        # Not systemd's sockets again (they are among ours), and the watchdog is the new master's too.
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_PID"):
             env.pop(name, None)
         if self.pidfile is not None:
             self.pidfile.move_aside()
@@ -166,7 +179,7 @@ class Upgrader:
                     os.close(fd)
             self._pidfd = self._ready = None
             return
-        if self.child is not None and self.child.poll() is None:
+        if self.other_master_serves:
             release_files(self.servers, self.control)       # the new master serves on them
 
 

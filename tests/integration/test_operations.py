@@ -201,6 +201,7 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     wait_for(lambda: not os.path.exists(pidfile + ".oldbin"))
     assert os.path.exists(unix) and os.path.exists(control), "the old master left the new one's files alone"
     assert exchange("tcp", address) == b"hello\n" and status(control)["master"]["pid"] == new
+    assert_listeners_unchanged(new, address)
 
     newer = upgrade_from(new)                                      # now roll one back
     os.kill(newer, signal.SIGTERM)
@@ -208,9 +209,28 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     assert not os.path.exists(pidfile + ".oldbin") and os.path.exists(unix) and os.path.exists(control)
     wait_for(lambda: status(control)["master"]["pid"] == new)
     assert exchange("tcp", address) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+    assert_listeners_unchanged(new, address)
     os.kill(new, signal.SIGTERM)
     wait_for(lambda: process_gone(new) and not os.path.exists(unix) and not os.path.exists(control), timeout=15)
     assert not os.path.exists(pidfile)
+
+
+def assert_listeners_unchanged(master, address):
+    """The master that stopped left the shared listeners as they were: non-blocking, accepts deferred.
+    (It once put blocking mode back on exit: the survivor's workers then hung in accept(), and, still
+    believing accepts deferred, closed connections whose request had not arrived yet.)"""
+    flags = {}
+    for name in os.listdir(f"/proc/{master}/fd"):
+        if os.readlink(f"/proc/{master}/fd/{name}").startswith("socket:"):
+            text = open(f"/proc/{master}/fdinfo/{name}").read()
+            flags[int(name)] = int(re.search(r"flags:\s+(\d+)", text).group(1), 8)
+    listener = next(c.fd for c in psutil.Process(master).net_connections()
+                    if c.status == "LISTEN" and c.laddr and c.laddr.port == address[1])
+    assert flags[listener] & os.O_NONBLOCK, "the listener became blocking"
+    with socket.create_connection(address, timeout=10) as late:
+        time.sleep(0.3)                         # a client whose request comes a moment after connecting
+        late.sendall(b"late\n")
+        assert late.recv(100) == b"late\n"
 
 
 # -- systemd ------------------------------------------------------------------------------
@@ -329,3 +349,51 @@ def test_log_file_is_reopened_after_a_rotation_by_master_and_workers(serve_cli, 
     os.kill(server.pid, signal.SIGUSR1)
     wait_for(lambda: os.path.exists(log) and "SIGUSR1: reopened" in open(log).read())
     assert server.log() == "", "nothing on stderr with --log-file"
+
+
+def test_systemd_hears_one_service_across_an_upgrade_and_a_roll_back(serve_cli, short_tmp):
+    """After an upgrade the old master's stop is not the service's: no STOPPING=1 from it, which
+    systemd (NotifyAccess=all) would take for the whole service stopping; the new master says
+    MAINPID= before the old one goes, and keeps the watchdog; a roll-back gives the service back."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(short_tmp, "notify"))
+    notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    notify.settimeout(10)
+    heard = []
+
+    def until(wanted, sender):
+        """Wait for a message with wanted from sender, heard from now on; the index after it."""
+        start = len(heard)
+        while True:
+            for index in range(start, len(heard)):
+                if heard[index][0] == sender and wanted in heard[index][1]:
+                    return index + 1
+            try:
+                data, ancillary, _, _ = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                raise AssertionError(f"no {wanted} from {sender}; heard {heard[start:][-6:]}") from None
+            pid = next(int.from_bytes(c[2][:4], "little") for c in ancillary if c[1] == socket.SCM_CREDENTIALS)
+            heard.append((pid, data.decode()))
+
+    pidfile = os.path.join(short_tmp, "p.pid")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--pid", pidfile,
+                       env={"NOTIFY_SOCKET": notify.getsockname(), "WATCHDOG_USEC": "400000",
+                            "WATCHDOG_PID": "0"})
+    server.wait_workers(1)
+    old = server.pid
+    os.kill(old, signal.SIGUSR2)
+    new = wait_for(lambda: (lambda p: p if p not in (0, old) else None)(read_pid(pidfile)), timeout=15)
+    until(f"MAINPID={new}", new)                                # before the old master goes
+    until("WATCHDOG=1", new)                                    # the new master keeps the watchdog
+    os.kill(old, signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    os.kill(new, signal.SIGUSR2)                                # and roll the next one back
+    newer = wait_for(lambda: (lambda p: p if p not in (0, new) else None)(read_pid(pidfile)), timeout=15)
+    until(f"MAINPID={newer}", newer)
+    os.kill(newer, signal.SIGTERM)
+    until(f"MAINPID={new}", new)                                # the service is the old master's again
+    wait_for(lambda: process_gone(newer))
+    assert not [text for pid, text in heard if "STOPPING=1" in text], heard
+    os.kill(new, signal.SIGTERM)
+    until("STOPPING=1", new)                                    # a real stop is said
+    notify.close()
