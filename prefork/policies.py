@@ -192,7 +192,7 @@ class Adaptive(Policy):
 
     All memory (the spawn rate, since when the pool has been too idle) is in
     the AdaptiveState that size() returns and is given back: the policy is a
-    value, and every decision a row of a table (tests/test_adaptive.py).
+    value, and every decision a row of a table (tests/test_adaptive_policy.py).
     """
 
     min_workers: int = 1
