@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 import prefork
@@ -23,6 +24,14 @@ TESTS = os.path.join(REPO, "tests")
 def sleepy(address, seconds, timeout=30):
     """One request to apps.handlers:Sleepy: the answer, b"done <pid>\\n" (an exception fails the test)."""
     return stream_exchange(socket.AF_INET, address, f"{seconds}\n".encode(), timeout)
+
+
+def process_state(pid):
+    """What the kernel says of a process (sleeping, stopped, zombie...), for failure messages."""
+    try:
+        return psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 class Sampler:
@@ -57,10 +66,10 @@ def test_a_burst_grows_the_pool_is_served_in_full_and_the_pool_shrinks_back(serv
     served_at = time.monotonic() - sampler.started
     assert all(answer.startswith(b"done ") for answer in answers), answers      # none failed
     wait_for(lambda: len(server.workers()) == 1, timeout=20, message=lambda: f"the pool back at 1:\n{server.log()}")
+    back_at = time.monotonic() - sampler.started
     samples = sampler.stop()
     peak = max(count for _, count in samples)
     peak_at = next(t for t, count in samples if count == peak)
-    back_at = next(t for t, count in samples if t > peak_at and count == 1)
     print(f"\nburst of 12 x 1.5 s: 6 workers after {peak_at:.1f} s, served in {served_at:.1f} s, "
           f"back to 1 worker {back_at - served_at:.1f} s later")
     assert 4 <= peak <= 6, samples
@@ -115,11 +124,12 @@ def test_scale_down_retires_idle_workers_and_leaves_a_request_in_hand_alone():
         answer = long_request.result()
         during = sampler.stop()
         assert answer == f"done {busy[0]['pid']}\n".encode()
-        wait_for(lambda: len(workers()) == 1, timeout=10, message=lambda: f"back to 1 worker: {workers()}")
+        wait_for(lambda: len(workers()) == 1, timeout=10,
+                 message=lambda: f"back to 1 worker: {[(w, process_state(w['pid'])) for w in workers()]}")
     sizes = [len(seen) for _, seen in during]
     assert min(sizes) == 2 and sizes[-1] == 2, sizes                  # shrank while the request was in hand
-    states_of_busy_worker = {state for _, seen in during for pid, state in seen if pid == busy[0]["pid"]}
-    assert states_of_busy_worker == {"busy"}, states_of_busy_worker
+    states_of_busy_worker = [state for _, seen in during for pid, state in seen if pid == busy[0]["pid"]]
+    assert "busy" in states_of_busy_worker and "stopping" not in states_of_busy_worker, states_of_busy_worker
 
 
 @pytest.mark.parametrize("args, expected", [
