@@ -15,7 +15,7 @@ from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamReque
 from .config import Config
 from .errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
 from .master import Master
-from .policies import ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
+from .policies import Adaptive, ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
 from .servers import (
     BaseServer,
     ForkingMixIn,
@@ -45,7 +45,7 @@ __all__ = [
     "ThreadingTCPServer", "ThreadingUDPServer", "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
     "BaseRequestHandler", "StreamRequestHandler", "DatagramRequestHandler",
     # pool policies
-    "Policy", "Serial", "ForkPerRequest", "ThreadPerRequest", "Prefork",
+    "Policy", "Serial", "ForkPerRequest", "ThreadPerRequest", "Prefork", "Adaptive",
     # running and configuring
     "Config", "Master", "serve_together",
     # errors

@@ -9,6 +9,7 @@ on SIGHUP.
 import functools
 import logging
 import os
+import re
 import sys
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, repo
 from .listeners import describe_socket, open_listener, parse_bind, socket_kind, take_inherited
 from .operations import Reconfiguration
 from .pidfile import PidFile
-from .policies import POLICIES_BY_NAME, Prefork, cpu_count
+from .policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
 from .servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
 from .settings import SETTINGS
 
@@ -27,6 +28,9 @@ log = logging.getLogger("prefork")
 
 HOOK_NAMES = ("on_starting", "pre_fork", "post_fork", "worker_ready", "worker_exit", "on_exit")
 SERVER_CLASSES = {"tcp": TCPServer, "udp": UDPServer, "unix": UnixStreamServer, "unix-dgram": UnixDatagramServer}
+ADAPTIVE_SETTINGS = ("min_workers", "max_workers", "min_spare", "max_spare", "scale_down_after")
+POLICY_SETTINGS = {"workers": ("prefork",), "threads": ("prefork", "adaptive"),
+                   **dict.fromkeys(ADAPTIVE_SETTINGS, ("adaptive",))}
 
 
 class Launch(NamedTuple):
@@ -46,17 +50,29 @@ def validate(resolved):
     config = resolved.config()
     if not config.name:
         config = config.replace(name=options.handler)
-    if options.policy != "prefork":
-        for name in ("workers", "threads"):
-            if resolved.sources[name] != "default":
-                raise ConfigError(f"{resolved.label(name)} applies to --policy prefork only, "
-                                  f"not --policy {options.policy}")
-        policy = POLICIES_BY_NAME[options.policy]()
-    else:
-        policy = Prefork(workers=options.workers or cpu_count(), threads=options.threads)
+    policy = _policy(resolved, options)
     binds = [parse_bind(text) for text in options.bind]
     loader.split_spec(spec)
     return Launch(options, config, policy, binds, spec)
+
+
+def _policy(resolved, options):
+    """The policy the settings describe; a setting given for another policy is an error, not ignored."""
+    for name, policies in POLICY_SETTINGS.items():
+        if options.policy not in policies and resolved.sources[name] != "default":
+            hint = " (an adaptive pool takes --min-workers and --max-workers)" if options.policy == "adaptive" else ""
+            raise ConfigError(f"{resolved.label(name)} applies to --policy {' or '.join(policies)} only, "
+                              f"not --policy {options.policy}{hint}")
+    if options.policy == "prefork":
+        return Prefork(workers=options.workers or cpu_count(), threads=options.threads)
+    if options.policy != "adaptive":
+        return POLICIES_BY_NAME[options.policy]()
+    given = {name: getattr(options, name) for name in ADAPTIVE_SETTINGS if getattr(options, name) is not None}
+    try:
+        return Adaptive(threads=options.threads, **given)
+    except ConfigError as exc:          # a combination: name every setting as the user gave it
+        names = "|".join(ADAPTIVE_SETTINGS + ("threads",))
+        raise ConfigError(re.sub(rf"\b({names})\b", lambda m: resolved.label(m.group(1)), str(exc))) from None
 
 
 def run_serve(resolved, re_resolve):
@@ -209,8 +225,13 @@ def _reconfigure(launch, re_resolve):
     logging.getLogger().setLevel(new.options.log_level.upper())
     kept = {item.name: launch.config.__dict__[item.name] for item in SETTINGS if item.restart and item.owner is Config}
     return Reconfiguration(config=new.config.replace(**kept),
-                           workers=new.policy.workers if new.policy.pooled else None,
+                           workers=new.policy.workers if _static(launch.policy) and _static(new.policy) else None,
                            load_handler=load_handler, restart=tuple(restart))
+
+
+def _static(policy):
+    """A policy whose size a reload may change (an adaptive pool's settings need a restart)."""
+    return isinstance(policy, Prefork)
 
 
 def _close(servers, pidfile):

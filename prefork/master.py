@@ -41,7 +41,7 @@ import setproctitle
 
 from . import commands, planner, scoreboard
 from .errors import HaltServer, PreforkError, WorkerSignal
-from .listeners import describe_socket, prepare_for_pool
+from .listeners import describe_socket, prepare_for_pool, queued_connections
 from .monitor import Monitor
 from .operations import Operations
 from .pool import RESTART_REASONS, Pool, worker_stats
@@ -289,6 +289,9 @@ class Master(Operations):
         for _ in range(MAX_PLAN_ROUNDS):
             result = planner.plan(snapshot, self.config, now)
             if result.sizing is not None:
+                if self.sizing is not None and result.sizing.target != self.sizing.target:
+                    log.info("pool target %s -> %s worker(s): %s", self.sizing.target, result.sizing.target,
+                             result.sizing.reason)
                 self.sizing = result.sizing
             for action in result.actions:
                 self._act(action, now)
@@ -305,6 +308,7 @@ class Master(Operations):
             views.append(planner.WorkerView(
                 pid=worker.pid, slot=worker.slot, generation=worker.generation, born=worker.born,
                 spare=worker.spare, ready=worker.ready, busy=view.busy_threads > 0, requests=view.requests,
+                busy_threads=view.busy_threads,
                 last_seen=view.tick, retire=view.retire, uss=worker.sample.uss if worker.sample else None,
                 stop_reason=worker.stop_reason, stop_signal=worker.stop_signal, kill_at=worker.kill_at))
         return planner.Snapshot(
@@ -312,7 +316,8 @@ class Master(Operations):
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
             resumed_at=self.resumed_at, spawn_after=pool.spawn_after, failed_boots=pool.failed_boots_in_a_row,
             ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
-            last_activation=self.last_activation, max_size=self.max_size)
+            last_activation=self.last_activation, max_size=self.max_size,
+            backlog=queued_connections(server.socket for server in self.servers))
 
     def sleep(self, now, wake_at):
         """Wait on the selector until the nearest deadline, then notice if we were away."""
@@ -372,6 +377,8 @@ class Master(Operations):
     def _log_retire(self, worker, action):
         if action.reason == "memory":
             log.warning("worker %s (pid %s) %s: replacing it", worker.slot, worker.pid, action.detail)
+        elif action.reason == "stop" and action.detail:
+            log.info("worker %s (pid %s) retired (%s): stopping it gracefully", worker.slot, worker.pid, action.detail)
         elif action.reason in ("recycle", "reload") or action.detail:
             log.info("worker %s (pid %s) replaced (%s%s): stopping it gracefully", worker.slot, worker.pid,
                      action.reason, f": {action.detail}" if action.detail else "")

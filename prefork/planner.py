@@ -18,7 +18,9 @@ The rules, in the order plan() applies them:
 4. During a stop of the pool, every worker is told to go: SIGTERM and the
    graceful timeout, or SIGQUIT for a quick stop. A worker already being
    killed for a timeout keeps that kill's deadline and reason.
-5. The pool policy gives the target size (Sizing), from the pool's load.
+5. The pool policy gives the target size (Sizing), from the load of the
+   serving workers that are not due for replacement (rule 6): a due worker
+   and its successor count once.
 6. A worker is *due* for replacement when it is of an older generation
    (reload), asked for a successor as it nears --max-requests (recycle), or
    uses more unique memory than --max-worker-memory (memory). Missing workers
@@ -61,6 +63,7 @@ class WorkerView:
     spare: bool = False               #: booted, waiting to be activated
     ready: bool = True                #: finished booting
     busy: bool = False                #: a request in hand
+    busy_threads: int = 0             #: how many of its accept threads hold one
     requests: int = 0
     last_seen: float = 0.0            #: its newest heartbeat
     retire: int = scoreboard.KEEP     #: what it says of --max-requests
@@ -178,13 +181,13 @@ def plan(snapshot, config, now):
             actions.append(Retire(spare.pid, "reload", now + config.graceful_timeout))
     spares = [w for w in spares if w.generation >= snapshot.generation]
     serving = [w for w in live if not w.spare and w.retire != scoreboard.EXHAUSTED]
-    sizing = _size(snapshot, serving, now)
-    target = sizing.target
     due = sorted(((w, _due_reason(w, snapshot, config, now)) for w in serving if w.ready),
                  key=lambda pair: (DUE_ORDER.index(pair[1]) if pair[1] else 0, pair[0].slot))
     due = [(w, reason) for w, reason in due if reason]
     due_pids = {w.pid for w, _ in due}
     fresh = [w for w in serving if w.pid not in due_pids]
+    sizing = _size(snapshot, fresh, now)
+    target = sizing.target
 
     # Fill the pool: missing workers at once, due workers' successors one at a time.
     wanted = min(target - len(fresh), target + (1 if due else 0) - len(serving))
@@ -249,6 +252,10 @@ def next_deadline(snapshot, config, now):
     refill = snapshot.last_activation + SPARE_REFILL_DELAY
     if refill > now:
         deadlines.append(refill)
+    policy = snapshot.policy if snapshot.stopping is None else None
+    interval = policy.check_interval(snapshot.policy_state) if policy is not None else None
+    if interval:
+        deadlines.append(now + interval)
     return min(deadlines) if deadlines else None
 
 
@@ -287,11 +294,12 @@ def _stop_everyone(snapshot, config, now, stopped):
     return actions
 
 
-def _size(snapshot, serving, now):
-    busy = sum(1 for w in serving if w.busy)
-    ready = sum(1 for w in serving if w.ready)
-    load = PoolLoad(workers=len(serving), idle=ready - busy, busy=busy, backlog=snapshot.backlog,
-                    requested=snapshot.requested_size, now=now)
+def _size(snapshot, fresh, now):
+    busy = sum(1 for w in fresh if w.busy)
+    ready = sum(1 for w in fresh if w.ready)
+    load = PoolLoad(workers=len(fresh), idle=ready - busy, busy=busy, backlog=snapshot.backlog,
+                    requested=snapshot.requested_size, now=now,
+                    busy_threads=sum(max(w.busy_threads, w.busy) for w in fresh))
     target, reason, state = snapshot.policy.size(load, snapshot.policy_state)
     return Sizing(max(1, min(target, snapshot.max_size)), reason, state)
 

@@ -49,14 +49,32 @@ class ServeOptions:
         "for several (a list in a file, commas in PREFORK_BIND)", short="-b", metavar="ADDR", kind="list",
         restart=True)
     policy: str = setting(
-        "prefork", "--policy", "prefork: a pool of workers; fork / thread: a process / thread per request; "
-        "serial: one request at a time", choices=tuple(POLICIES_BY_NAME), restart=True)
+        "prefork", "--policy", "prefork: a pool of workers; adaptive: a pool sized by its load (--min-workers, "
+        "--max-workers, --min-spare, --max-spare, --scale-down-after); fork / thread: a process / thread per "
+        "request; serial: one request at a time", choices=tuple(POLICIES_BY_NAME), restart=True)
     workers: Optional[int] = setting(
         None, "--workers", "worker processes, for --policy prefork (default: one per CPU)",
         between(1, MAX_WORKERS), "N", short="-w", kind="optional-int")
     threads: int = setting(
-        1, "--threads", "accept threads in each worker, for --policy prefork", between(1, MAX_THREADS), "N",
+        1, "--threads", "accept threads in each worker, for --policy prefork and adaptive", between(1, MAX_THREADS),
+        "N", restart=True)
+    min_workers: int = setting(
+        1, "--min-workers", "fewest worker processes, for --policy adaptive", between(1, MAX_WORKERS), "N",
         restart=True)
+    max_workers: Optional[int] = setting(
+        None, "--max-workers", "most worker processes, for --policy adaptive (default: 4 per CPU)",
+        between(1, MAX_WORKERS), "N", kind="optional-int", restart=True)
+    min_spare: int = setting(
+        1, "--min-spare", "for --policy adaptive: fork more workers when fewer than N are idle (idle threads "
+        "with --threads), or while connections wait in a TCP accept queue", between(0, MAX_WORKERS * MAX_THREADS),
+        "N", restart=True)
+    max_spare: Optional[int] = setting(
+        None, "--max-spare", "for --policy adaptive: retire idle workers, one a second, once more than N have been "
+        "idle for --scale-down-after (default: --min-spare + --threads)", between(0, MAX_WORKERS * MAX_THREADS),
+        "N", kind="optional-int", restart=True)
+    scale_down_after: float = setting(
+        10.0, "--scale-down-after", "for --policy adaptive: seconds the pool must have had more than --max-spare "
+        "idle workers before it retires one", between(0, None), "S", restart=True)
     backlog: int = setting(
         2048, "--backlog", "listen queue length of stream sockets", between(1, 65535), "N", restart=True)
     hooks: str = setting(

@@ -4,7 +4,11 @@ import socket
 import pytest
 
 from prefork.errors import BindError
-from prefork.listeners import UnixPathOwner, open_listener, parse_bind, remove_stale_unix_socket
+from prefork.listeners import (
+    UnixPathOwner, accept_queue, open_listener, parse_bind, queued_connections, remove_stale_unix_socket,
+)
+
+from conftest import wait_for
 
 
 @pytest.mark.parametrize("text, kind, address", [
@@ -118,3 +122,45 @@ def test_unix_path_owner_survives_chmod(tmp_path):
         os.chmod(path, 0o666)          # what a deployment often does after bind
     owner.remove()
     assert not os.path.exists(path)
+
+
+# -- accept queues ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["127.0.0.1:0", "[::1]:0"])
+def test_accept_queue_counts_connections_nobody_accepted_yet(text):
+    """The TCP_INFO offsets, checked against a queue we fill and drain."""
+    listener = open_listener(parse_bind(text), backlog=7)
+    clients = []
+    try:
+        assert accept_queue(listener) == (0, 7)
+        for _ in range(5):
+            clients.append(socket.create_connection(listener.getsockname()[:2], timeout=5))
+        wait_for(lambda: accept_queue(listener) == (5, 7), message="5 queued connections")
+        listener.accept()[0].close()
+        assert accept_queue(listener) == (4, 7)
+        assert queued_connections([listener, listener]) == 8
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+
+
+def test_accept_queue_leaves_out_silent_clients_held_back_by_defer_accept():
+    listener = open_listener(parse_bind("127.0.0.1:0"), backlog=7)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+    with listener, socket.create_connection(listener.getsockname(), timeout=5), \
+            socket.create_connection(listener.getsockname(), timeout=5) as speaking:
+        speaking.sendall(b"hello\n")
+        wait_for(lambda: accept_queue(listener) == (1, 7), message="only the client that spoke queued")
+
+
+def test_accept_queue_is_unknown_for_other_sockets(short_tmp):
+    udp = open_listener(parse_bind("udp://127.0.0.1:0"))
+    unix = open_listener(parse_bind(f"unix:{os.path.join(short_tmp, 's.sock')}"))
+    unconnected = socket.socket()
+    closed = open_listener(parse_bind("127.0.0.1:0"))
+    closed.close()
+    with udp, unix, unconnected:
+        for sock in (udp, unix, unconnected, closed):
+            assert accept_queue(sock) is None
+        assert queued_connections([udp, unix]) is None

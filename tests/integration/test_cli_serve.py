@@ -234,7 +234,7 @@ def one_line_error(code, stdout, stderr):
     (["myapp.py:Handler"], "bad handler 'myapp.py:Handler': name the module, not its file: myapp:Handler", 2),
     (["-b", "udp:127.0.0.1:9000"], "bad bind 'udp:127.0.0.1:9000': write udp://127.0.0.1:9000", 2),
     (["-b", "127.0.0.1:-1"], "port -1 is out of range 0-65535", 2),
-    (["--policy", "forking"], "--policy: must be one of serial, fork, thread, prefork, got 'forking'", 2),
+    (["--policy", "forking"], "--policy: must be one of serial, fork, thread, prefork, adaptive, got 'forking'", 2),
     (["--config", "/nonexistent/prefork.toml"], "cannot read config file /nonexistent/prefork.toml", 2),
 ])
 def test_bad_input_gets_one_clear_line(args, expected, code):
