@@ -100,12 +100,12 @@ class Config:
         10.0, "--client-timeout",
         "close a client connection whose next read or write waits this long (a quiet or stalled client); "
         "below --timeout, so a quiet client is dropped before its worker is taken for hung; 0 disables",
-        at_least(0), "S")
+        at_least(0), "S", restart=True)
     defer_accept: bool = setting(
         True, "--defer-accept",
         "TCP: leave a connection that has sent nothing in the kernel (TCP_DEFER_ACCEPT) for the client "
         "timeout, and never hand it to a worker if it stays silent; turn off (--no-defer-accept) for "
-        "protocols where the server speaks first")
+        "protocols where the server speaks first", restart=True)
     monitor_interval: float = setting(
         1.0, "--monitor-interval",
         "seconds between psutil samples (memory, CPU) of every worker that served since its last one; "

@@ -44,7 +44,7 @@ def open_control_socket(path):
         sock.listen(16)
     except OSError as exc:
         sock.close()
-        raise BindError(f"cannot open the control socket {path}: {exc.strerror}") from None
+        raise BindError(f"cannot open the control socket {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     sock.setblocking(False)
@@ -54,11 +54,11 @@ def open_control_socket(path):
 class ControlServer:
     """A master service (see Master.services): accepts control connections and answers them."""
 
-    def __init__(self, sock, owned=True):
+    def __init__(self, sock, owned=True, active=True):
         self.sock = sock
         self.path = sock.getsockname()
         self.owner = UnixPathOwner(self.path) if owned else None
-        self.active = True               # False while an upgraded master answers instead of us
+        self.active = active             # False while the other master of an upgrade answers instead
         self._clients = {}               # socket -> _Client
         self._selector = None
 
@@ -67,7 +67,8 @@ class ControlServer:
 
     def start(self, selector):
         self._selector = selector
-        selector.register(self.sock, selectors.EVENT_READ, self)
+        if self.active:
+            selector.register(self.sock, selectors.EVENT_READ, self)
 
     def pause(self):
         """Stop answering (an upgraded master has taken over); the socket stays open for a roll-back."""
@@ -101,6 +102,12 @@ class ControlServer:
 
     def close(self, in_child=False):
         for client in list(self._clients.values()):
+            if not in_child and client.outbox:      # a reply not sent yet ("stop" of an empty pool): send it
+                try:
+                    client.sock.settimeout(1.0)
+                    client.sock.sendall(client.outbox)
+                except OSError:
+                    pass
             self._drop(client, unregister=not in_child)
         self.sock.close()
         if not in_child and self.owner is not None:
@@ -175,14 +182,19 @@ class _Client:
         return False
 
     def _answer(self, line, master):
+        """The reply to one request line. Nothing a client sends, and nothing a command meets, may
+        take the master down: what was not foreseen is logged with its traceback and refused."""
         try:
             request = json.loads(line)
             command = commands.from_request(request, why=f"prefork ctl {request.get('command')}")
         except PreforkError as exc:
             return {"ok": False, "error": str(exc)}
-        except (ValueError, AttributeError) as exc:
-            return {"ok": False, "error": f"not a JSON request object: {exc}"}
+        except (ValueError, AttributeError, RecursionError) as exc:
+            return {"ok": False, "error": f"not a JSON request object: {str(exc)[:200]}"}
         try:
             return {"ok": True, "result": command.run(master)}
         except PreforkError as exc:
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control socket: %s failed", command.name)
+            return {"ok": False, "error": f"{command.name} failed: {type(exc).__name__}: {exc}"}

@@ -8,6 +8,7 @@ datagram handler replies through, so that a reply never blocks a worker.
 import errno
 import logging
 import os
+import select
 import socket
 import time
 
@@ -15,6 +16,7 @@ log = logging.getLogger("prefork")
 
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
 _ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
 
 
 class PoolRequest:
@@ -51,7 +53,7 @@ def handle_one(server, pool=None):
     if pool is not None:
         pool.accepted()
         if isinstance(request, socket.socket):
-            if getattr(server, "defers_accept", False) and not _has_data(request):
+            if getattr(server, "defers_accept", False) and not _has_data(request, pool.client_timeout):
                 log.debug("client %s sent nothing within the client timeout; closing", client_address)
                 server.shutdown_request(request)
                 pool.done()
@@ -94,10 +96,28 @@ def _accept_failed(server, exc, fatal):
     raise RuntimeError(f"cannot accept on {server.server_address}: {exc}") from exc
 
 
-def _has_data(sock):
+def _has_data(sock, client_timeout):
+    """Whether a client the kernel handed over despite TCP_DEFER_ACCEPT has sent anything.
+
+    Usually it has (that is why it was handed over), or it stayed silent for
+    the whole deferral. But a connection completed through a SYN cookie (a
+    flood, or a burst past the backlog) is handed over on its bare ACK, its
+    request a moment behind: so an empty queue gets a short grace before the
+    client is taken for silent.
+    """
+    try:
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            return True
+    except BlockingIOError:
+        pass
+    except OSError:            # reset
+        return False
+    readable, _, _ = select.select([sock], [], [], min(DEFERRED_GRACE, client_timeout or DEFERRED_GRACE))
+    if not readable:
+        return False
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:            # nothing yet (EAGAIN), or reset
+    except OSError:
         return False
 
 

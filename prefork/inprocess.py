@@ -29,8 +29,9 @@ from .handling import handle_one
 
 log = logging.getLogger("prefork")
 
-# SIGINT is not among them: it stays Python's KeyboardInterrupt, as under socketserver.
-LOOP_SIGNALS = tuple(signum for signum in commands.SIGNAL_COMMANDS if signum != signal.SIGINT)
+# SIGINT is not among them: it stays Python's KeyboardInterrupt, as under socketserver. SIGQUIT
+# means "at once", so it interrupts the request in hand the same way (see _quit_at_once).
+LOOP_SIGNALS = tuple(signum for signum in commands.SIGNAL_COMMANDS if signum not in (signal.SIGINT, signal.SIGQUIT))
 
 
 class RequestLoop:
@@ -48,7 +49,8 @@ class RequestLoop:
     def run(self):
         old_title = setproctitle.getproctitle()
         setproctitle.setproctitle(f"prefork: server [{self.name}]")
-        self.inbox.install(LOOP_SIGNALS, reset_in_children=True)
+        if self.inbox.install(LOOP_SIGNALS, reset_in_children=True):
+            self.inbox.install_handler(signal.SIGQUIT, _quit_at_once)
         log.info("server %s starting: %s, policy %s, listening on %s", os.getpid(), self.name,
                  self.servers[0].policy.name, ", ".join(describe_socket(s.socket) for s in self.servers))
         try:
@@ -110,7 +112,11 @@ class RequestLoop:
         return "ignored"
 
     def reopen_logs(self, why):
-        reopened = logs.reopen()
+        try:
+            reopened = logs.reopen()
+        except OSError as exc:
+            log.error("%s: cannot reopen the log file (%s); still writing to the old one", why, exc)
+            return f"cannot reopen the log file: {exc}"
         what = ", ".join(reopened) if reopened else "no log file (logging goes to stderr)"
         log.info("%s: reopened %s", why, what)
         return f"reopened {what}"
@@ -129,3 +135,8 @@ class RequestLoop:
     def _no_workers(self, why, what):
         log.info("%s ignored: policy %s has no workers to %s", why, self.servers[0].policy.name, what)
         return "ignored"
+
+
+def _quit_at_once(signum, frame):
+    """SIGQUIT to a single-process server: leave the request in hand, as a pool's workers do."""
+    raise KeyboardInterrupt

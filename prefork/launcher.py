@@ -51,6 +51,13 @@ def validate(resolved):
     if not config.name:
         config = config.replace(name=options.handler)
     policy = _policy(resolved, options)
+    if not policy.pooled:
+        # These serve in the master's own process: there is no worker to drop privileges in, and
+        # the control socket and upgrades are a pool master's.
+        for name in ("user", "group", "control"):
+            if getattr(options, name):
+                raise ConfigError(f"{resolved.label(name)} needs a pool (--policy prefork or adaptive), "
+                                  f"not --policy {options.policy}, which serves in the master's own process")
     binds = [parse_bind(text) for text in options.bind]
     loader.split_spec(spec)
     return Launch(options, config, policy, binds, spec)
@@ -164,12 +171,10 @@ def _services(launch, servers, control_socket, ready_fd, pidfile):
     """What the master looks after beside its workers, for `prefork serve`."""
     services = []
     options = launch.options
-    if (options.control or control_socket) and not launch.policy.pooled:
-        raise BindError(f"--control needs a pool (--policy prefork), not --policy {options.policy}")
     control = None
-    if control_socket is not None:
+    if control_socket is not None:           # an old master's: ours to answer once our pool is ready
         control_socket.setblocking(False)
-        control = ControlServer(control_socket)
+        control = ControlServer(control_socket, active=ready_fd is None)
     elif options.control:
         control = ControlServer(open_control_socket(options.control))
     if control is not None:

@@ -3,8 +3,14 @@
 The master opens the file before forking, so every worker inherits the
 handler. SIGUSR1 (or `prefork ctl reopen-logs`) makes the master reopen it and
 pass SIGUSR1 on to its workers, which reopen their own copy at the next pass
-of their loop, never inside the signal handler. With --user, the file is
-given to that user, so workers that dropped privileges can reopen it.
+of their loop, never inside the signal handler.
+
+The master may be root while the log's directory belongs to the workers'
+user (--user), who could then plant a symbolic link where the file is about
+to be reopened. So the file is opened with O_NOFOLLOW, and given to that user
+(fchown on the open descriptor) only when the master has just created it: a
+root master never writes through a link, nor hands over a file it did not
+create. A reopen that fails keeps the old file, and says why.
 """
 
 import logging
@@ -15,40 +21,61 @@ FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
 
 
+class LogFile(logging.FileHandler):
+    """A FileHandler that opens without following links and gives a new file to the workers' user."""
+
+    def __init__(self, path, owner=None):
+        self.owner = owner
+        super().__init__(path, encoding="utf-8")
+
+    def _open(self):
+        return open_log(self.baseFilename, self.owner)
+
+
+def open_log(path, owner=None):
+    """Open path for appending, never through a symbolic link; chown it to owner only if we created it."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o640)
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    except FileExistsError:
+        fd = os.open(path, flags)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def configure(level, path="", owner=None):
-    """Log at level to path (appending) or stderr; owner (uid, gid) gets the file. Raises OSError."""
+    """Log at level to path (appending) or stderr; owner (uid, gid) gets a file we create. Raises OSError."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    if path:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        _give(path, owner)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+    handler = LogFile(path, owner) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    root.prefork_log_owner = owner
 
 
 def reopen():
-    """Reopen every log file of this process (after a rotation). Returns the paths reopened."""
-    root = logging.getLogger()
+    """Reopen every log file of this process (after a rotation); the paths. OSError if one cannot be:
+    that one keeps writing to its old file."""
     reopened = []
-    for handler in root.handlers:
+    for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
+            stream = handler._open()              # first: on failure the old stream stays
             handler.acquire()
             try:
-                if handler.stream is not None:
-                    handler.stream.close()
-                handler.stream = handler._open()
+                old, handler.stream = handler.stream, stream
             finally:
                 handler.release()
-            _give(handler.baseFilename, getattr(root, "prefork_log_owner", None))
+            if old is not None:
+                old.close()
             reopened.append(handler.baseFilename)
     return reopened
 
 
-def _give(path, owner):
-    if owner is not None and os.geteuid() == 0:
-        os.chown(path, *owner)
+def stream():
+    """Where a crashing or hung process should write its stack dumps: the log file, or stderr."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            return handler.stream
+    return sys.stderr

@@ -53,9 +53,10 @@ class Operations:
         if self.reconfigure is not None:
             try:
                 self._apply(self.reconfigure())
-            except PreforkError as exc:
-                log.error("%s: not reloading, the settings have a problem: %s", why, exc)
-                raise PreforkError(f"not reloading, the settings have a problem: {exc}") from None
+            except Exception as exc:          # the settings, or reading them: never the master's end
+                problem = exc if isinstance(exc, PreforkError) else f"{type(exc).__name__}: {exc}"
+                log.error("%s: not reloading, the settings have a problem: %s", why, problem)
+                raise PreforkError(f"not reloading, the settings have a problem: {problem}") from None
         self.generation += 1
         log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
         return f"reloading {len(self.pool)} worker(s) one at a time (generation {self.generation})"
@@ -75,16 +76,22 @@ class Operations:
 
     def set_size(self, size, relative, why):
         current = self.sizing.target if self.sizing else self.policy.workers
-        wanted = max(1, min(current + size if relative else size, self.max_size))
+        asked = current + size if relative else size
+        wanted = max(1, min(asked, self.max_size))
         self.requested_size = wanted
-        log.info("%s: %s worker(s) wanted", why, wanted)
-        return f"{wanted} worker(s) wanted"
+        capped = f" (the most this master can run: {self.max_size})" if asked > self.max_size else ""
+        log.info("%s: %s worker(s) wanted%s", why, wanted, capped)
+        return f"{wanted} worker(s) wanted{capped}"
 
     def reopen_logs(self, why):
         """Reopen the log files here, and tell every worker to reopen its own (SIGUSR1)."""
-        reopened = logs.reopen()
         for worker in self.pool:
             self.pool.signal(worker, signal.SIGUSR1)
+        try:
+            reopened = logs.reopen()
+        except OSError as exc:
+            log.error("%s: cannot reopen the log file (%s); still writing to the old one", why, exc)
+            raise PreforkError(f"cannot reopen the log file: {exc}") from None
         what = ", ".join(reopened) if reopened else "no log file (logging goes to stderr)"
         log.info("%s: reopened %s", why, what)
         return f"reopened {what}"

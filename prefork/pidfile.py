@@ -8,6 +8,7 @@ do; if the new master goes away, the old one moves it back.
 """
 
 import os
+import tempfile
 
 from .errors import BindError
 
@@ -24,9 +25,13 @@ class PidFile:
         other = read_pid(self.path)
         if other and other != os.getpid() and is_master(other):
             raise BindError(f"--pid {self.path} names a live prefork master (pid {other}); stop it first")
-        temporary = f"{self.path}.{os.getpid()}.tmp"
         try:
-            with open(temporary, "w") as f:
+            # mkstemp: a new file (O_EXCL), so never written through a link someone planted; the
+            # rename then replaces whatever entry FILE was, a link included, not what it points to.
+            fd, temporary = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".",
+                                             dir=os.path.dirname(os.path.abspath(self.path)))
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             os.replace(temporary, self.path)
         except OSError as exc:

@@ -40,23 +40,23 @@ def resolve(user, group):
     return Credentials(entry.pw_name, entry.pw_uid, gid, groups)
 
 
-def _user(text):
+def _user(text, label="--user"):
     try:
         return pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
     except KeyError:
-        raise ConfigError(f"--user: no such user {text!r}") from None
+        raise ConfigError(f"{label}: no such user {text!r}") from None
 
 
-def _group(text):
+def _group(text, label="--group"):
     try:
         return grp.getgrgid(int(text)).gr_gid if text.isdigit() else grp.getgrnam(text).gr_gid
     except KeyError:
-        raise ConfigError(f"--group: no such group {text!r}") from None
+        raise ConfigError(f"{label}: no such group {text!r}") from None
 
 
 def owner_of(text):
     """(uid, gid) for --socket-owner USER[:GROUP]; -1 keeps a part as it is."""
     user, _, group = text.partition(":")
-    uid = _user(user).pw_uid if user else -1
-    gid = _group(group) if group else -1
+    uid = _user(user, "--socket-owner").pw_uid if user else -1
+    gid = _group(group, "--socket-owner") if group else -1
     return uid, gid

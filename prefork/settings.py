@@ -246,7 +246,12 @@ def read_file(config_file, cwd):
     """(path, table) of the config file: -c FILE, else [tool.prefork] in ./pyproject.toml, else (None, {})."""
     if config_file:
         data = _load_toml(config_file)
-        return config_file, data.get("tool", {}).get("prefork", data) if _is_pyproject(config_file) else data
+        if not _is_pyproject(config_file):
+            return config_file, data
+        table = data.get("tool", {}).get("prefork")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{config_file} has no [tool.prefork] table")
+        return f"{config_file} [tool.prefork]", table
     pyproject = os.path.join(cwd, "pyproject.toml")
     if os.path.isfile(pyproject):
         table = _load_toml(pyproject).get("tool", {}).get("prefork")
@@ -265,7 +270,7 @@ def _load_toml(path):
             return tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 

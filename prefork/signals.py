@@ -87,6 +87,10 @@ class SignalInbox:
             _reset_after_fork.add(self)
         return True
 
+    def install_handler(self, signum, handler):
+        """Also install handler for signum (main thread only), to be restored with the others."""
+        self._old_handlers[signum] = signal.signal(signum, handler)
+
     @property
     def installed(self):
         return self._old_wakeup_fd is not None

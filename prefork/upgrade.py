@@ -45,8 +45,11 @@ def inherited(environ=None):
 
 
 class Successor:
-    """A new master's service: tells the old master once our pool is ready, and, should we exit
-    while the old master still runs (a roll-back), leaves the socket files to it."""
+    """A new master's service: once our pool is ready, takes over the control socket and tells the
+    old master; should we exit while the old master still runs (a roll-back), leaves it everything.
+
+    Until then `prefork ctl` keeps talking to the old master, so that an answer from the new one
+    means its workers are ready (a script may then stop the old one)."""
 
     def __init__(self, fd, servers, control=None):
         self.fd, self.servers, self.control = fd, servers, control
@@ -65,6 +68,8 @@ class Successor:
 
     def on_pass(self, master, now):
         if self.fd is not None and master.settled():
+            if self.control is not None:
+                self.control.resume()
             try:
                 os.write(self.fd, b"ready\n")
             except OSError:
@@ -98,10 +103,14 @@ class Upgrader:
 
     @property
     def other_master_serves(self):
-        """The new master's workers are ready and it still runs: it is the service now."""
-        return self.handed_over and self.child is not None and self.child.poll() is None
+        """The new master runs (ready or still booting): were we stopped, the service goes on in it,
+        on the sockets we share, so we must leave them (and their files) as they are."""
+        return self.child is not None and self.child.poll() is None
 
-    main_is_elsewhere = other_master_serves
+    @property
+    def main_is_elsewhere(self):
+        """The new master's workers are ready: it is the service's main process now."""
+        return self.handed_over and self.other_master_serves
 
     def status(self):
         return {"upgrade": {"new_master": self.child.pid, "ready": self.handed_over}} if self.child else {}
@@ -109,7 +118,13 @@ class Upgrader:
     def begin(self, master):
         """Start the new master; a text for the log and `prefork ctl upgrade`."""
         if self.child is not None:
-            raise PreforkError(f"an upgrade is already under way (new master pid {self.child.pid})")
+            raise PreforkError(f"an upgrade is already under way (new master pid {self.child.pid}): "
+                               f"stop this master (SIGTERM) to finish it, or the new one to roll back")
+        predecessor = next((s.predecessor for s in master.services
+                            if isinstance(s, Successor) and s.other_master_serves), None)
+        if predecessor is not None:
+            raise PreforkError(f"the master this one replaced (pid {predecessor}) still runs: stop it (SIGTERM) "
+                               f"to finish that upgrade before starting another")
         if master.stopping:
             raise PreforkError("the master is stopping")
         read_end, write_end = os.pipe()

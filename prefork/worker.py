@@ -168,6 +168,7 @@ class _ChildProcess:
         self.soft_limit = successor_threshold(self.max_requests)
         self.exhausted = False
         self.crashed = False
+        self._local = threading.local()             # each accept thread's scoreboard record
 
     def run(self):
         self.worker.pid = os.getpid()
@@ -204,8 +205,7 @@ class _ChildProcess:
         # The master's "you are hung": write every thread's stack from C, without the GIL (a hung
         # thread may hold it), and carry on until the SIGKILL that follows. Not SIGABRT, whose
         # default action would then dump core. enable() covers real crashes (SIGSEGV, ...).
-        faulthandler.enable(file=sys.stderr, all_threads=True)
-        faulthandler.register(DUMP_STACKS_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+        self._dump_stacks_to(logs.stream())
         self._watch_master()
         self._set_title()
         self.header.set(scoreboard.PID, self.worker.pid)
@@ -312,6 +312,13 @@ class _ChildProcess:
             logs.reopen()
         except OSError as exc:
             log.warning("worker %s cannot reopen its log file: %s", self.worker.slot, exc)
+        self._dump_stacks_to(logs.stream())
+
+    @staticmethod
+    def _dump_stacks_to(stream):
+        """Stack dumps (a crash, or the master's DUMP_STACKS) go where the log goes."""
+        faulthandler.enable(file=stream, all_threads=True)
+        faulthandler.register(DUMP_STACKS_SIGNAL, file=stream, all_threads=True, chain=False)
 
     def _on_activate(self, signum, frame):
         os.write(self.activate_w, b"a")
@@ -328,6 +335,7 @@ class _ChildProcess:
         """Wait on every listener, take one request at a time, until stopped or at the request cap."""
         servers, tick_interval = self.setup.servers, self.setup.tick_interval
         record = self.setup.board.thread_writer(self.worker.index, thread)
+        self._local.record = record                  # where this thread's heartbeat() goes
         request = PoolRequest(record, self.setup.config.client_timeout, self._accepted)
         by_fd = {server.fileno(): server for server in servers}
         monotonic = time.monotonic
@@ -384,7 +392,8 @@ class _ChildProcess:
                 if self.notice_r in ready:
                     self._reopen_logs()
                 if not ready:
-                    self.header.tick(time.monotonic())
+                    # No tick of our own here: the master judges liveness by the accept threads'
+                    # records, so that a worker whose every thread is stuck looks hung.
                     self._check_master()
         for thread in threads:
             thread.join()
@@ -407,8 +416,8 @@ class _ChildProcess:
         setproctitle.setproctitle(f"prefork: worker {self.worker.slot} [{self.setup.name}]{spare}")
 
     def _heartbeat(self):
-        """server.heartbeat(): a long-lived handler says it is alive, not hung."""
-        self.header.tick(time.monotonic())
+        """server.heartbeat(): a long-lived handler says its thread is alive, not hung."""
+        getattr(self._local, "record", self.header).tick(time.monotonic())
 
     def _ask_master_to_stop(self):
         """server.shutdown() in a worker: ask the master for a graceful stop of the whole pool.

@@ -236,6 +236,11 @@ def one_line_error(code, stdout, stderr):
     (["-b", "127.0.0.1:-1"], "port -1 is out of range 0-65535", 2),
     (["--policy", "forking"], "--policy: must be one of serial, fork, thread, prefork, adaptive, got 'forking'", 2),
     (["--config", "/nonexistent/prefork.toml"], "cannot read config file /nonexistent/prefork.toml", 2),
+    (["--policy", "thread", "--user", "nobody"], "--user needs a pool (--policy prefork or adaptive)", 2),
+    (["--policy", "serial", "--control", "/tmp/never.sock"], "--control needs a pool", 2),
+    (["--socket-owner", "no-such-user-here"], "--socket-owner: no such user 'no-such-user-here'", 2),
+    (["-c", "../pyproject.toml"], "../pyproject.toml has no [tool.prefork] table", 2),
+    (["--control", "/tmp/" + "x" * 120], "cannot open the control socket", 1),
 ])
 def test_bad_input_gets_one_clear_line(args, expected, code):
     returncode, stdout, stderr = run_cli("serve", *args, cwd=TESTS)

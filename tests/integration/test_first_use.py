@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,8 +51,11 @@ def test_a_project_with_its_own_workers_package_serves_the_default_and_its_own(s
 @pytest.mark.timeout(120)
 def test_a_regular_install_claims_no_generic_top_level_name(serve_cli, tmp_path):
     """`pip install .` (not -e): what lands in site-packages, and that it still works beside a user's workers/."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), REPO],
+    target, source = tmp_path / "site", tmp_path / "source"
+    # From a copy: pip builds in the source tree, and the checkout's must stay clean.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "bench-results",
+                                                                 "__pycache__", "docs", "tests", "scripts"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=100)
     top_level = {name for name in os.listdir(target) if not name.endswith((".dist-info", ".egg-info"))} - {"bin"}
     assert top_level == {"prefork", "prefork_workers"}, top_level

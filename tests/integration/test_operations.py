@@ -397,3 +397,136 @@ def test_systemd_hears_one_service_across_an_upgrade_and_a_roll_back(serve_cli, 
     os.kill(new, signal.SIGTERM)
     until("STOPPING=1", new)                                    # a real stop is said
     notify.close()
+
+
+# -- what the independent review found --------------------------------------------------------
+
+SLOW_IMPORT = "import time, prefork\ntime.sleep(2)\nclass Handler(prefork.BaseRequestHandler):\n" \
+              "    def handle(self):\n        self.request.sendall(self.request.recv(100))\n"
+
+
+def test_stopping_the_old_master_before_the_new_one_is_ready_keeps_the_service(serve_cli, short_tmp, tmp_path):
+    """The old master stopped while the new one still boots must leave the shared listeners, the
+    socket files and the control socket to it; and ctl must not hear the new master before it serves."""
+    (tmp_path / "slow.py").write_text(SLOW_IMPORT)
+    control, unix = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "app.sock")
+    server = serve_cli("slow:Handler", "-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
+                       cwd=str(tmp_path))
+    address = server.addresses()[0]
+    server.wait_workers(1, timeout=15)
+    old = server.pid
+    os.kill(old, signal.SIGUSR2)
+    new = wait_for(lambda: next((c.pid for c in psutil.Process(old).children()
+                                 if "prefork: master" in " ".join(c.cmdline())), None))
+    assert all(status(control)["master"]["pid"] == old for _ in range(3)), "the new master answers only once ready"
+    os.kill(old, signal.SIGTERM)                    # too early: the new master's workers still import
+    assert server.proc.wait(15) == 0
+    assert os.path.exists(unix) and os.path.exists(control)
+    wait_for(lambda: status(control)["master"]["pid"] == new, timeout=15)
+    assert exchange("unix", unix, b"x\n") == b"x\n"
+    assert_listeners_unchanged(new, address)
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: process_gone(new), timeout=15)
+
+
+def test_a_second_upgrade_waits_until_the_first_is_finished(serve_cli, short_tmp):
+    pidfile = os.path.join(short_tmp, "p.pid")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--pid", pidfile)
+    server.wait_workers(1)
+    os.kill(server.pid, signal.SIGUSR2)
+    new = wait_for(lambda: (lambda p: p if p not in (0, server.pid) else None)(read_pid(pidfile)), timeout=15)
+    server.wait_log("is serving; stop this one")
+    os.kill(new, signal.SIGUSR2)
+    server.wait_log(rf"SIGUSR2: the master this one replaced \(pid {server.pid}\) still runs: stop it")
+    assert read_pid(pidfile) == new and read_pid(pidfile + ".oldbin") == server.pid
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    os.kill(new, signal.SIGTERM)
+    wait_for(lambda: process_gone(new), timeout=15)
+
+
+def test_nothing_a_control_client_sends_takes_the_master_down(serve_cli, short_tmp, tmp_path):
+    control = os.path.join(short_tmp, "ctl.sock")
+    config = tmp_path / "prefork.toml"
+    config.write_text('workers = 1\nbind = ["127.0.0.1:0"]\n')
+    server = serve_cli("-c", str(config), "--control", control, cwd=str(tmp_path))
+    server.wait_workers(1)
+    from prefork.ctl import send
+    reply = send(control, {"command": "status"} and "[" * 60000)      # nested past the recursion limit
+    assert not reply["ok"] and "not a JSON request object" in reply["error"]
+    config.write_bytes(b"workers = 1\n# caf\xe9\n")                  # not UTF-8
+    code, _, err = ctl(control, "reload")
+    assert code == 1 and "not reloading, the settings have a problem" in err and "not valid TOML" in err
+    assert status(control)["master"]["state"] == "running"
+
+
+def test_ctl_stop_is_answered_even_when_no_worker_is_alive(serve_cli, short_tmp, tmp_path):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no database')\n")
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("broken:Handler", "-w", "1", "-b", "127.0.0.1:0", "--control", control,
+                       "--max-boot-failures", "100", cwd=str(tmp_path))
+    server.wait_log("failed to boot")
+    code, out, err = ctl(control, "stop")
+    assert code == 0 and out.startswith("graceful stop"), err
+    assert server.proc.wait(10) == 0
+
+
+def test_scaling_past_what_the_master_can_run_says_so(serve_cli, short_tmp):
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
+    server.wait_workers(1)
+    assert ctl(control, "scale", "1000")[1] == "32 worker(s) wanted (the most this master can run: 32)\n"
+    assert ctl(control, "scale", "1")[1] == "1 worker(s) wanted\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root master and a less privileged user")
+def test_a_root_master_never_follows_a_link_planted_where_its_log_file_goes(serve_cli, tmp_path):
+    logs_dir = tmp_path / "log"
+    logs_dir.mkdir()
+    os.chown(logs_dir, 65534, 65534)                 # the workers' user owns the log directory
+    log, victim = logs_dir / "app.log", tmp_path / "victim"
+    victim.write_text("root's secret\n")
+    os.chmod(victim, 0o600)
+    control = str(tmp_path / "ctl.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--user", "nobody", "--log-file", str(log),
+                       "--control", control)
+    wait_for(lambda: log.exists() and "worker 1 ready" in log.read_text())
+    assert (os.stat(log).st_uid, os.stat(log).st_gid) == (65534, 65534), "a log file the master created is theirs"
+    log.unlink()                                     # as the workers' user could, with a link in its place
+    os.symlink(victim, log)
+    code, _, err = ctl(control, "reopen-logs")
+    assert code == 1 and "cannot reopen the log file" in err
+    info = os.stat(victim)
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600) and victim.read_text() == "root's secret\n"
+    assert server.proc.poll() is None
+
+
+def test_a_failed_reopen_keeps_the_old_log_file(serve_cli, tmp_path):
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    log = log_dir / "app.log"
+    control = str(tmp_path / "c.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--log-file", str(log), "--control", control)
+    wait_for(lambda: log.exists() and "worker 1 ready" in log.read_text())
+    os.rename(log_dir, tmp_path / "moved")           # the directory is gone: nothing can be reopened
+    code, _, err = ctl(control, "reopen-logs")
+    assert code == 1 and "cannot reopen the log file" in err
+    assert ctl(control, "scale", "2")[0] == 0
+    wait_for(lambda: "2 worker(s) wanted" in (tmp_path / "moved" / "app.log").read_text())
+    assert "Logging error" not in server.log() and "Traceback" not in server.log()
+
+
+def test_with_a_log_file_a_hung_workers_stacks_go_to_it(serve_cli, tmp_path):
+    (tmp_path / "hang.py").write_text("import time, prefork\nclass Hang(prefork.BaseRequestHandler):\n"
+                                      "    def handle(self):\n        time.sleep(60)\n")
+    log = tmp_path / "app.log"
+    server = serve_cli("hang:Hang", "-w", "1", "-b", "127.0.0.1:0", "--timeout", "1", "--client-timeout", "0.5",
+                       "--log-file", str(log), cwd=str(tmp_path))
+    wait_for(lambda: log.exists() and "worker 1 ready" in log.read_text())
+    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()).group(1))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"x")
+        wait_for(lambda: "exited (timeout" in log.read_text())
+    text = log.read_text()
+    assert "dumping its stacks (below)" in text and "most recent call first" in text and "in handle" in text
+    assert server.log() == ""

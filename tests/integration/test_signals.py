@@ -165,3 +165,17 @@ def test_as_pid_1_an_idle_master_does_not_poll(serve_cli):
     time.sleep(2)                          # the condition measured *is* two idle seconds
     woke = master.num_ctx_switches().voluntary - before
     assert woke <= 6, f"an idle master woke {woke} times in 2 s (polling every 0.1 s would be 20)"
+
+
+def test_sigquit_stops_a_serial_server_at_once(serve_cli):
+    server = serve(serve_cli, "apps.handlers:Sleepy", "--policy", "serial", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    server.wait_log("server .* starting")
+    with socket.create_connection(address, timeout=15) as client:
+        client.sendall(b"30\n")
+        wait_for(lambda: any(c.status == "ESTABLISHED" and c.laddr.port == address[1]
+                             for c in psutil.Process(server.pid).net_connections()))
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGQUIT)
+        assert server.proc.wait(10) == 0
+        assert time.monotonic() - started < 3, "the request in hand was abandoned"

@@ -181,3 +181,30 @@ def test_the_reply_socket_is_a_blocking_socket_like_socketservers(serve_cli, tmp
     address = server.addresses()[0]
     server.wait_workers(1)
     assert exchange(kind, address, b"?") == b"blocking"
+
+
+@pytest.mark.timeout(90)
+def test_a_burst_past_the_backlog_loses_no_client_to_the_deferred_accept(serve_cli):
+    """Connections the kernel completes with SYN cookies (a burst past the backlog) are handed over
+    before their request arrives; they must be served, not taken for silent and closed."""
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "--backlog", "1")
+    address = server.addresses()[0]
+    server.wait_workers(2)
+    outcomes, lock = {"ok": 0, "lost": 0}, threading.Lock()
+
+    def client():
+        try:
+            with socket.create_connection(address, timeout=30) as sock:
+                sock.sendall(b"hello\n")
+                ok = sock.recv(100) == b"hello\n"
+        except OSError:
+            ok = False
+        with lock:
+            outcomes["ok" if ok else "lost"] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(300)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == {"ok": 300, "lost": 0}

@@ -468,3 +468,31 @@ def test_a_worker_whose_listener_broke_is_replaced_not_left_spinning(serve_cli):
     (second,) = server.wait_replaced({first}, 1)
     assert reply == f"closed {second}\n".encode()
     assert "cannot accept on" in server.log() and "worker 1 crashed" in server.log()
+
+
+def test_a_worker_whose_every_accept_thread_is_stuck_is_taken_for_hung(serve_cli):
+    """Before: the worker's main thread kept its heartbeat fresh, so with --threads a pool whose
+    every thread was stuck was never replaced."""
+    server = serve(serve_cli, "apps.handlers:Sleepy", "-w", "1", "--threads", "2", "-b", "127.0.0.1:0",
+                   "--timeout", "1.5", "--client-timeout", "0")
+    address = server.addresses()[0]
+    (stuck,) = server.wait_workers(1)
+    clients = [socket.create_connection(address, timeout=15) for _ in range(2)]
+    for client in clients:
+        client.sendall(b"60\n")
+    (fresh,) = server.wait_replaced({stuck}, 1, timeout=15)
+    assert re.search(rf"worker 1 \(pid {stuck}\) silent for \d\.\d s, over its timeout of 1\.5 s", server.log())
+    assert exchange("tcp", address, b"0\n") == f"done {fresh}\n".encode()
+    for client in clients:
+        client.close()
+
+
+def test_with_threads_one_busy_thread_and_an_idle_one_is_not_hung(serve_cli):
+    server = serve(serve_cli, "apps.handlers:Sleepy", "-w", "1", "--threads", "2", "-b", "127.0.0.1:0",
+                   "--timeout", "1", "--client-timeout", "0")
+    address = server.addresses()[0]
+    (worker,) = server.wait_workers(1)
+    with socket.create_connection(address, timeout=15) as busy:
+        busy.sendall(b"2.5\n")
+        assert busy.recv(100) == f"done {worker}\n".encode()     # past the timeout: the other thread ticked
+    assert "silent for" not in server.log()

@@ -1,0 +1,57 @@
+"""The pid file: refused when it names a live master, never written through a planted link."""
+
+import os
+
+import pytest
+
+from prefork.errors import BindError
+from prefork.pidfile import PidFile, read_pid
+
+
+def test_links_planted_at_the_file_and_at_its_temporary_are_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("root's secret\n")
+    path = tmp_path / "app.pid"
+    os.symlink(victim, path)                                       # at the file itself
+    os.symlink(victim, f"{path}.{os.getpid()}.tmp")                # at the name a temporary once had
+    PidFile(str(path)).create()
+    assert victim.read_text() == "root's secret\n"
+    assert not path.is_symlink() and read_pid(path) == os.getpid()
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+
+
+def test_a_file_naming_a_live_master_is_refused_and_a_stale_one_replaced(tmp_path):
+    path = tmp_path / "app.pid"
+    path.write_text("1\n")                                         # pid 1 is not a prefork master here
+    PidFile(str(path)).create()
+    assert read_pid(path) == os.getpid()
+    import setproctitle
+    old = setproctitle.getproctitle()
+    setproctitle.setproctitle("prefork: master [test]")
+    try:
+        path.write_text(f"{os.getppid()}\n")
+        PidFile(str(path)).create()                                # the parent is no master: replaced
+        assert read_pid(path) == os.getpid()
+        other = tmp_path / "other.pid"
+        other.write_text(f"{os.getpid()}\n")
+        with pytest.raises(BindError, match="names a live prefork master"):
+            pidfile = PidFile(str(other))
+            pidfile.path, own = str(other), os.getpid
+            os.getpid = lambda: own() + 1                           # as another process would see us
+            try:
+                pidfile.create()
+            finally:
+                os.getpid = own
+    finally:
+        setproctitle.setproctitle(old)
+
+
+def test_an_upgrade_moves_it_aside_and_back(tmp_path):
+    pidfile = PidFile(str(tmp_path / "app.pid"))
+    pidfile.create()
+    pidfile.move_aside()
+    assert not os.path.exists(pidfile.path) and read_pid(pidfile.oldbin) == os.getpid()
+    pidfile.move_back()
+    assert read_pid(pidfile.path) == os.getpid() and not os.path.exists(pidfile.oldbin)
+    pidfile.remove()
+    assert not os.path.exists(pidfile.path)
