@@ -48,6 +48,7 @@ from .monitor import Monitor
 from .pool import RESTART_REASONS, Pool, worker_stats
 from .signals import Doorbell, SignalInbox, default_sigchld
 from .worker import PoolSetup
+from .zygotes import Zygotes
 
 log = logging.getLogger("prefork")
 
@@ -109,6 +110,7 @@ class Master:
         self.doorbell = Doorbell()
         self.inbox = SignalInbox(self.doorbell)
         self.pool = None
+        self.zygotes = None                   # with --preload and a handler to load: zygotes.py
         self._table = ()                      # the workers as a tuple, for stats() from other threads
         self._reaps_orphans = False
         self._deadline = None
@@ -156,6 +158,7 @@ class Master:
             "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
             "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
             "boot_failures": pool.boot_failures if pool else 0,
+            "zygotes": self.zygotes.stats() if self.zygotes else [],
         }
 
     # -- start and finish --------------------------------------------------
@@ -170,9 +173,12 @@ class Master:
         self.selector.register(self.doorbell.reader, selectors.EVENT_READ)
         self.pool = Pool(self.capacity, self.board, self.selector, self.monitor, self._call_hook)
         self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
+        if self.load_handler is not None and self.config.preload:
+            self.zygotes = Zygotes(self.pool, self.selector, self._close_in_child)   # a subreaper from now on
+            self._reaps_orphans = True
         self._old_sigchld = default_sigchld()
         if self.inbox.install(MASTER_SIGNALS):
-            if os.getpid() == 1:          # reap adopted orphans: SIGCHLD only wakes us
+            if os.getpid() == 1 or self.zygotes:      # reap adopted orphans: SIGCHLD only wakes us
                 signal.signal(signal.SIGCHLD, lambda signum, frame: None)
                 self._reaps_orphans = True
         else:
@@ -206,6 +212,8 @@ class Master:
     def _finish(self):
         if self.pool is not None:
             self.pool.kill_all()
+        if self.zygotes is not None:
+            self.zygotes.close()
         if self.started_at is not None:
             self._call_hook("on_exit")
         self.inbox.restore()
@@ -228,10 +236,12 @@ class Master:
         # Commands first: after a Ctrl-C or a systemd stop, which reach the workers too, their
         # exits must be seen as part of the stop, not as crashes.
         self.take_commands()
-        self.pool.reap(self._reaps_orphans, self.stopping)
+        self.pool.reap(self._reaps_orphans, self.stopping, self.zygotes and self.zygotes.claim)
         if self.stopping and not len(self.pool):
             return False
         now = time.monotonic()
+        if self.zygotes:
+            self.tend_zygotes(now)
         self.notice_workers(now)
         self.carry_out_plan(now)
         self._table = tuple(self.pool)
@@ -283,7 +293,7 @@ class Master:
         return planner.Snapshot(
             workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
-            resumed_at=self.resumed_at, spawn_after=pool.spawn_after, failed_boots=pool.failed_boots_in_a_row,
+            resumed_at=self.resumed_at, spawn_after=self._spawn_after(), failed_boots=pool.failed_boots_in_a_row,
             ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
             last_activation=self.last_activation, max_size=self.max_size)
 
@@ -311,7 +321,8 @@ class Master:
         pool = self.pool
         worker = pool.get(getattr(action, "pid", None))
         if isinstance(action, planner.Spawn):
-            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child)
+            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child,
+                       self.zygotes and self.zygotes.fork_worker)
         elif isinstance(action, planner.Halt):
             self.halt_reason = action.reason
             self.begin_stop(graceful=False, why="no worker could boot")
@@ -355,6 +366,8 @@ class Master:
         self.selector.close()
         self.doorbell.reader.close()
         self.pool.close_in_child()
+        if self.zygotes:
+            self.zygotes.close_in_child()
 
     # -- commands (commands.py runs these in the loop's thread) ------------------
 
@@ -381,6 +394,10 @@ class Master:
             except PreforkError as exc:
                 log.error("%s: not reloading, the settings have a problem: %s", why, exc)
                 return
+        if self.zygotes:
+            if not self.stopping:     # the generation moves on once the new code has loaded (tend_zygotes)
+                self.zygotes.reload(self.setup, self.generation + 1, why)
+            return
         self.generation += 1
         log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
 
@@ -396,6 +413,21 @@ class Master:
             self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
             self.requested_size = None
             log.info("reload: %s worker(s) wanted", self.policy.workers)
+
+    # -- zygotes (--preload with a handler to load: zygotes.py) ------------------------
+
+    def tend_zygotes(self, now):
+        """Keep the current generation's zygote; move on to a reload's generation once its code loaded."""
+        loaded = self.zygotes.tend(self.setup, self.generation, self.stopping, now)
+        if loaded is not None:
+            self.generation, why = loaded
+            log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
+
+    def _spawn_after(self):
+        """No fork before the boot backoff ends, nor (with zygotes) before the current zygote is ready."""
+        if self.zygotes is None:
+            return self.pool.spawn_after
+        return max(self.pool.spawn_after, self.zygotes.available_after(self.generation))
 
     def set_size(self, size, relative, why):
         current = self.sizing.target if self.sizing else self.policy.workers
