@@ -57,13 +57,22 @@ def ask(address):
     return version, int(pid), int(frozen)
 
 
-def children(server, title):
+def children(server, title=""):
     """The master's live children whose process title starts with "prefork: TITLE"."""
+    return [pid for pid, state, cmdline in _children(server)
+            if state != psutil.STATUS_ZOMBIE and cmdline.startswith(f"prefork: {title}")]
+
+
+def zombies(server):
+    return [pid for pid, state, _ in _children(server) if state == psutil.STATUS_ZOMBIE]
+
+
+def _children(server):
+    """(pid, status, title) of each child of the master; one that went meanwhile is left out."""
     found = []
     for child in psutil.Process(server.pid).children():
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and " ".join(child.cmdline()).startswith(f"prefork: {title}"):
-                found.append(child.pid)
+            found.append((child.pid, child.status(), " ".join(child.cmdline())))
         except psutil.NoSuchProcess:
             pass
     return found
@@ -81,11 +90,10 @@ def one_zygote(server, other_than=()):
 def settled(server, workers):
     """workers ready workers, one zygote and its next worker, all the master's children; no zombie."""
     def check():
-        live = {c.pid for c in psutil.Process(server.pid).children() if c.status() != psutil.STATUS_ZOMBIE}
         every = set(children(server, "worker")) | set(children(server, "zygote")) | set(children(server, "next worker"))
         return (len(children(server, "worker")) == workers and len(children(server, "zygote")) == 1
-                and len(children(server, "next worker")) == 1 and live == every
-                and not [c for c in psutil.Process(server.pid).children() if c.status() == psutil.STATUS_ZOMBIE])
+                and len(children(server, "next worker")) == 1 and set(children(server)) == every
+                and not zombies(server))
     wait_for(check, message=lambda: f"{workers} workers, a zygote and a next worker; log:\n{server.log()}")
     return server.wait_workers(workers)
 
@@ -149,7 +157,7 @@ def test_stats_show_the_zygote_and_its_generation(tmp_path, monkeypatch):
         thread.join(10)
         server.server_close()
     assert not errors, errors
-    wait_for(lambda: not [c for c in psutil.Process().children(recursive=True) if c.status() != "zombie"],
+    wait_for(lambda: all(process_gone(c.pid) for c in psutil.Process().children(recursive=True)),
              message="no process left")
 
 
