@@ -113,7 +113,9 @@ class Config:
         above(0), "S")
     preload: bool = setting(
         False, "--preload",
-        "import the handler in the master before forking and gc.freeze() it, so workers share it",
+        "import the handler once, in a zygote process the master forks, and fork workers from it: they "
+        "share its memory (gc.freeze()), the master runs none of the handler's code, and SIGHUP loads new "
+        "code in a new zygote",
         restart=True)
 
     def __post_init__(self):

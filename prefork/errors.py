@@ -44,6 +44,10 @@ class AppLoadError(PreforkError):
     """A ``module:object`` handler spec cannot be imported or is not a handler class."""
 
 
+class SpawnError(PreforkError):
+    """A worker could not be forked (out of processes or memory, or its zygote failed); a boot failure."""
+
+
 class HaltServer(PreforkError):
     """The master gave up: no worker could ever boot. ``exit_code`` says so to a shell."""
 

@@ -200,8 +200,9 @@ def _drop_privileges_first(server, credentials):
 
 
 def _handler(launch):
-    """The handler class to build servers with, and the loader workers run (None if preloaded)."""
-    if launch.config.preload or not launch.policy.pooled:
+    """The handler class to build servers with, and the loader a pool runs (in each worker, or once in
+    a zygote with --preload: the master never imports the handler). In-process policies import it here."""
+    if not launch.policy.pooled:
         return loader.load_handler(launch.spec), None
     loader.check_findable(launch.spec)
     return None, functools.partial(loader.load_handler, launch.spec)
@@ -221,12 +222,11 @@ def _reconfigure(launch, re_resolve):
     """SIGHUP: the settings read again, as a Reconfiguration for the master; raises if they are wrong."""
     resolved = re_resolve()
     new = validate(resolved)
-    if not launch.config.preload:
-        loader.check_findable(new.spec)
+    loader.check_findable(new.spec)
     old_values, new_values = {**vars(launch.options), **vars(launch.config)}, {**vars(new.options), **vars(new.config)}
     restart = [item.key for item in SETTINGS
                if item.restart and old_values.get(item.name) != new_values.get(item.name)]
-    load_handler = None if launch.config.preload else functools.partial(loader.load_handler, new.spec)
+    load_handler = functools.partial(loader.load_handler, new.spec)
     logging.getLogger().setLevel(new.options.log_level.upper())
     kept = {item.name: launch.config.__dict__[item.name] for item in SETTINGS if item.restart and item.owner is Config}
     return Reconfiguration(config=new.config.replace(**kept),

@@ -1,8 +1,9 @@
 """Turn ``module:Object`` strings into request handler classes and hook modules.
 
-Used by the CLI: in the master with --preload, otherwise in each worker
-after fork, so new workers pick up new code (SIGHUP) and the master never
-runs the application's import-time code.
+Used by the CLI: in each worker after fork, or with --preload once in a
+zygote that forks the workers (zygote.py); either way new workers pick up
+new code (SIGHUP) and the master never runs the application's import-time
+code. The in-process policies (serial, fork, thread) import it in the server.
 """
 
 import importlib

@@ -47,6 +47,7 @@ from .operations import Operations
 from .pool import RESTART_REASONS, Pool, worker_stats
 from .signals import Doorbell, SignalInbox, default_sigchld
 from .worker import PoolSetup
+from .zygotes import Zygotes
 
 log = logging.getLogger("prefork")
 
@@ -123,6 +124,7 @@ class Master(Operations):
         self.doorbell = Doorbell()
         self.inbox = SignalInbox(self.doorbell)
         self.pool = None
+        self.zygotes = None                   # with --preload and a handler to load: zygotes.py
         self._table = ()                      # the workers as a tuple, for stats() from other threads
         self._reaps_orphans = False
         self._deadline = None
@@ -170,6 +172,7 @@ class Master(Operations):
             "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
             "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
             "boot_failures": pool.boot_failures if pool else 0,
+            "zygotes": self.zygotes.stats() if self.zygotes else [],
         }
 
     # -- start and finish --------------------------------------------------
@@ -186,9 +189,12 @@ class Master(Operations):
         for service in self.services:
             service.start(self.selector)
         self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
+        if self.load_handler is not None and self.config.preload:
+            self.zygotes = Zygotes(self.pool, self.selector, self._close_in_child)   # a subreaper from now on
+            self._reaps_orphans = True
         self._old_sigchld = default_sigchld()
         if self.inbox.install(MASTER_SIGNALS):
-            if os.getpid() == 1:          # reap adopted orphans: SIGCHLD only wakes us
+            if os.getpid() == 1 or self.zygotes:      # reap adopted orphans: SIGCHLD only wakes us
                 signal.signal(signal.SIGCHLD, lambda signum, frame: None)
                 self._reaps_orphans = True
         else:
@@ -227,6 +233,8 @@ class Master(Operations):
                 service.close()
             except Exception:
                 log.exception("closing %s failed", type(service).__name__)
+        if self.zygotes is not None:
+            self.zygotes.close()
         if self.started_at is not None:
             self._call_hook("on_exit")
         self.inbox.restore()
@@ -252,10 +260,12 @@ class Master(Operations):
         # Commands first: after a Ctrl-C or a systemd stop, which reach the workers too, their
         # exits must be seen as part of the stop, not as crashes.
         self.take_commands()
-        self.pool.reap(self._reaps_orphans, self.stopping)
+        self.pool.reap(self._reaps_orphans, self.stopping, self.zygotes and self.zygotes.claim)
         if self.stopping and not len(self.pool):
             return False
         now = time.monotonic()
+        if self.zygotes:
+            self.tend_zygotes(now)
         self.notice_workers(now)
         self.carry_out_plan(now)
         self._table = tuple(self.pool)
@@ -314,7 +324,7 @@ class Master(Operations):
         return planner.Snapshot(
             workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
-            resumed_at=self.resumed_at, spawn_after=pool.spawn_after, failed_boots=pool.failed_boots_in_a_row,
+            resumed_at=self.resumed_at, spawn_after=self._spawn_after(), failed_boots=pool.failed_boots_in_a_row,
             ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
             last_activation=self.last_activation, max_size=self.max_size,
             backlog=queued_connections(server.socket for server in self.servers))
@@ -345,7 +355,8 @@ class Master(Operations):
         pool = self.pool
         worker = pool.get(getattr(action, "pid", None))
         if isinstance(action, planner.Spawn):
-            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child)
+            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child,
+                       self.zygotes and self.zygotes.fork_worker)
         elif isinstance(action, planner.Halt):
             self.halt_reason = action.reason
             self.begin_stop(graceful=False, why="no worker could boot")
@@ -393,6 +404,23 @@ class Master(Operations):
         self.pool.close_in_child()
         for service in self.services:
             service.close(in_child=True)
+        if self.zygotes:
+            self.zygotes.close_in_child()
+
+    # -- zygotes (--preload with a handler to load: zygotes.py) ------------------------
+
+    def tend_zygotes(self, now):
+        """Keep the current generation's zygote; move on to a reload's generation once its code loaded."""
+        loaded = self.zygotes.tend(self.setup, self.generation, self.stopping, now)
+        if loaded is not None:
+            self.generation, why = loaded
+            log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
+
+    def _spawn_after(self):
+        """No fork before the boot backoff ends, nor (with zygotes) before the current zygote is ready."""
+        if self.zygotes is None:
+            return self.pool.spawn_after
+        return max(self.pool.spawn_after, self.zygotes.available_after(self.generation))
 
     def _call_hook(self, name, *args):
         try:

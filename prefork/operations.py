@@ -57,6 +57,10 @@ class Operations:
                 problem = exc if isinstance(exc, PreforkError) else f"{type(exc).__name__}: {exc}"
                 log.error("%s: not reloading, the settings have a problem: %s", why, problem)
                 raise PreforkError(f"not reloading, the settings have a problem: {problem}") from None
+        if self.zygotes:
+            if not self.stopping:     # the generation moves on once the new code has loaded (tend_zygotes)
+                self.zygotes.reload(self.setup, self.generation + 1, why)
+            return f"loading the code in a new zygote, then replacing {len(self.pool)} worker(s) one at a time"
         self.generation += 1
         log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
         return f"reloading {len(self.pool)} worker(s) one at a time (generation {self.generation})"

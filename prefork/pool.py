@@ -15,7 +15,7 @@ import signal
 import time
 import warnings
 
-from .errors import WorkerExit
+from .errors import SpawnError, WorkerExit
 from .signals import signal_name
 from .worker import FORK_BLOCKED_SIGNALS, Worker
 
@@ -72,8 +72,13 @@ class Pool:
 
     # -- forking ------------------------------------------------------------
 
-    def spawn(self, slot, spare, setup, generation, close_master_fds):
-        """Fork a worker for slot; returns it, or None when it could not be forked (a boot failure)."""
+    def spawn(self, slot, spare, setup, generation, close_master_fds, fork=None):
+        """Fork a worker for slot; returns it, or None when it could not be forked (a boot failure).
+
+        fork(worker, close_master_fds) -> pid does the forking: fork_here by
+        default, or a zygote's (zygotes.py), which forks it elsewhere and
+        answers with the pid of a process that is already our child.
+        """
         index = self._free_index()
         if index is None:
             log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
@@ -82,20 +87,11 @@ class Pool:
         worker = Worker(slot, setup, index, generation, spare)
         self.call_hook("pre_fork", worker)
         self.board.reset(index, time.monotonic())
-        # Keep signals blocked across fork: one sent to the new worker before it has installed
-        # its own handlers then waits for them, instead of running ours in the child and being lost.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
-            with warnings.catch_warnings():       # said once, at start (Master._warn_about_settings)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            self._boot_failed(worker, f"cannot fork a worker: {exc.strerror}")
+            pid = (fork or fork_here)(worker, close_master_fds)
+        except SpawnError as exc:
+            self._boot_failed(worker, str(exc))
             return None
-        if pid == 0:
-            worker.run_in_child(close_master_fds)      # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker.pid = pid
         self.workers[pid] = worker
         self._watch(worker)
@@ -149,8 +145,13 @@ class Pool:
 
     # -- reaping ------------------------------------------------------------
 
-    def reap(self, orphans, stopping):
-        """Collect exited workers; with orphans (we are PID 1), also reap adopted processes, ignoring them."""
+    def reap(self, orphans, stopping, claim=None):
+        """Collect exited workers; with orphans (PID 1, or a zygote's subreaper), also reap every other child.
+
+        claim(pid, status) -> bool takes the exits of children that are not
+        workers but someone's (a zygote's, zygotes.py); the rest are adopted
+        orphans, ignored.
+        """
         if orphans:
             while True:
                 try:
@@ -161,7 +162,8 @@ class Pool:
                     break
                 worker = self.workers.get(pid)
                 if worker is None:
-                    log.debug("reaped pid %s, which is not one of our workers", pid)
+                    if claim is None or not claim(pid, status):
+                        log.debug("reaped pid %s, which is not one of our workers", pid)
                 else:
                     self._exited(worker, status, stopping)
             return
@@ -206,12 +208,20 @@ class Pool:
         self.call_hook("worker_exit", worker, code, reason)
 
     def _boot_failed(self, worker, message):
+        self.boot_failed(f"worker {worker.slot}", message)
+
+    def boot_failed(self, who, message):
+        """who (a worker, the zygote) failed to boot: log it once per cause, count it, back off."""
+        first_time = message not in self._seen_boot_messages
+        self._seen_boot_messages.add(message)
+        (log.error if first_time else log.debug)("%s failed to boot: %s", who, message)
+        self.back_off(message)
+
+    def back_off(self, message):
+        """Count a boot failure and put off the next fork: 0.1 s, doubling with each in a row, up to 10 s."""
         self.boot_failures += 1
         self.failed_boots_in_a_row += 1
         self.last_boot_failure = message
-        first_time = message not in self._seen_boot_messages
-        self._seen_boot_messages.add(message)
-        (log.error if first_time else log.debug)("worker %s failed to boot: %s", worker.slot, message)
         delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
         self.spawn_after = time.monotonic() + delay
         log.debug("next boot attempt in %.1f s", delay)
@@ -224,6 +234,24 @@ class Pool:
             self.selector.unregister(worker.pidfd)
             os.close(worker.pidfd)
             worker.pidfd = None
+
+
+def fork_here(worker, close_master_fds):
+    """Fork worker from this process (the master); its pid. The child runs it and never returns here."""
+    # Keep signals blocked across fork: one sent to the new worker before it has installed
+    # its own handlers then waits for them, instead of running ours in the child and being lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+    try:
+        with warnings.catch_warnings():       # said once, at start (Master._warn_about_settings)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise SpawnError(f"cannot fork a worker: {exc.strerror}") from None
+    if pid == 0:
+        worker.run_in_child(close_master_fds)      # never returns
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return pid
 
 
 def worker_stats(worker, board, history, now):

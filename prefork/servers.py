@@ -134,7 +134,7 @@ class BaseServer(socketserver.BaseServer):
         runner = self._runner
         if isinstance(runner, Master):
             return runner.stats()
-        return {"master": None, "workers": [], "restarts": {}, "boot_failures": 0}
+        return {"master": None, "workers": [], "restarts": {}, "boot_failures": 0, "zygotes": []}
 
     def scale(self, size):
         """Resize the running pool: 8 workers, or "+1", "-2". From any thread; returns at once."""

@@ -11,7 +11,11 @@ Workloads (every server has 2 worker processes):
   echo-long       64-byte line echo on 50 long-lived connections
   respawn         SIGKILL the only worker; time until its replacement answers
   memory          unique memory (USS) per worker, with and without --preload
+  reload          SIGHUP under load with the handler edited on disk (scripts/reload_under_load.py)
   idle            CPU used by an idle master and its workers
+
+"The handler imported by the master" (scripts/master_preload.py) is what
+--preload did before the zygote, and what a program using the API does.
 
 Each throughput figure is the median of the rounds; within a round the servers
 run one after another, so drift over the run touches all of them alike. The
@@ -135,9 +139,9 @@ def stdlib_cmd(kind, handler):
     return lambda port: [PY, os.path.join(SCRIPTS, "stdlib_server.py"), kind, str(port), handler]
 
 
-def gunicorn_cmd(tools, *flags, workers=2):
+def gunicorn_cmd(tools, *flags, workers=2, app="wsgi_hello:app"):
     return lambda port: [tools.gunicorn, "--chdir", SCRIPTS, "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-                         "-w", str(workers), *flags, "wsgi_hello:app"]
+                         "-w", str(workers), *flags, *([app] if app else [])]
 
 
 def nginx_cmd(tools, workdir):
@@ -193,7 +197,7 @@ class Server:
 
     def processes(self):
         root = psutil.Process(self.proc.pid)
-        return root, [c for c in root.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+        return root, [c for c in root.children(recursive=True) if _alive(c)]
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -205,6 +209,14 @@ class Server:
                 self.proc.wait(5)
             except ProcessLookupError:
                 pass
+
+
+def _alive(process):
+    """Not a zombie, and not gone since it was listed (a zygote's short-lived middle process, say)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def http_servers(tools, workdir, keep_alive):
@@ -322,26 +334,31 @@ def respawn(tools, repeats):
     """Median and max milliseconds from SIGKILL of the only worker to the next answered request."""
     hello = "prefork_workers.hello:HelloHandler"
     cases = [Server("prefork (handler imported by each worker)", prefork_cmd(hello, "-w", "1"), False),
-             Server("prefork --preload", prefork_cmd(hello, "-w", "1", "--preload"), False),
+             Server(MASTER_PRELOAD, master_preload_cmd(hello, 1), False),
+             Server(ZYGOTE, prefork_cmd(hello, "-w", "1", "--preload"), False),
+             Server(ZYGOTE_BACK_TO_BACK, prefork_cmd(hello, "-w", "1", "--preload"), False),
              Server("prefork --spare-workers 1", prefork_cmd(hello, "-w", "1", "--spare-workers", "1"), False)]
     if tools.gunicorn:
-        cases.append(Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", workers=1), True))
+        cases += [Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", workers=1), True),
+                  Server("gunicorn sync --preload", gunicorn_cmd(tools, "-k", "sync", "--preload", workers=1), True)]
     results = {}
     for server in cases:
         server.start()
         try:
             samples = []
-            expected = len(_serving(server)) + len(_spares(server))
-            for _ in range(repeats):
+            back_to_back = server.name == ZYGOTE_BACK_TO_BACK
+            expected = _settled_count(server)
+            while len(samples) < repeats:
                 _wait(lambda: len(_serving(server)) == 1 and len(server.processes()[1]) == expected)
-                victim = _serving(server)[0].pid
-                started = time.perf_counter()
-                os.kill(victim, signal.SIGKILL)
-                reply = http_get(server.port, timeout=30)
-                samples.append((time.perf_counter() - started) * 1000)
-                if not reply.endswith(b"Hello, World!"):
-                    raise RuntimeError(f"{server.name}: bad reply after respawn: {reply[-80:]!r}")
-                _wait(lambda: victim not in [w.pid for w in server.processes()[1]])
+                victim = _serving(server)[0]
+                if back_to_back:
+                    # Kill the replacement as soon as it has answered: within the zygote's
+                    # NEXT_WORKER_DELAY, so its successor is double-forked while we wait.
+                    _kill_and_ask(server, victim)
+                    victim = _wait(lambda: next((pid for pid in _serving(server) if pid != victim), None))
+                    if _titled(server, "prefork: next worker"):
+                        continue                  # too slow: the next one was forked ahead already
+                samples.append(_kill_and_ask(server, victim))
             results[server.name] = {"median_ms": statistics.median(samples), "max_ms": max(samples),
                                     "samples_ms": samples, "peer": server.peer}
         finally:
@@ -349,35 +366,115 @@ def respawn(tools, repeats):
     return results
 
 
+MASTER_PRELOAD = "prefork, handler imported by the master (the --preload of before the zygote)"
+ZYGOTE = "prefork --preload (zygote)"
+ZYGOTE_BACK_TO_BACK = "prefork --preload (zygote), no next worker forked ahead"
+
+
+def master_preload_cmd(handler, workers):
+    return lambda port: [PY, os.path.join(SCRIPTS, "master_preload.py"), str(port), handler, str(workers)]
+
+
+def _kill_and_ask(server, victim):
+    """SIGKILL victim; milliseconds until the server answered a request; wait until the victim is gone."""
+    started = time.perf_counter()
+    os.kill(victim, signal.SIGKILL)
+    reply = http_get(server.port, timeout=30)
+    elapsed = (time.perf_counter() - started) * 1000
+    if not reply.endswith(b"Hello, World!"):
+        raise RuntimeError(f"{server.name}: bad reply after respawn: {reply[-80:]!r}")
+    _wait(lambda: victim not in [w.pid for w in server.processes()[1]])
+    return elapsed
+
+
+def _titles(server):
+    """(pid, process title) of every live process under the server's main one."""
+    found = []
+    for process in server.processes()[1]:
+        try:
+            found.append((process.pid, " ".join(process.cmdline()).strip()))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _is_worker(title):
+    return title.startswith("prefork: worker") or "prefork:" not in title     # gunicorn's are all workers
+
+
 def _serving(server):
-    return [w for w in server.processes()[1] if not " ".join(w.cmdline()).rstrip().endswith("(spare)")]
+    return [pid for pid, title in _titles(server) if _is_worker(title) and not title.endswith("(spare)")]
 
 
 def _spares(server):
-    return [w for w in server.processes()[1] if " ".join(w.cmdline()).rstrip().endswith("(spare)")]
+    return [pid for pid, title in _titles(server) if _is_worker(title) and title.endswith("(spare)")]
 
 
-def memory(seconds_to_settle=1.0):
-    """Unique memory (USS) of each worker serving scripts/memory_app.py, without and with --preload."""
-    app = "memory_app:LookupHandler"
+def _titled(server, prefix):
+    return [pid for pid, title in _titles(server) if title.startswith(prefix)]
+
+
+def _settled_count(server):
+    """How many processes the server has when nothing is missing: its workers and spares, and with
+    --preload the zygote and the next worker it forks ahead."""
+    _wait(lambda: _titled(server, "prefork: next worker") or not _titled(server, "prefork: zygote"))
+    return len(_serving(server)) + len(_spares(server)) + 2 * bool(_titled(server, "prefork: zygote"))
+
+
+def memory(tools, seconds_to_settle=1.0):
+    """Unique memory (USS) of each of 4 workers serving scripts/memory_app.py, and of the processes around them.
+
+    A master's USS depends on its children as well as on itself: a page a
+    worker copies on write leaves the master's original its own. Its RSS
+    shows plainly whether it imported the application.
+    """
+    handler = "memory_app:LookupHandler"
+    cases = [("prefork, handler imported by each worker", prefork_cmd(handler, "-w", "4"), _ask),
+             ("prefork, handler imported by the master (the --preload of before the zygote)",
+              master_preload_cmd(handler, 4), _ask),
+             ("prefork --preload (zygote)", prefork_cmd(handler, "-w", "4", "--preload"), _ask)]
+    if tools.gunicorn:
+        cases += [("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", "memory_app:app", workers=4, app=None),
+                   _ask_http),
+                  ("gunicorn sync --preload", gunicorn_cmd(tools, "-k", "sync", "--preload", "memory_app:app",
+                                                           workers=4, app=None), _ask_http)]
     results = {}
-    for label, flags in (("handler imported by each worker", ()), ("--preload", ("--preload",))):
-        server = Server(f"prefork {label}", lambda port, flags=flags: [
-            PY, "-m", "prefork", "serve", app, "-b", f"127.0.0.1:{port}", "-w", "4", "--log-level", "warning",
-            *flags], False)
-        server.command = _in_dir(server.command, SCRIPTS)
+    for label, command, ask in cases:
+        server = Server(label, _in_dir(command, SCRIPTS), label.startswith("gunicorn"))
         server.start()
         try:
             for n in range(40):                 # touch the table in every worker
-                _ask(server.port, f"key-{n * 997}")
+                ask(server.port, f"key-{n * 997}")
             time.sleep(seconds_to_settle)
-            master, workers = server.processes()
-            uss = [w.memory_full_info().uss for w in workers]
-            results[label] = {"worker_uss_mb": [round(u / 2**20, 1) for u in uss],
-                              "median_worker_uss_mb": round(statistics.median(uss) / 2**20, 1),
-                              "master_uss_mb": round(master.memory_full_info().uss / 2**20, 1)}
+            titles = dict(_titles(server))
+            uss = {pid: psutil.Process(pid).memory_full_info().uss / 2**20 for pid in titles}
+            workers = [uss[pid] for pid, title in titles.items() if _is_worker(title)]
+            around = {what: [round(uss[pid], 1) for pid, title in titles.items() if title.startswith(f"prefork: {what}")]
+                      for what in ("zygote", "next worker")}
+            results[label] = {"worker_uss_mb": [round(u, 1) for u in workers],
+                              "median_worker_uss_mb": round(statistics.median(workers), 1),
+                              "master_uss_mb": round(server.processes()[0].memory_full_info().uss / 2**20, 1),
+                              "master_rss_mb": round(server.processes()[0].memory_info().rss / 2**20, 1),
+                              "zygote_uss_mb": around["zygote"][0] if around["zygote"] else None,
+                              "next_worker_uss_mb": around["next worker"][0] if around["next worker"] else None,
+                              "peer": server.peer}
         finally:
             server.stop()
+    return results
+
+
+def reload(tools, seconds):
+    """scripts/reload_under_load.py on each server: failed requests, and answers from the old code."""
+    sys.path.insert(0, SCRIPTS)
+    import reload_under_load
+    servers = ["prefork-preload", "prefork", "prefork-master-preload"]
+    if tools.gunicorn:
+        servers += ["gunicorn", "gunicorn-preload"]
+    results = {}
+    for name in servers:
+        results[name] = reload_under_load.run(name, CONNECTIONS, seconds, tools.gunicorn)
+        results[name]["peer"] = name.startswith("gunicorn")
+        print(f"  {reload_under_load.describe(name, results[name])}", flush=True)
     return results
 
 
@@ -392,6 +489,12 @@ def _in_dir(command, directory):
 def _ask(port, line):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(line.encode() + b"\n")
+        return sock.recv(4096)
+
+
+def _ask_http(port, key):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET /{key} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
         return sock.recv(4096)
 
 
@@ -433,11 +536,13 @@ def _cpu_seconds(process):
 
 
 def _wait(predicate, timeout=10):
+    """The predicate's first true value, polled every 5 ms; RuntimeError after timeout seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
             raise RuntimeError("timed out")
         time.sleep(0.005)
+    return value
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -492,11 +597,30 @@ def targets(report):
     check(f"http-keepalive, {keep_alive} vs socketserver Forking",
           ratio("http-keepalive", keep_alive, "socketserver Forking"), 1.0)
     check(f"http-keepalive, {keep_alive} vs nginx", ratio("http-keepalive", keep_alive, "nginx"), 0.5)
-    spawn = report.get("respawn", {}).get("prefork --preload")
-    check("respawn median, prefork --preload", spawn and spawn["median_ms"], 5.0, "{:.2f} ms", below=True)
-    spawn = report.get("respawn", {}).get("prefork (handler imported by each worker)")
+    respawns = report.get("respawn", {})
+    zygote, in_master = respawns.get(ZYGOTE), respawns.get(MASTER_PRELOAD)
+    check("respawn median, prefork --preload (zygote)", zygote and zygote["median_ms"], 5.0, "{:.2f} ms", below=True)
+    check("respawn median, zygote vs the handler imported by the master",
+          zygote and in_master and zygote["median_ms"] / in_master["median_ms"], 1.0, below=True)
+    spawn = respawns.get("prefork (handler imported by each worker)")
     check("respawn median, prefork without --preload", spawn and spawn["median_ms"], 5.0, "{:.2f} ms",
           below=True)
+    memory_figures = report.get("memory", {})
+    zygote = memory_figures.get("prefork --preload (zygote)")
+    in_master = memory_figures.get("prefork, handler imported by the master (the --preload of before the zygote)")
+    lazy = memory_figures.get("prefork, handler imported by each worker")
+    check("worker USS, zygote vs the handler imported by the master",
+          zygote and in_master and zygote["median_worker_uss_mb"] / in_master["median_worker_uss_mb"], 1.5,
+          fmt="{:.2f}x", below=True)
+    check("master USS with a zygote vs a master that imports nothing (each worker imports)",
+          zygote and lazy and zygote["master_uss_mb"] / lazy["master_uss_mb"], 1.1, fmt="{:.2f}x", below=True)
+    check("master RSS with a zygote vs a master that imports nothing",
+          zygote and lazy and zygote["master_rss_mb"] / lazy["master_rss_mb"], 1.1, fmt="{:.2f}x", below=True)
+    reload_figures = report.get("reload", {}).get("prefork-preload")
+    check("HUP under load with --preload: failed requests", reload_figures and reload_figures["failed"], 1,
+          "{}", below=True)
+    check("HUP under load with --preload: answers from the old code after the reload",
+          reload_figures and reload_figures["old_code_after_reload"], 1, "{}", below=True)
     idle_cost = report.get("idle", {}).get("prefork 2x1")
     check("idle master CPU", idle_cost and idle_cost["master_cpu_percent"], 0.5, "{:.3f} %", below=True)
     return lines
@@ -508,7 +632,7 @@ def main():
     parser.add_argument("--seconds", type=float, help="length of each measurement (default 5, quick 1)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated workloads: http-close,http-keepalive,echo-short,"
-                                       "echo-long,respawn,memory,idle")
+                                       "echo-long,respawn,memory,reload,idle")
     parser.add_argument("--no-install", action="store_true", help="use only what is already installed")
     parser.add_argument("--json", help="where to write the JSON results (default bench-results/bench-<time>.json)")
     args = parser.parse_args()
@@ -543,7 +667,9 @@ def main():
     if want("respawn"):
         report["respawn"] = respawn(tools, 5 if args.quick else 25)
     if want("memory"):
-        report["memory"] = memory()
+        report["memory"] = memory(tools)
+    if want("reload"):
+        report["reload"] = reload(tools, 0.5 if args.quick else 1.5)
     if want("idle"):
         report["idle"] = idle(tools, workdir, 2 if args.quick else 10)
 
@@ -554,8 +680,16 @@ def main():
     for name, results in report.get("respawn", {}).items():
         print(f"respawn, {name}: median {results['median_ms']:.2f} ms, max {results['max_ms']:.2f} ms")
     for label, figures in report.get("memory", {}).items():
+        zygote = (f", zygote USS {figures['zygote_uss_mb']} MB, next worker USS {figures['next_worker_uss_mb']} MB"
+                  if figures["zygote_uss_mb"] is not None else "")
         print(f"memory, 4 workers, {label}: median worker USS {figures['median_worker_uss_mb']} MB "
-              f"(each: {figures['worker_uss_mb']}), master USS {figures['master_uss_mb']} MB")
+              f"(each: {figures['worker_uss_mb']}), master USS {figures['master_uss_mb']} MB "
+              f"(RSS {figures['master_rss_mb']} MB){zygote}")
+    if report.get("reload"):
+        sys.path.insert(0, SCRIPTS)
+        from reload_under_load import describe
+        for name, figures in report["reload"].items():
+            print(describe(name, figures))
     for name, figures in report.get("idle", {}).items():
         print(f"idle {figures['seconds']} s, {name}: master {figures['master_cpu_percent']:.3f} % of a CPU, "
               f"workers {figures['workers_cpu_percent']:.3f} %")

@@ -227,8 +227,8 @@ def one_line_error(code, stdout, stderr):
     (["no_such_module:Handler"], "cannot import handler 'no_such_module:Handler': no module named", 2),
     (["apps.handlers"], "expected MODULE:CLASS", 2),
     (["apps.handlers:Raising", "--preload", "--hooks", "no_such_hooks"], "cannot import hooks module", 2),
-    (["apps.handlers:NOT_A_HANDLER", "--preload"], "is not a request handler class", 2),
-    (["apps.handlers:Missing", "--preload"], "module 'apps.handlers' has no 'Missing'", 2),
+    (["apps.handlers:NOT_A_HANDLER", "--preload"], "is not a request handler class", 3),   # the zygote retries
+    (["apps.handlers:Missing", "--preload"], "module 'apps.handlers' has no 'Missing'", 3),
     (["--policy", "thread", "-w", "2"], "--workers applies to --policy prefork only, not --policy thread", 2),
     (["--timeout", "-1"], "--timeout: must be at least 0, got -1.0", 2),
     (["myapp.py:Handler"], "bad handler 'myapp.py:Handler': name the module, not its file: myapp:Handler", 2),

@@ -170,9 +170,10 @@ def test_signals_reach_a_master_run_from_the_api(signum, finishes):
                             start_new_session=True)
     try:
         port = int(proc.stdout.readline())
-        wait_for(lambda: len(psutil.Process(proc.pid).children()) == 2)
-        workers = [c.pid for c in psutil.Process(proc.pid).children()]
-        assert all("prefork: worker" in " ".join(psutil.Process(pid).cmdline()) for pid in workers)
+        # A new worker names itself a moment after fork: wait for the titles too.
+        workers = wait_for(lambda: (lambda titled: titled if len(titled) == 2 else None)(
+            [c.pid for c in psutil.Process(proc.pid).children() if "prefork: worker" in " ".join(c.cmdline())]))
+        assert len(psutil.Process(proc.pid).children()) == 2
         result = []
         client = threading.Thread(target=lambda: result.append(
             stream_exchange(socket.AF_INET, ("127.0.0.1", port), b"1\n")))

@@ -50,9 +50,10 @@ def test_signals_sent_by_habit_never_take_the_master_down(serve_cli, signum):
     assert exchange("tcp", address) == b"hello\n"
 
 
-def test_programs_a_worker_starts_inherit_no_ignored_or_blocked_signal(serve_cli):
+@pytest.mark.parametrize("preload", [(), ("--preload",)], ids=["forked by the master", "forked by a zygote"])
+def test_programs_a_worker_starts_inherit_no_ignored_or_blocked_signal(serve_cli, preload):
     server = serve(serve_cli, "apps.handlers:SignalReport", "-w", "1", "--spare-workers", "1",
-                   "-b", "127.0.0.1:0")
+                   "-b", "127.0.0.1:0", *preload)
     address = server.addresses()[0]
     wait_for(lambda: len(server.workers()) == 2 and server.log().count("ready (pid") == 2)
     ignored, blocked = exchange("tcp", address, b"?\n").split()

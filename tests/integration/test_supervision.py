@@ -152,11 +152,13 @@ def test_worker_over_the_memory_limit_is_replaced(serve_cli):
     server.wait_log(r"exited \(memory, exit code 0\)")
 
 
-def test_preload_imports_in_the_master_and_freezes_the_heap(serve_cli):
+def test_preload_imports_in_a_zygote_and_freezes_its_heap(serve_cli):
     server = serve(serve_cli, "apps.handlers:ImportReport", "-w", "2", "-b", "127.0.0.1:0", "--preload")
     address = server.addresses()[0]
-    worker, imported_by, frozen = exchange("tcp", address, b"?\n").split()
-    assert int(imported_by) == server.pid and int(worker) != server.pid and int(frozen) > 0
+    worker, imported_by, frozen = map(int, exchange("tcp", address, b"?\n").split())
+    zygote = psutil.Process(imported_by)
+    assert zygote.ppid() == server.pid and " ".join(zygote.cmdline()).startswith("prefork: zygote [")
+    assert psutil.Process(worker).ppid() == server.pid and frozen > 0
 
     lazy = serve(serve_cli, "apps.handlers:ImportReport", "-w", "2", "-b", "127.0.0.1:0")
     address = lazy.addresses()[0]

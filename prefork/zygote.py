@@ -1,0 +1,358 @@
+"""The zygote: a child of the master that imports the handler once, then forks workers on request.
+
+With --preload the master forks a zygote for each generation of code. The
+zygote imports the handler (nothing else of the application runs in the
+master), calls gc.freeze() so that its objects' pages stay shared, and then
+only waits for the master's requests. A worker forked from it starts with
+the handler loaded and shares the zygote's memory copy-on-write, as with a
+handler imported in the master; a reload forks a new zygote, which imports
+the code as it now is on disk.
+
+Workers stay the master's children (reaping, pidfds, timeouts work as
+without a zygote): the master is a child subreaper (PR_SET_CHILD_SUBREAPER),
+and the zygote double-forks. A short-lived middle process forks the worker
+and exits at once, so the kernel hands the worker to the nearest subreaper,
+the master. The zygote reaps the middle process before it answers, so by the
+time the master hears the pid, the worker is its child (the kernel re-parents
+before the middle process can be reaped), alive or a zombie only the master
+can reap.
+
+A double fork costs two forks of the whole zygote and the middle process's
+exit: measured on the 2-core VM, 2.0 to 2.5 ms for the HTTP hello handler
+(1.6 ms for one fork) and 14 to 15 ms for scripts/memory_app.py (5 ms for
+one): too slow to do while a request waits. So the zygote forks the *next
+worker* ahead of time, as Android's zygote keeps unspecialized processes: a
+process with the handler loaded and nothing else, already the master's
+child, asleep on a socket with the worker's signals blocked. A request only
+hands it its slot; it becomes that worker (worker.py) from there, post_fork
+hook included. It is not a spare: it is not booted, not in the pool, has no
+slot and no heartbeat. The next one is forked NEXT_WORKER_DELAY after a
+hand-off (so as not to compete with the new worker for the CPU), or at once
+when a request finds none. Measured (scripts/bench.py, "respawn", HTTP
+hello): SIGKILL of a worker to its replacement answering, 4.7 ms with the
+next worker waiting, 11.3 ms when the zygote had to double-fork it, 6.7 ms
+for a master that forks the worker itself.
+
+The messages, one per SEQPACKET datagram:
+  zygote -> master   ready | failed MESSAGE           once, after the import
+  master -> zygote   {"index", "slot", "generation", "spare"} (JSON)
+  zygote -> master   ok PID | error MESSAGE          the answer to each request
+The master closing its end (or SIGTERM) tells the zygote to go; the next
+worker learns it from the end of its own socket.
+
+Signals: the zygote handles the master's signals (a Ctrl-C reaches the whole
+process group) by doing nothing, and SIGTERM or SIGQUIT by leaving. It dies
+with the master (PR_SET_PDEATHSIG, SIGKILL). Before its own fork it blocks
+the signals a worker handles, as the master does (pool.fork_here); the next
+worker keeps them blocked until its worker's handlers are in place.
+"""
+
+import ctypes
+import faulthandler
+import gc
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+
+import setproctitle
+
+from . import scoreboard
+from .errors import AppLoadError, WorkerExit, WorkerSignal
+from .worker import FORK_BLOCKED_SIGNALS, Worker
+
+log = logging.getLogger("prefork")
+
+NEXT_WORKER_DELAY = 0.05     # seconds between a hand-off and forking the next worker ahead
+MESSAGE_SIZE = 4096
+# Signals meant for the master that reach the zygote too (a terminal's process group):
+# handled by doing nothing, not ignored, as workers do (see worker.py).
+_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGWINCH)
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:                      # pragma: no cover - not Linux
+    _libc = None
+
+
+def prctl(option, value):
+    """prctl(2) with one argument; False where it is not available."""
+    return _libc is not None and _libc.prctl(option, value, 0, 0, 0) == 0
+
+
+def run(sock, setup, generation, close_master_fds):
+    """The zygote's entry point, right after the master's fork. Never returns."""
+    code = WorkerExit.CRASH
+    try:
+        code = Zygote(sock, setup, generation).run(close_master_fds)
+    except SystemExit:                # SIGTERM or SIGQUIT: leave
+        code = WorkerExit.OK
+    except BaseException:
+        log.exception("zygote of generation %s crashed", generation)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class NextWorker:
+    """The zygote's handle on the next worker it forked ahead: its pid and the socket that hands it a slot."""
+
+    def __init__(self, pid, sock):
+        self.pid, self.sock = pid, sock
+
+
+class Zygote:
+    """Everything the zygote does; lives only in the zygote (and, copied by fork, in its workers)."""
+
+    def __init__(self, sock, setup, generation):
+        self.sock = sock                  # our end of the socketpair with the master
+        self.setup = setup                # the master's PoolSetup, as it was when we were forked
+        self.generation = generation
+        self.next_worker = None
+        self.fork_next_at = None          # when to fork the next worker ahead, if none is waiting
+        self.stopping = False
+
+    def run(self, close_master_fds):
+        close_master_fds()
+        self._set_up_process()
+        if not self._load_handler():
+            return WorkerExit.APP_LOAD_ERROR
+        self._fork_next_worker_ahead()    # before "ready": the master's first request finds it waiting
+        self._tell("ready")
+        try:
+            self._serve_requests()
+        finally:
+            self._let_next_worker_go()
+        return WorkerExit.OK
+
+    # -- boot ------------------------------------------------------------------
+
+    def _set_up_process(self):
+        signal.set_wakeup_fd(-1)                      # the master's, inherited
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGQUIT, self._on_stop)
+        for signum in _MASTERS_SIGNALS:
+            signal.signal(signum, _do_nothing)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        # Our parent is the master's thread that forked us: die with it, and check it did not
+        # die before prctl took effect.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.setup.master_pid:
+            raise SystemExit(WorkerExit.OK)
+        setproctitle.setproctitle(f"prefork: zygote [{self.setup.name}]")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)   # blocked by the master's fork
+
+    def _on_stop(self, signum, frame):
+        self.stopping = True
+        raise SystemExit(WorkerExit.OK)
+
+    def _load_handler(self):
+        """Import the handler for every server, then freeze the heap; False (and the master told why) if not."""
+        setup = self.setup
+        importlib.invalidate_caches()     # the code may be newer than the master's view of the directories
+        try:
+            handler = setup.load_handler()
+        except AppLoadError as exc:
+            message = str(exc)
+        except BaseException as exc:      # sys.exit() or a KeyboardInterrupt at import time
+            if self.stopping:
+                raise
+            message = f"importing the handler raised {type(exc).__name__}: {exc}"
+        else:
+            message = None
+        if message is not None:
+            self._tell("failed " + message)
+            return False
+        for server in setup.servers:
+            server.RequestHandlerClass = handler
+        setup.load_handler = None         # loaded: our workers must not import it again
+        if threading.active_count() > 1:
+            log.warning("the handler's import started %s thread(s) in the zygote: its workers are forked from "
+                        "it, and a lock one of them holds at fork time stays locked in the worker",
+                        threading.active_count() - 1)
+        # Out of the collector's reach from now on: the pages of these objects stay shared with
+        # every worker instead of being copied when a collection in the worker touches them.
+        gc.freeze()
+        return True
+
+    # -- requests ------------------------------------------------------------------
+
+    def _serve_requests(self):
+        """Answer the master's requests until it closes its end; fork the next worker ahead meanwhile."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            timeout = None
+            if self.next_worker is None and self.fork_next_at is not None:
+                timeout = max(0, (self.fork_next_at - time.monotonic()) * 1000)
+            if poller.poll(timeout):
+                request = self.sock.recv(MESSAGE_SIZE)
+                if not request:
+                    return                # the master is done with us
+                self._tell(self._hand_off(json.loads(request)))
+            elif self.next_worker is None:
+                self._fork_next_worker_ahead()
+
+    def _fork_next_worker_ahead(self):
+        self.fork_next_at = None
+        try:
+            self.next_worker = self._fork_next_worker()
+        except OSError as exc:            # out of processes or memory: try again when asked
+            log.warning("zygote: cannot fork the next worker ahead: %s", exc.strerror)
+
+    def _hand_off(self, request):
+        """Turn the next worker into the worker the master asked for; the answer for the master."""
+        header = self.setup.board.writer(request["index"])
+        try:
+            for attempt in (1, 2):
+                nascent = self.next_worker or self._fork_next_worker()
+                self.next_worker = None
+                # In its slot before it gets the request: should we die before answering, the
+                # master finds the pid there and does not leave that worker running unsupervised.
+                header.set(scoreboard.PID, nascent.pid)
+                try:
+                    nascent.sock.send(json.dumps(request).encode())
+                    break
+                except OSError:           # it died while it waited (an OOM kill, say): fork another
+                    header.set(scoreboard.PID, 0)
+                    if attempt == 2:
+                        raise
+                finally:
+                    nascent.sock.close()
+        except OSError as exc:
+            return f"error cannot fork a worker: {exc.strerror}"
+        self.fork_next_at = time.monotonic() + NEXT_WORKER_DELAY
+        return f"ok {nascent.pid}"
+
+    def _fork_next_worker(self):
+        """Double-fork the next worker; when this returns it is the master's child, asleep. OSError if not."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        started = time.perf_counter()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
+        try:
+            middle = _fork()
+            if middle == 0:
+                self._fork_and_leave(ours, theirs)       # never returns
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()                               # in the zygote (the middle process never gets here)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _, status = os.waitpid(middle, 0)
+        try:
+            pid = int(ours.recv(64, socket.MSG_DONTWAIT) or 0)
+        except (BlockingIOError, ValueError):
+            pid = 0
+        if not pid:
+            ours.close()
+            code = os.waitstatus_to_exitcode(status)
+            raise OSError(code if code > 0 else 0, os.strerror(code) if code > 0 else f"exit status {code}")
+        log.debug("zygote: next worker forked ahead (pid %s) in %.2f ms", pid, (time.perf_counter() - started) * 1000)
+        return NextWorker(pid, ours)
+
+    def _fork_and_leave(self, ours, theirs):
+        """The middle process: fork the next worker, send its pid to the zygote, exit. Never returns."""
+        code = 1
+        try:
+            pid = _fork()
+            if pid == 0:
+                self._wait_as_next_worker(ours, theirs)  # never returns
+            theirs.send(str(pid).encode())               # arrives on ours, in the zygote
+            code = 0
+        except OSError as exc:
+            code = exc.errno or 1
+        finally:
+            os._exit(code)
+
+    def _wait_as_next_worker(self, ours, theirs):
+        """The next worker: sleep until the zygote hands us a slot, then become that worker. Never returns."""
+        code = WorkerExit.CRASH
+        try:
+            ours.close()                  # the zygote's ends: when it goes, our recv() sees the end
+            self.sock.close()
+            setproctitle.setproctitle(f"prefork: next worker [{self.setup.name}]")
+            _rehearse(self.setup)
+            try:
+                request = theirs.recv(MESSAGE_SIZE)       # the worker's signals stay blocked meanwhile
+            except ConnectionResetError:  # the zygote went before reading our pid (stopped mid-fork)
+                request = b""
+            theirs.close()
+            if not request:
+                code = WorkerExit.OK
+                return
+            request = json.loads(request)
+            worker = Worker(request["slot"], self.setup, request["index"], request["generation"],
+                            request["spare"])
+            worker.run_in_child(_nothing_to_close)        # never returns
+        except BaseException:
+            log.exception("zygote: the next worker failed")
+        finally:
+            os._exit(code)
+
+    def _let_next_worker_go(self):
+        """Leaving: close the next worker's socket, and wait a moment for it to exit, so no process outlives us."""
+        nascent, self.next_worker = self.next_worker, None
+        if nascent is None:
+            return
+        try:
+            pidfd = os.pidfd_open(nascent.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        nascent.sock.close()
+        if pidfd is not None:
+            select.select([pidfd], [], [], 1.0)
+            os.close(pidfd)
+
+    def _tell(self, text):
+        try:
+            self.sock.send(text.encode("utf-8", "replace")[:MESSAGE_SIZE])
+        except OSError:                   # the master is gone; PR_SET_PDEATHSIG follows
+            pass
+
+
+def _rehearse(setup):
+    """Make the calls a worker's start makes, once, while nothing waits for this next worker.
+
+    A worker's start touches memory shared copy-on-write with the zygote, and
+    on our 2-core VM the first write to such a page costs 4 to 30 us; it
+    touches about a hundred. Made now, the copies are off the respawn path.
+    Harmless: our signals are blocked, and the worker makes each call again.
+    """
+    signal.set_wakeup_fd(-1)
+    for signum in FORK_BLOCKED_SIGNALS | {signal.SIGCONT}:
+        signal.signal(signum, _do_nothing)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(WorkerSignal.DUMP_STACKS, file=sys.stderr, all_threads=True, chain=False)
+    prctl(PR_SET_PDEATHSIG, 0)
+    json.loads(json.dumps({"index": 1, "slot": 1, "generation": 0, "spare": False}))
+    Worker(1, setup, 1)
+    os.getppid()
+    time.time()
+
+
+def _fork():
+    with warnings.catch_warnings():       # a threaded import is warned about once, in _load_handler
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _do_nothing(signum, frame):
+    """A signal meant for the master."""
+
+
+def _nothing_to_close():
+    """The next worker closed the zygote's fds already; the master's were closed by the zygote."""
