@@ -6,7 +6,6 @@ records in a file the pid of every process that imports it.
 
 import os
 import signal
-import socket
 import threading
 import time
 
