@@ -194,7 +194,9 @@ def test_sigttin_and_sigttou_resize_the_pool(serve_cli):
         os.kill(server.pid, signal.SIGTTOU)
         server.wait_log(rf"SIGTTOU: {wanted} worker\(s\) wanted")
     wait_for(lambda: len(server.workers()) == 1)
-    assert server.log().count("(stop, exit code 0)") == 2
+    # A worker leaves the list of live children a moment before the master logs its exit.
+    wait_for(lambda: server.log().count("(stop, exit code 0)") == 2)
+    assert len(server.workers()) == 1
 
 
 # -- bad input: one line, a non-zero exit, no traceback ------------------------------
@@ -243,6 +245,8 @@ def one_line_error(code, stdout, stderr):
     (["--control", "/tmp/" + "x" * 120], "cannot open the control socket", 1),
 ])
 def test_bad_input_gets_one_clear_line(args, expected, code):
+    if "-b" not in args:          # a case that gets as far as binding must not need port 8000 free
+        args = [*args, "-b", "127.0.0.1:0"]
     returncode, stdout, stderr = run_cli("serve", *args, cwd=TESTS)
     line = one_line_error(returncode, stdout, stderr)
     assert expected in line and returncode == code
