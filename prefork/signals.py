@@ -131,6 +131,15 @@ def _reset_in_child():
 os.register_at_fork(after_in_child=_reset_in_child)
 
 
+def run_pending_handlers():
+    """Run the Python handlers of signals received but not yet handled.
+
+    pthread_sigmask() checks for pending signals on its way out; with an
+    empty set it changes nothing else.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
 def default_sigchld():
     """Reset SIGCHLD to its default if the launcher left it ignored; return what to restore.
 

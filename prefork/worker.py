@@ -48,7 +48,7 @@ import setproctitle
 from . import logs, scoreboard
 from .errors import AppLoadError, WorkerExit, WorkerSignal
 from .handling import PoolRequest, handle_one
-from .signals import ring
+from .signals import ring, run_pending_handlers
 
 log = logging.getLogger("prefork")
 
@@ -159,8 +159,11 @@ class _ChildProcess:
         self.header = setup.board.writer(worker.index)
         self.stopping = False
         self.stop_r, self.stop_w = os.pipe()       # never drained: once written, every loop sees it
-        self.notice_r, self.notice_w = os.pipe()   # drained: "the master sent SIGUSR1, reopen the logs"
+        # Drained: "a signal came". It is the process's wakeup fd (see _take_notices).
+        self.notice_r, self.notice_w = os.pipe()
         os.set_blocking(self.notice_r, False)
+        os.set_blocking(self.notice_w, False)
+        self.reopen_requested = False
         self.activate_r = self.activate_w = None
         self.started = itertools.count(1)          # next() is atomic under the GIL, for accept threads
         self.accepted = 0
@@ -191,7 +194,7 @@ class _ChildProcess:
 
     def _set_up_process(self):
         setup = self.setup
-        signal.set_wakeup_fd(-1)                      # the master's, inherited
+        signal.set_wakeup_fd(self.notice_w, warn_on_full_buffer=False)   # replaces the master's, inherited
         signal.signal(signal.SIGTERM, self._on_graceful_stop)
         signal.signal(signal.SIGQUIT, _on_quick_stop)
         for signum in _MASTERS_SIGNALS:
@@ -274,7 +277,7 @@ class _ChildProcess:
                 if self.activate_r in ready:
                     break
                 if self.notice_r in ready:
-                    self._reopen_logs()
+                    self._take_notices()
                 self.header.tick(time.monotonic())
                 self._check_master()
         if self.stopping:
@@ -299,15 +302,30 @@ class _ChildProcess:
             signal.alarm(max(1, int(self.setup.config.graceful_timeout + 0.5)))
 
     def _on_reopen_logs(self, signum, frame):
-        os.write(self.notice_w, b"r")
+        self.reopen_requested = True          # the loop reopens: a logging lock may be held right now
 
-    def _reopen_logs(self):
-        """Reopen the log files, in the loop, not in the signal handler (a handler's lock may be held)."""
+    def _take_notices(self):
+        """A signal came: make sure its handler has run, then do what it asked of the loop.
+
+        CPython 3.13.0, in a process forked from a thread other than the main
+        one (a pool embedded in a thread), runs a handler only when a system
+        call is interrupted, not between two bytecodes: a SIGTERM that arrives
+        while a handler computes would wait for the next one. Every signal
+        also wakes us through this pipe, and pthread_sigmask() runs the
+        handlers still pending on its way out.
+        """
         try:
             while os.read(self.notice_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        run_pending_handlers()
+        if self.reopen_requested:
+            self.reopen_requested = False
+            self._reopen_logs()
+
+    def _reopen_logs(self):
+        """Reopen the log files, in the loop, not in the signal handler (a handler's lock may be held)."""
         try:
             logs.reopen()
         except OSError as exc:
@@ -352,7 +370,7 @@ class _ChildProcess:
                     self._check_master()
                 for fd, _ in events:
                     if fd == self.notice_r:
-                        self._reopen_logs()
+                        self._take_notices()
                         continue
                     # Even when stopping, serve what this batch holds: with EPOLLEXCLUSIVE the
                     # kernel may have woken only us for it, and nobody else would look soon.
@@ -390,7 +408,7 @@ class _ChildProcess:
             while not self.stopping:
                 ready = {fd for fd, _ in poller.poll(self.setup.tick_interval)}
                 if self.notice_r in ready:
-                    self._reopen_logs()
+                    self._take_notices()
                 if not ready:
                     # No tick of our own here: the master judges liveness by the accept threads'
                     # records, so that a worker whose every thread is stuck looks hung.

@@ -39,6 +39,22 @@ class Sleepy(prefork.BaseRequestHandler):
         _reply(self, sleep_then_answer)
 
 
+class Busy(prefork.BaseRequestHandler):
+    """Answer "computing" at once, then compute, in bytecode, for the seconds a one-line request names.
+
+    Nothing after the computation touches the socket: a socket call would
+    run pending signal handlers, and the test of this handler is about
+    what happens when none does.
+    """
+
+    def handle(self):
+        seconds = float(self.request.recv(100))
+        self.request.sendall(b"computing\n")
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            sum(range(1000))
+
+
 class Raising(prefork.BaseRequestHandler):
     """Raise on every request."""
 

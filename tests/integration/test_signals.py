@@ -145,6 +145,40 @@ def test_ctrl_c_stops_a_pool_run_from_a_thread_once_and_cleanly():
     assert all(process_gone(pid) for pid in workers)
 
 
+STOP_DURING_A_COMPUTATION_IN_A_THREAD = textwrap.dedent("""
+    import socket, sys, threading, time
+    sys.path.insert(0, {tests!r})
+    import prefork
+    from apps.handlers import Busy
+
+    server = prefork.TCPServer(("127.0.0.1", 0), Busy, policy=prefork.Prefork(workers=1),
+                               config=prefork.Config(graceful_timeout=30))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    while not any(w["state"] == "idle" for w in server.stats()["workers"]):
+        time.sleep(0.05)
+    client = socket.create_connection(server.server_address, timeout=40)
+    client.sendall(b"1.5\\n")
+    assert client.recv(100) == b"computing\\n"
+    started = time.monotonic()
+    server.shutdown()                  # SIGTERM reaches the worker while it runs bytecode
+    print(f"{{time.monotonic() - started:.2f}}", client.recv(100) == b"", flush=True)
+    server.server_close()
+    thread.join()
+""")
+
+
+def test_a_pool_embedded_in_a_thread_stops_when_the_worker_was_signalled_mid_computation():
+    """CPython 3.13.0, in a child forked from a non-main thread, ran a handler only at an interrupted
+    system call: a SIGTERM taken between two bytecodes waited for the graceful timeout's SIGKILL."""
+    proc = subprocess.run([sys.executable, "-c", STOP_DURING_A_COMPUTATION_IN_A_THREAD.format(tests=TESTS)],
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    elapsed, closed = proc.stdout.split()
+    assert closed == "True", "the request in hand finishes"
+    assert 0.3 <= float(elapsed) < 10, f"stopped after {elapsed} s: the graceful stop waited on the SIGKILL"
+
+
 def test_stopping_under_timeout_or_systemd_gives_no_warning_about_sigcont(serve_cli):
     """systemd and timeout(1) send SIGCONT right after SIGTERM, in case the service was stopped."""
     server = serve(serve_cli, "-w", "1", "-b", "127.0.0.1:0")
