@@ -50,6 +50,11 @@ def test_signals_sent_by_habit_never_take_the_master_down(serve_cli, signum):
     assert exchange("tcp", address) == b"hello\n"
 
 
+# Signals a process can set: glibc keeps 32 and 33 for itself (a launcher such as pytest-xdist's
+# worker on Python 3.13 passes 32 on ignored, and nobody can change that).
+SETTABLE = sum(1 << (signum - 1) for signum in signal.valid_signals())
+
+
 @pytest.mark.parametrize("preload", [(), ("--preload",)], ids=["forked by the master", "forked by a zygote"])
 def test_programs_a_worker_starts_inherit_no_ignored_or_blocked_signal(serve_cli, preload):
     server = serve(serve_cli, "apps.handlers:SignalReport", "-w", "1", "--spare-workers", "1",
@@ -57,12 +62,12 @@ def test_programs_a_worker_starts_inherit_no_ignored_or_blocked_signal(serve_cli
     address = server.addresses()[0]
     wait_for(lambda: len(server.workers()) == 2 and server.log().count("ready (pid") == 2)
     ignored, blocked = exchange("tcp", address, b"?\n").split()
-    assert int(ignored, 16) == 0 and int(blocked, 16) == 0, (ignored, blocked)
+    assert int(ignored, 16) & SETTABLE == 0 and int(blocked, 16) & SETTABLE == 0, (ignored, blocked)
     serving = [w.pid for w in server.workers() if "(spare)" not in " ".join(w.cmdline())]
     os.kill(serving[0], signal.SIGKILL)            # the spare takes over: check it too
     server.wait_log("now serving as worker 1")
     ignored, blocked = exchange("tcp", address, b"?\n").split()
-    assert int(ignored, 16) == 0 and int(blocked, 16) == 0, (ignored, blocked)
+    assert int(ignored, 16) & SETTABLE == 0 and int(blocked, 16) & SETTABLE == 0, (ignored, blocked)
 
 
 def test_a_timeout_kill_dumps_stacks_but_never_a_core_file(serve_cli, tmp_path):
