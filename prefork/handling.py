@@ -1,6 +1,6 @@
 """Taking one request: socketserver's steps, plus what a pool worker keeps track of.
 
-handle_one() is the body of every accept loop, in pool workers (worker.py)
+handle_one() is the body of every accept loop, in pool workers (worker_process.py)
 and in the in-process request loop (inprocess.py). ReplySocket is what a
 datagram handler replies through, so that a reply never blocks a worker.
 """

@@ -34,7 +34,6 @@ import logging
 import os
 import selectors
 import signal
-import threading
 import time
 
 import setproctitle
@@ -44,7 +43,7 @@ from .errors import HaltServer, PreforkError, WorkerSignal
 from .listeners import describe_socket, prepare_for_pool, queued_connections
 from .monitor import Monitor
 from .operations import Operations
-from .pool import RESTART_REASONS, Pool, worker_stats
+from .pool import RESTART_REASONS, Pool
 from .signals import Doorbell, SignalInbox, default_sigchld
 from .worker import PoolSetup
 from .zygotes import Zygotes
@@ -56,29 +55,6 @@ MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the 
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 EXIT_REASONS = RESTART_REASONS     # the keys of stats()["restarts"]
-
-
-class Service:
-    """What else the master's loop looks after, beside its workers: the control socket, systemd's
-    notifications, an upgrade in progress. The loop calls each from its own thread, never blocking:
-
-    - start(selector)             # register fds, with the service as the key's data
-    - on_event(master, fileobj, mask)    # one of its fds is ready
-    - on_pass(master, now) -> deadline or None   # once per pass, after the plan was carried out
-    - close(in_child=False)       # at the end; in a new worker, only release fds
-    """
-
-    def start(self, selector):
-        pass
-
-    def on_event(self, master, fileobj, mask):
-        pass
-
-    def on_pass(self, master, now):
-        return None
-
-    def close(self, in_child=False):
-        pass
 
 
 class Master(Operations):
@@ -105,7 +81,7 @@ class Master(Operations):
         self.hooks = hooks or first
         self.load_handler = load_handler
         self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
-        self.services = list(services)        # see Service: the control socket, systemd, an upgrade
+        self.services = list(services)        # see operations.Service: the control socket, systemd, an upgrade
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
@@ -159,22 +135,6 @@ class Master(Operations):
         if self.started_at is None:
             self.doorbell.close()
 
-    def stats(self):
-        """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
-        board, table, sizing, pool, now = self.board, self._table, self.sizing, self.pool, time.monotonic()
-        history = pool.history if pool else {}
-        return {
-            "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
-                       "started_at": self.started_at, "policy": self.policy.name,
-                       "target_workers": sizing.target if sizing else None,
-                       "target_reason": sizing.reason if sizing else None,
-                       "threads": self.policy.threads, "generation": self.generation},
-            "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
-            "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
-            "boot_failures": pool.boot_failures if pool else 0,
-            "zygotes": self.zygotes.stats() if self.zygotes else [],
-        }
-
     # -- start and finish --------------------------------------------------
 
     def _start(self):
@@ -212,18 +172,6 @@ class Master(Operations):
                  os.getpid(), self.name, self.policy.workers, self.policy.threads,
                  ", ".join(describe_socket(server.socket) for server in self.servers))
         self._warn_about_settings()
-
-    def _warn_about_settings(self):
-        config = self.config
-        if config.client_timeout and config.worker_timeout and config.client_timeout >= config.worker_timeout:
-            log.warning("the client timeout (%s s) is not below the worker timeout (%s s): a quiet client "
-                        "gets its worker killed as hung unless the handler calls server.heartbeat()",
-                        config.client_timeout, config.worker_timeout)
-        if threading.active_count() > 1:
-            log.warning("forking workers from a process with %s threads: a lock another thread holds at "
-                        "fork time stays locked in the workers (Python 3.12+ warns about this too); "
-                        "prefer serving from the main thread of a single-threaded program",
-                        threading.active_count())
 
     def _finish(self):
         if self.pool is not None:
@@ -436,10 +384,6 @@ def tick_interval(poll_interval, worker_timeout):
     if worker_timeout:
         interval = min(interval, worker_timeout / 4)
     return max(interval, 0.001)
-
-
-def _by_slot(worker):
-    return (worker.spare, worker.slot)
 
 
 def _handler_name(server):

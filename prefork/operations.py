@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 import time
 from typing import NamedTuple, Optional
 
 from . import logs
 from .errors import PreforkError
+from .pool import RESTART_REASONS, worker_stats
 
 log = logging.getLogger("prefork")
 
@@ -29,8 +31,59 @@ class Reconfiguration(NamedTuple):
     restart: tuple = ()                #: settings that changed but need a new master
 
 
+class Service:
+    """What else the master's loop looks after, beside its workers: the control socket, systemd's
+    notifications, an upgrade in progress. The loop calls each from its own thread, never blocking:
+
+    - start(selector)             # register fds, with the service as the key's data
+    - on_event(master, fileobj, mask)    # one of its fds is ready
+    - on_pass(master, now) -> deadline or None   # once per pass, after the plan was carried out
+    - close(in_child=False)       # at the end; in a new worker, only release fds
+    """
+
+    def start(self, selector):
+        pass
+
+    def on_event(self, master, fileobj, mask):
+        pass
+
+    def on_pass(self, master, now):
+        return None
+
+    def close(self, in_child=False):
+        pass
+
+
 class Operations:
-    """Mixed into Master: the command target (see commands.py)."""
+    """Mixed into Master: the command target (see commands.py), and what it reports."""
+
+    def stats(self):
+        """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
+        board, table, sizing, pool, now = self.board, self._table, self.sizing, self.pool, time.monotonic()
+        history = pool.history if pool else {}
+        return {
+            "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
+                       "started_at": self.started_at, "policy": self.policy.name,
+                       "target_workers": sizing.target if sizing else None,
+                       "target_reason": sizing.reason if sizing else None,
+                       "threads": self.policy.threads, "generation": self.generation},
+            "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
+            "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
+            "boot_failures": pool.boot_failures if pool else 0,
+            "zygotes": self.zygotes.stats() if self.zygotes else [],
+        }
+
+    def _warn_about_settings(self):
+        config = self.config
+        if config.client_timeout and config.worker_timeout and config.client_timeout >= config.worker_timeout:
+            log.warning("the client timeout (%s s) is not below the worker timeout (%s s): a quiet client "
+                        "gets its worker killed as hung unless the handler calls server.heartbeat()",
+                        config.client_timeout, config.worker_timeout)
+        if threading.active_count() > 1:
+            log.warning("forking workers from a process with %s threads: a lock another thread holds at "
+                        "fork time stays locked in the workers (Python 3.12+ warns about this too); "
+                        "prefer serving from the main thread of a single-threaded program",
+                        threading.active_count())
 
     def begin_stop(self, graceful, why, interrupt=False):
         """Stop every worker: SIGTERM and the graceful timeout, or SIGQUIT and a second (the planner's rule 4)."""
@@ -155,3 +208,6 @@ class Operations:
         busy = sum(1 for w in serving if self.board.view(w.index).busy_threads)
         return f"{len(serving)} worker(s), {busy} busy, generation {self.generation}"
 
+
+def _by_slot(worker):
+    return (worker.spare, worker.slot)

@@ -17,7 +17,8 @@ import warnings
 
 from .errors import SpawnError, WorkerExit
 from .signals import signal_name
-from .worker import FORK_BLOCKED_SIGNALS, Worker
+from .worker import Worker
+from .worker_process import FORK_BLOCKED_SIGNALS
 
 log = logging.getLogger("prefork")
 

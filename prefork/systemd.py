@@ -48,7 +48,7 @@ def listen_fds(environ=None):
 
 
 class Notifier:
-    """A master service (see Master.Service) that keeps systemd informed, when NOTIFY_SOCKET is set."""
+    """A master service (see operations.Service) that keeps systemd informed, when NOTIFY_SOCKET is set."""
 
     def __init__(self, environ=None):
         environ = os.environ if environ is None else environ

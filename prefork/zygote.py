@@ -24,7 +24,7 @@ one): too slow to do while a request waits. So the zygote forks the *next
 worker* ahead of time, as Android's zygote keeps unspecialized processes: a
 process with the handler loaded and nothing else, already the master's
 child, asleep on a socket with the worker's signals blocked. A request only
-hands it its slot; it becomes that worker (worker.py) from there, post_fork
+hands it its slot; it becomes that worker (worker_process.py) from there, post_fork
 hook included. It is not a spare: it is not booted, not in the pool, has no
 slot and no heartbeat. The next one is forked NEXT_WORKER_DELAY after a
 hand-off (so as not to compete with the new worker for the CPU), or at once
@@ -66,14 +66,15 @@ import setproctitle
 
 from . import scoreboard
 from .errors import AppLoadError, WorkerExit, WorkerSignal
-from .worker import FORK_BLOCKED_SIGNALS, Worker
+from .worker import Worker
+from .worker_process import FORK_BLOCKED_SIGNALS
 
 log = logging.getLogger("prefork")
 
 NEXT_WORKER_DELAY = 0.05     # seconds between a hand-off and forking the next worker ahead
 MESSAGE_SIZE = 4096
 # Signals meant for the master that reach the zygote too (a terminal's process group):
-# handled by doing nothing, not ignored, as workers do (see worker.py).
+# handled by doing nothing, not ignored, as workers do (see worker_process.py).
 _MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
                     signal.SIGUSR2, signal.SIGWINCH)
 

@@ -45,7 +45,7 @@ import warnings
 from . import zygote
 from .errors import SpawnError
 from .signals import signal_name
-from .worker import FORK_BLOCKED_SIGNALS
+from .worker_process import FORK_BLOCKED_SIGNALS
 
 log = logging.getLogger("prefork")
 

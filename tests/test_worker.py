@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from prefork.worker import _jittered, successor_threshold
+from prefork.worker_process import _jittered, successor_threshold
 
 
 def test_max_requests_jitter_adds_zero_to_j():

@@ -346,7 +346,7 @@ def test_spare_does_not_serve_until_a_worker_dies_then_takes_over(serve_cli):
     server.wait_log(rf"spare worker \d+ \(pid {spare}\) now serving")
     new_spare, now_serving = spare_and_serving(server, 2)
     assert now_serving == serving - {victim} | {spare} and new_spare not in serving | {spare}
-    # The oldest idle worker takes each new connection (see worker.py), so hold one worker
+    # The oldest idle worker takes each new connection (see worker_process.py), so hold one worker
     # with a half-sent line: the next request must go to the other, and both are the serving ones.
     with socket.create_connection(address, timeout=10) as held:
         held.sendall(b"half ")
