@@ -7,12 +7,10 @@ os._exit: a child never returns into the master's stack.
 """
 
 import logging
-import os
-import sys
 import time
 
 from .errors import WorkerExit
-from .worker_process import WorkerProcess
+from .worker_process import WorkerProcess, exit_child
 
 log = logging.getLogger("prefork")
 
@@ -78,8 +76,4 @@ class Worker:
         except BaseException:
             log.exception("worker %s crashed", self.slot)
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            exit_child(code)

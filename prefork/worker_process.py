@@ -36,6 +36,7 @@ import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
 
@@ -401,3 +402,12 @@ def _do_nothing(signum, frame):
 
 def _jittered(limit, jitter):
     return limit + random.randint(0, jitter) if limit else 0
+
+
+def exit_child(code):
+    """Leave a forked child: flush what Python buffered, then _exit (never unwind into the parent's stack)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

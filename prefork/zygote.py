@@ -67,7 +67,7 @@ import setproctitle
 from . import scoreboard
 from .errors import AppLoadError, WorkerExit, WorkerSignal
 from .worker import Worker
-from .worker_process import FORK_BLOCKED_SIGNALS
+from .worker_process import FORK_BLOCKED_SIGNALS, exit_child
 
 log = logging.getLogger("prefork")
 
@@ -100,11 +100,7 @@ def run(sock, setup, generation, close_master_fds):
     except BaseException:
         log.exception("zygote of generation %s crashed", generation)
     finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        exit_child(code)
 
 
 class NextWorker:

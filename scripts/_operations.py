@@ -23,6 +23,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -433,6 +434,46 @@ def operations_table(records):
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
 
 
+
+def common_problems(report, expected_operations):
+    """What went wrong in any run of operations under load: processes left, operations that failed or
+    never completed, failed requests."""
+    problems = []
+    if report["left_behind"]:
+        problems.append(f"processes still running after the stop, killed: {report['left_behind']}")
+    problems += [f"{r['operation']} on {r['instance']}: {r['error']}" for r in report["operations"] if "error" in r]
+    done = sum("seconds" in r for r in report["operations"])
+    if report["load"] is not None and done < expected_operations:
+        problems.append(f"only {done} of {expected_operations} operations completed")
+    if report["load"] and report["load"]["failed"]:
+        problems.append(f"{report['load']['failed']} request(s) failed")
+    return problems
+
+
+def print_tables(report):
+    print()
+    if report["operations"]:
+        print(operations_table(report["operations"]))
+        print()
+    if report["load"]:
+        print(load_table(report["load"]))
+
+
+def conclude(report, problems, json_path, keep, workdir, kept="logs"):
+    """Print the verdict, write the JSON, keep the work directory when asked or when something failed.
+    Returns the exit status."""
+    report["ok"] = not problems
+    report["problems"] = problems
+    print("result: " + ("zero failed requests, every operation settled" if not problems else
+                        "FAILED: " + "; ".join(problems)))
+    if json_path:
+        write_json(json_path, report)
+    if keep or problems:
+        print(f"{kept}: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if not problems else 1
+
 def _ms(value):
     return "-" if value is None else f"{value:.2f}"
 
@@ -443,6 +484,6 @@ def write_json(path, report):
         f.write("\n")
 
 
-__all__ = ["Instance", "OperationFailed", "Parser", "alive", "at_least_zero", "become_subreaper", "in_session",
-           "load_table", "load_with_operations", "machine", "operations_table", "positive", "reap", "summarize",
-           "terminate_on_sigterm", "wait_for", "write_json"]
+__all__ = ["Instance", "OperationFailed", "Parser", "alive", "at_least_zero", "become_subreaper", "common_problems",
+           "conclude", "in_session", "load_table", "load_with_operations", "machine", "operations_table", "positive",
+           "print_tables", "reap", "summarize", "terminate_on_sigterm", "wait_for", "write_json"]

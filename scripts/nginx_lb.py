@@ -49,9 +49,9 @@ import tempfile
 import time
 from collections import Counter
 
-from _operations import (Instance, OperationFailed, Parser, become_subreaper, in_session, load_table,
-                         load_with_operations, machine, operations_table, positive, reap, summarize,
-                         terminate_on_sigterm, wait_for, write_json)
+from _operations import (Instance, OperationFailed, Parser, become_subreaper, common_problems, conclude,
+                         in_session, load_with_operations, machine, positive, print_tables, reap, summarize,
+                         terminate_on_sigterm, wait_for)
 
 FULL = {"rounds": 2, "gap": 2.5, "lead": 1.5, "tail": 1.5}
 QUICK = {"rounds": 1, "gap": 2.0, "lead": 1.0, "tail": 1.0}
@@ -350,13 +350,7 @@ def main(argv=None):
             left += instance.stop()
         report["left_behind"] = left
         report["nginx_sessions"] = nginx.sessions()
-    if left:
-        problems.append(f"processes still running after the stop, killed: {left}")
-    problems += [f"{r['operation']} on {r['instance']}: {r['error']}" for r in report["operations"] if "error" in r]
-    if report["load"] is not None and sum("seconds" in r for r in report["operations"]) < 2 * args.rounds:
-        problems.append("not every operation completed")
-    if report["load"] and report["load"]["failed"]:
-        problems.append(f"{report['load']['failed']} request(s) failed")
+    problems += common_problems(report, 2 * args.rounds)
     sessions = report["nginx_sessions"]
     if sessions["retried"]:
         problems.append(f"nginx retried {sessions['retried']} session(s) on the other instance: one refused")
@@ -367,29 +361,14 @@ def main(argv=None):
             problems.append(f"instance {name} failed {len(record['unhealthy'])} of {record['checks']} active "
                             f"checks, at {record['unhealthy'][:5]} s")
 
-    print()
-    if report["operations"]:
-        print(operations_table(report["operations"]))
-        print()
-    if report["load"]:
-        print(load_table(report["load"]))
+    print_tables(report)
     names = {f"127.0.0.1:{port_a}": "a", f"unix:{socket_b}": "b"}
     print(f"nginx: {sessions['sessions']:,} sessions, " + ", ".join(
         f"instance {names.get(u, u)} {n:,}" for u, n in sorted(sessions["by_upstream"].items(), key=lambda x: x[0]))
           + f"; retried on the other instance: {sessions['retried']}; statuses: {sessions['statuses']}")
     print("active checks (prefork ctl status): " + ", ".join(
         f"instance {name} {r['checks'] - len(r['unhealthy'])}/{r['checks']} healthy" for name, r in health.items()))
-    report["ok"] = not problems
-    report["problems"] = problems
-    print("result: " + ("zero failed requests, every operation settled" if not problems else
-                        "FAILED: " + "; ".join(problems)))
-    if args.json:
-        write_json(args.json, report)
-    if args.keep or problems:
-        print(f"configuration and logs: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if not problems else 1
+    return conclude(report, problems, args.json, args.keep, workdir, kept="configuration and logs")
 
 
 if __name__ == "__main__":

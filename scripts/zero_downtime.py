@@ -25,13 +25,12 @@ request, an operation that did not settle, a process left behind); 2 for bad arg
 """
 
 import os
-import shutil
 import sys
 import tempfile
 
-from _operations import (Instance, OperationFailed, Parser, at_least_zero, become_subreaper, load_table,
-                         load_with_operations, machine, operations_table, positive, summarize, terminate_on_sigterm,
-                         write_json)
+from _operations import (Instance, OperationFailed, Parser, at_least_zero, become_subreaper, common_problems,
+                         conclude, load_with_operations, machine, positive, print_tables, summarize,
+                         terminate_on_sigterm)
 
 FULL = {"reloads": 3, "hups": 3, "upgrades": 1, "gap": 3.0, "lead": 2.0, "tail": 2.0}
 QUICK = {"reloads": 1, "hups": 1, "upgrades": 1, "gap": 2.0, "lead": 1.0, "tail": 1.0}
@@ -101,33 +100,9 @@ def main(argv=None):
         problems.append("interrupted")
     finally:
         report["left_behind"] = server.stop()
-    if report["left_behind"]:
-        problems.append(f"processes still running after the stop, killed: {report['left_behind']}")
-    problems += [f"{r['operation']} on {r['instance']}: {r['error']}" for r in report["operations"] if "error" in r]
-    done = sum("seconds" in r for r in report["operations"])
-    expected = args.reloads + args.hups + args.upgrades
-    if report["load"] is not None and done < expected:
-        problems.append(f"only {done} of {expected} operations completed")
-    if report["load"] and report["load"]["failed"]:
-        problems.append(f"{report['load']['failed']} request(s) failed")
-
-    print()
-    if report["operations"]:
-        print(operations_table(report["operations"]))
-        print()
-    if report["load"]:
-        print(load_table(report["load"]))
-    report["ok"] = not problems
-    report["problems"] = problems
-    print("result: " + ("zero failed requests, every operation settled" if not problems else
-                        "FAILED: " + "; ".join(problems)))
-    if args.json:
-        write_json(args.json, report)
-    if args.keep or problems:
-        print(f"logs: {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if not problems else 1
+    problems += common_problems(report, args.reloads + args.hups + args.upgrades)
+    print_tables(report)
+    return conclude(report, problems, args.json, args.keep, workdir)
 
 
 if __name__ == "__main__":
