@@ -17,7 +17,7 @@ import sys
 from . import __version__, ctl, tune
 from .errors import ConfigError, Exit, PreforkError, report
 from .launcher import run_serve, validate
-from .settings import SETTINGS, effective_table, parse_text, resolve, settings_markdown
+from .settings import SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,7 +111,13 @@ def _resolved(args):
     return resolve(_command_line(args), config_file=args.config)
 
 
+def _warn_about_variables():
+    for warning in misspelled_variables():
+        print(f"prefork: warning: {warning}", file=sys.stderr)
+
+
 def _serve(args):
+    _warn_about_variables()
     try:
         resolved = _resolved(args)
     except ConfigError as exc:
@@ -120,6 +126,7 @@ def _serve(args):
 
 
 def _check_config(args):
+    _warn_about_variables()
     try:
         resolved = _resolved(args)
         validate(resolved)

@@ -11,7 +11,8 @@ Precedence: command line > environment > file > defaults. The file is
 `-c/--config FILE`, else the [tool.prefork] table of ./pyproject.toml if it
 has one. An unknown key or a bad value anywhere is a ConfigError naming where
 it came from (`--workers`, `PREFORK_WORKERS`, `prefork.toml: workers`).
-Unknown PREFORK_* variables are not errors: other programs use the prefix.
+Unknown PREFORK_* variables are not errors (other programs use the prefix),
+but one that looks like a misspelled setting gets a warning.
 """
 
 import dataclasses
@@ -240,6 +241,23 @@ def resolve(command_line, environ=None, config_file=None, cwd=None):
         values[name] = value
         sources[name] = "command line"
     return Resolved(values, sources, path)
+
+
+# Read by the parts of prefork that are not settings: an upgrade's inherited descriptors.
+_OTHER_VARIABLES = {"PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"}
+
+
+def misspelled_variables(environ=None):
+    """Warnings for PREFORK_* variables that are no setting but look like one (PREFORK_WROKERS)."""
+    environ = os.environ if environ is None else environ
+    known = {item.env for item in SETTINGS} | _OTHER_VARIABLES
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("PREFORK_") and name not in known:
+            close = difflib.get_close_matches(name, known - _OTHER_VARIABLES, n=1, cutoff=0.8)
+            if close:
+                warnings.append(f"{name} is not a setting (did you mean {close[0]}?); ignored")
+    return warnings
 
 
 def read_file(config_file, cwd):

@@ -137,6 +137,15 @@ def test_the_default_bind_is_port_8000_on_localhost_and_the_environment_can_move
     assert exchange("tcp", server.addresses()[0], b"one\ntwo\n") == b"one\ntwo\n"
 
 
+def test_a_misspelled_environment_variable_is_warned_about_and_others_of_the_prefix_are_not():
+    env = dict(os.environ, PREFORK_WROKERS="3", PREFORK_SOMETHING_ELSE="x", PREFORK_WORKERS="2")
+    proc = subprocess.run([sys.executable, "-m", "prefork", "check-config"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0 and re.search(r"^workers +2 +environment PREFORK_WORKERS$", proc.stdout, re.M)
+    assert proc.stderr == ("prefork: warning: PREFORK_WROKERS is not a setting "
+                           "(did you mean PREFORK_WORKERS?); ignored\n")
+
+
 # -- recipes: the standard library's servers behind a pool ----------------------------------------
 
 def test_recipe_http_server_from_the_command_line(serve_cli, tmp_path):
