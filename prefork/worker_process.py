@@ -3,29 +3,14 @@
 Everything process-wide happens here, in the child (signals, title,
 parent-death signal); worker.Worker is the master's handle on it.
 
-Accepting without a thundering herd: every accept thread owns an epoll on
-which each listening socket is registered with EPOLLEXCLUSIVE, so the kernel
-wakes one waiter per incoming connection or datagram, with one listener or
-ten. We chose this over
-  - a blocking accept() per worker: also herd-free, but only for a single
-    socket, and a worker blocked in accept() cannot notice a graceful stop
-    without being interrupted by a signal mid-syscall;
-  - SO_REUSEPORT with a socket per worker: spreads load evenly, but the
-    kernel drops the connections queued on a worker's socket when it dies,
-    and we promise that a dying worker loses nothing;
-  - select/poll on shared sockets: wakes every idle worker per connection.
-Which waiter EPOLLEXCLUSIVE wakes is not fair, and not LIFO either: each
-epoll sits in the listener's wait queue in the order it was registered, and
-the kernel wakes the first one whose owner is waiting in epoll_wait. So the
-*oldest idle* worker takes the next connection. At low load one worker serves
-nearly everything (measured: 200 sequential connections to a pool of 4 went
-191, 8, 1 and 0 to the workers in the order they started), its caches stay
-warm and the others sleep; under load every worker is busy and the spread
-evens out. For recycling it means the oldest
-worker reaches --max-requests first and its successor, registered last, waits
-behind the others: retirements come one at a time by themselves.
-The listening sockets are non-blocking (set once by the master), so a
-worker that loses a race for a connection gets EAGAIN and waits again.
+Accepting without a thundering herd: every accept thread owns an epoll with
+each listener registered EPOLLEXCLUSIVE, so the kernel wakes one waiter per
+connection or datagram, with one listener or ten, and a graceful stop is a
+write to a pipe every loop watches (docs/design.md weighs the alternatives).
+The kernel wakes the *oldest idle* worker, so the oldest reaches
+--max-requests first and its successor, registered last, waits behind the
+others: retirements come one at a time by themselves. The listeners are
+non-blocking (set once by the master): a lost race is EAGAIN, and we wait again.
 """
 
 import ctypes
@@ -232,6 +217,7 @@ class WorkerProcess:
 
     def _on_reopen_logs(self, signum, frame):
         self.reopen_requested = True          # the loop reopens: a logging lock may be held right now
+        ring(self.notice_w)                   # in case user code replaced our wakeup fd (asyncio does)
 
     def _take_notices(self):
         """A signal came: make sure its handler has run, then do what it asked of the loop.
@@ -241,7 +227,10 @@ class WorkerProcess:
         call is interrupted, not between two bytecodes: a SIGTERM that arrives
         while a handler computes would wait for the next one. Every signal
         also wakes us through this pipe, and pthread_sigmask() runs the
-        handlers still pending on its way out.
+        handlers still pending on its way out. Between two wake-ups, in the
+        middle of a request, a handler may still wait: on 3.13.0 a SIGQUIT
+        to such a pool takes effect when the request in hand ends (or at the
+        master's SIGKILL a second later).
         """
         try:
             while os.read(self.notice_r, 4096):

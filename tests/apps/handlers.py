@@ -192,6 +192,20 @@ class LogLine(prefork.BaseRequestHandler):
         _reply(self, lambda data: f"{os.getpid()} {self.VERSION}\n".encode())
 
 
+class AsyncioThenLogLine(LogLine):
+    """Run an asyncio loop with a signal handler first, as a handler may: closing it clears the
+    process's signal wakeup fd. Then as LogLine."""
+
+    def handle(self):
+        import asyncio
+        import signal
+
+        async def with_a_signal_handler():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGWINCH, lambda: None)
+        asyncio.run(with_a_signal_handler())
+        super().handle()
+
+
 class Identity(prefork.BaseRequestHandler):
     """Answer the uid, gid and supplementary groups the worker runs with."""
 

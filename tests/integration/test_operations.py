@@ -351,6 +351,25 @@ def test_log_file_is_reopened_after_a_rotation_by_master_and_workers(serve_cli, 
     assert server.log() == "", "nothing on stderr with --log-file"
 
 
+def test_a_worker_reopens_its_log_even_after_a_handler_cleared_the_signal_wakeup_fd(serve_cli, short_tmp):
+    """The worker is woken for its reopen by its own pipe, not only by the wakeup fd, which user
+    code may replace: asyncio's loop resets it when it closes."""
+    control, log = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "app.log")
+    server = serve_cli("apps.handlers:AsyncioThenLogLine", "-w", "1", "-b", "127.0.0.1:0", "--log-file", log,
+                       "--control", control, cwd=TESTS)
+    wait_for(lambda: os.path.exists(log) and "worker 1 ready" in open(log).read())
+    address = ("127.0.0.1", int(re.search(r"listening on 127\.0\.0\.1:(\d+)", open(log).read()).group(1)))
+    worker = int(exchange("tcp", address, b"x\n").split()[0])       # asyncio ran: the wakeup fd is -1
+    os.rename(log, log + ".1")
+    assert ctl(control, "reopen-logs")[1] == f"reopened {log}\n"
+    wait_for(lambda: os.path.exists(log) and "reopened" in open(log).read())
+    time.sleep(0.5)          # the worker's reopen is not reported; give it the time it would take
+    exchange("tcp", address, b"x\n")
+    wait_for(lambda: f"worker {worker} logs a line" in open(log).read())
+    assert f"worker {worker} logs a line" in open(log + ".1").read()
+    assert server.log() == ""
+
+
 def test_systemd_hears_one_service_across_an_upgrade_and_a_roll_back(serve_cli, short_tmp):
     """After an upgrade the old master's stop is not the service's: no STOPPING=1 from it, which
     systemd (NotifyAccess=all) would take for the whole service stopping; the new master says
