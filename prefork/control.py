@@ -125,8 +125,10 @@ class ControlServer:
             conn.setblocking(False)
             client = _Client(conn)
             if not client.allowed():
-                client.reply_and_close({"ok": False, "error": "permission denied: only root and the master's "
-                                                              "user may control it"})
+                # Answered once its request has arrived: closing on unread bytes, or before the client
+                # has sent them, would reach it as a reset or a broken pipe instead of this reason.
+                client.refusal = {"ok": False, "error": "permission denied: only root and the master's "
+                                                        "user may control it"}
                 log.warning("control socket: refused a client of uid %s", client.uid)
             self._clients[conn] = client
             self._selector.register(conn, selectors.EVENT_WRITE if client.outbox else selectors.EVENT_READ, self)
@@ -149,6 +151,7 @@ class _Client:
         self.inbox = b""
         self.outbox = b""
         self.replied = False
+        self.refusal = None            # the reply to whatever it asks, for a peer not allowed
         self.deadline = time.monotonic() + CLIENT_DEADLINE
         pid, self.uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
@@ -168,9 +171,9 @@ class _Client:
                     return True
                 self.inbox += data
                 if b"\n" in self.inbox:
-                    self.reply_and_close(self._answer(self.inbox.split(b"\n", 1)[0], master))
+                    self.reply_and_close(self.refusal or self._answer(self.inbox.split(b"\n", 1)[0], master))
                 elif len(self.inbox) > MAX_REQUEST:
-                    self.reply_and_close({"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
+                    self.reply_and_close(self.refusal or {"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
             if mask & selectors.EVENT_WRITE and self.outbox:
                 sent = self.sock.send(self.outbox)
                 self.outbox = self.outbox[sent:]

@@ -28,18 +28,25 @@ def ctl(control, *args, timeout=15):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def ask_as(uid, gid, control, request):
-    """Send one control request from a process of another user (forked: it needs no file to run)."""
-    from prefork.ctl import send
+def ask_as(uid, gid, control, request, pause=0.0):
+    """Send one control request from a process of another user (forked: it needs no file to run),
+    pause seconds after connecting."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.setgid(gid)
             os.setuid(uid)
-            answer = json.dumps(send(control, request))
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(control)
+                time.sleep(pause)
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                answer = sock.makefile("rb").readline().decode() or "{}"
         except OSError as exc:
             answer = json.dumps({"oserror": type(exc).__name__})
+        except BaseException as exc:      # never unwind into pytest's stack in a forked child
+            answer = json.dumps({"exception": repr(exc)})
         os.write(write_end, answer.encode())
         os._exit(0)
     os.close(write_end)
@@ -107,6 +114,9 @@ def test_a_peer_of_another_user_is_refused(serve_cli, short_tmp):
     assert ask_as(65534, 65534, control, {"command": "status"}) == {"oserror": "PermissionError"}  # mode 0600
     os.chmod(control, 0o666)                                        # and if someone loosened the mode
     reply = ask_as(65534, 65534, control, {"command": "stop"})
+    assert not reply["ok"] and "only root and the master's user may control it" in reply["error"]
+    # A client slower to send than the master to refuse gets the reason too, not a broken pipe.
+    reply = ask_as(65534, 65534, control, {"command": "stop"}, pause=0.3)
     assert not reply["ok"] and "only root and the master's user may control it" in reply["error"]
     assert server.proc.poll() is None and "refused a client of uid 65534" in server.log()
     assert status(control)["master"]["state"] == "running"
