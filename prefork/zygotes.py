@@ -163,12 +163,9 @@ class Zygotes:
 
     def _read(self, handle):
         while handle.sock is not None:
-            try:
-                data = handle.sock.recv(zygote.MESSAGE_SIZE)
-            except BlockingIOError:
+            data = _receive(handle.sock)
+            if data is None:
                 return
-            except OSError:
-                data = b""
             if not data:                  # it closed its end: it is exiting, and reaping says how
                 self._close_socket(handle)
                 return
@@ -218,12 +215,9 @@ class Zygotes:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([handle.sock], [], [], left)[0]:
                 return ""
-            try:
-                data = handle.sock.recv(zygote.MESSAGE_SIZE)
-            except BlockingIOError:
+            data = _receive(handle.sock)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             return data.decode("utf-8", "replace") if data else "the zygote died before it answered"
 
     # -- exits ----------------------------------------------------------------------
@@ -336,3 +330,13 @@ def _reap_adopted():
                 return
         except ChildProcessError:
             return
+
+
+def _receive(sock):
+    """One message from a zygote: None if none is there yet, b"" if its end is closed or broken."""
+    try:
+        return sock.recv(zygote.MESSAGE_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
