@@ -320,6 +320,8 @@ def summarize(runs):
 # -- respawn, memory, idle ---------------------------------------------------------------------
 
 def http_get(port, timeout=5):
+    """One GET / over a new connection to 127.0.0.1:port; the whole reply (also for reload_under_load.py
+    and slow_clients.py)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         data = b""

@@ -34,6 +34,8 @@ import time
 
 import psutil
 
+from bench import http_get
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = 2
 
@@ -106,14 +108,7 @@ class Load:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-                    sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                    data = b""
-                    while True:
-                        chunk = sock.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
+                data = http_get(self.port, timeout=10)
                 head, _, body = data.partition(b"\r\n\r\n")
                 if head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200"):
                     record((started, "ok", body.decode(errors="replace")))

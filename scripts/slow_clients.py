@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from bench import http_get
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -43,14 +45,7 @@ def main():
             sock.sendall(b"GET / HT")
         time.sleep(0.2)                       # let the workers take the stalled ones first
         started = time.monotonic()
-        with socket.create_connection(address, timeout=120) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            reply = b""
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                reply += data
+        reply = http_get(address[1], timeout=120)
         delay = time.monotonic() - started
         print(f"{args.stalled} stalled clients delayed a real request by {delay:.2f} s "
               f"({'answered' if reply.startswith(b'HTTP/') else 'NOT answered'}), {args.handler} -w 2; "
