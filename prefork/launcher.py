@@ -123,10 +123,8 @@ def run_serve(resolved, re_resolve):
         for name in HOOK_NAMES:
             if hasattr(hooks, name):
                 setattr(servers[0], name, functools.partial(getattr(hooks, name), servers[0]))
-    if credentials is not None:
-        _drop_privileges_first(servers[0], credentials)
     try:
-        serve_together(servers, load_handler=load_handler, services=services,
+        serve_together(servers, load_handler=load_handler, services=services, credentials=credentials,
                        reconfigure=functools.partial(_reconfigure, launch, re_resolve))
     except HaltServer as exc:
         return report(exc, exc.exit_code)
@@ -187,16 +185,6 @@ def _services(launch, servers, control_socket, ready_fd, pidfile):
     if ready_fd is not None:
         services.append(upgrade.Successor(ready_fd, servers, control))
     return services
-
-
-def _drop_privileges_first(server, credentials):
-    """Workers become --user/--group before any hook or handler code runs (post_fork comes first)."""
-    hook = server.post_fork
-
-    def post_fork(worker):
-        credentials.drop()
-        hook(worker)
-    server.post_fork = post_fork
 
 
 def _handler(launch):

@@ -10,23 +10,12 @@ pool.py keeps the worker table. Each pass:
     sample          psutil figures, a bounded amount of work per pass (monitor.py)
     sleep           on the selector until the nearest deadline or a wake-up
 
-How the loop learns that something happened, and why:
-  - Child exits: a pidfd per worker (Linux 5.3+), registered in the selector.
-    It works from any thread (serve_forever() may run in a thread, where no
-    signal handler can be installed), needs no handler at all, and never
-    makes us reap a child we did not start. We weighed a SIGCHLD handler with
-    a self-pipe (main thread only, and reaping by pid is then a scan anyway)
-    and signalfd (needs the signal blocked in every thread, which an embedded
-    server cannot promise). Without pidfd_open we poll every 0.1 s.
-    Running as PID 1 we also reap (and ignore) adopted orphans with
-    waitpid(-1); SIGCHLD then wakes us (its handler does nothing, the wake-up
-    fd does the rest).
-  - Signals, API calls, and workers: see signals.py (the doorbell and the inbox).
-Measured on a 2-core VM (scripts/bench.py, "respawn"): SIGKILL of a worker to
-its replacement answering a request takes 4 to 8 ms with a fork (a Python
-fork alone is about 1 ms before the child runs), 2 to 3 ms with a spare. Of
-that, 1.1 to 1.7 ms passes before the pidfd fires: the kernel tears the dead
-process down first, so no supervisor can know sooner.
+How the loop learns that something happened: a pidfd per worker in the
+selector for exits (it works from any thread and never reaps a child we did
+not start; without pidfd_open we poll every 0.1 s; as PID 1 or with zygotes
+we also reap adopted orphans with waitpid(-1)), and the doorbell and inbox
+(signals.py) for signals, API calls and workers. docs/design.md weighs the
+alternatives and has the measurements.
 """
 
 import gc
@@ -39,12 +28,17 @@ import time
 import setproctitle
 
 from . import commands, planner, scoreboard
+from .actions import (
+    Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote,
+)
 from .errors import HaltServer, PreforkError, WorkerSignal
 from .listeners import describe_socket, prepare_for_pool, queued_connections
 from .monitor import Monitor
 from .operations import Operations
 from .pool import RESTART_REASONS, Pool
+from .reloads import ReloadProgress
 from .signals import Doorbell, SignalInbox, default_sigchld
+from .snapshot import Snapshot, WorkerView
 from .worker import PoolSetup
 from .zygotes import Zygotes
 
@@ -73,7 +67,7 @@ class Master(Operations):
     """
 
     def __init__(self, servers, policy=None, config=None, hooks=None, load_handler=None, poll_interval=0.5,
-                 reconfigure=None, services=()):
+                 reconfigure=None, services=(), credentials=None):
         self.servers = list(servers)
         first = self.servers[0]
         self.policy = policy or first.policy
@@ -82,6 +76,7 @@ class Master(Operations):
         self.load_handler = load_handler
         self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
         self.services = list(services)        # see operations.Service: the control socket, systemd, an upgrade
+        self.credentials = credentials        # --user/--group, dropped in each child (privileges.py)
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
@@ -91,6 +86,10 @@ class Master(Operations):
         self.interrupted = False              # a Ctrl-C stop: run() raises KeyboardInterrupt
         self.halt_reason = None
         self.generation = 0                   # bumped by each reload: older workers get replaced
+        self.loading = None                   # with zygotes: the generation a reload is loading
+        self.loading_since = 0.0
+        self.reload = ReloadProgress()
+        self.stop_began = None                # (requests served so far, why) when a stop began
         self.requested_size = None            # set by scale commands
         self.sizing = None                    # the policy's latest answer
         self.last_activation = float("-inf")
@@ -104,6 +103,7 @@ class Master(Operations):
         self._table = ()                      # the workers as a tuple, for stats() from other threads
         self._reaps_orphans = False
         self._deadline = None
+        self._problems_said = set()
         # Set by _start; _finish undoes whatever part of it happened.
         self.board = self.selector = self.setup = self._old_title = self._old_sigchld = None
         self._socket_state = []
@@ -146,16 +146,18 @@ class Master(Operations):
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.doorbell.reader, selectors.EVENT_READ)
         self.pool = Pool(self.capacity, self.board, self.selector, self.monitor, self._call_hook)
+        self.pool.on_boot_failure = self.reload.failed
         for service in self.services:
             service.start(self.selector)
         self._socket_state = [prepare_for_pool(server, self.config) for server in self.servers]
         if self.load_handler is not None and self.config.preload:
-            self.zygotes = Zygotes(self.pool, self.selector, self._close_in_child)   # a subreaper from now on
+            self.zygotes = Zygotes(self.pool, self.selector, self._close_in_child,   # a subreaper from now on
+                                   self._reload_failed)
             self._reaps_orphans = True
         self._old_sigchld = default_sigchld()
         if self.inbox.install(MASTER_SIGNALS):
             if os.getpid() == 1 or self.zygotes:      # reap adopted orphans: SIGCHLD only wakes us
-                signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+                self.inbox.install_handler(signal.SIGCHLD, _wake_only)
                 self._reaps_orphans = True
         else:
             log.debug("serving from a thread: signals stay with the main thread; use shutdown()")
@@ -164,7 +166,7 @@ class Master(Operations):
                             "their exit statuses are lost; reset it in the main thread before serving")
         self.setup = PoolSetup(self.servers, self.config, self.policy.threads, self.board,
                                self.doorbell.write_fd(), self.hooks, self.load_handler,
-                               self.tick_interval, os.getpid(), self.name)
+                               self.tick_interval, os.getpid(), self.name, self.credentials)
         self._call_hook("on_starting")
         if self.config.preload:
             gc.freeze()     # keep the master's objects out of the collector: their pages stay shared
@@ -174,6 +176,8 @@ class Master(Operations):
         self._warn_about_settings()
 
     def _finish(self):
+        if self.stop_began is not None and self.pool is not None:
+            self._report_stop()
         if self.pool is not None:
             self.pool.kill_all()
         for service in reversed(self.services):      # the last started first: an upgrade releases files
@@ -208,14 +212,15 @@ class Master(Operations):
         # Commands first: after a Ctrl-C or a systemd stop, which reach the workers too, their
         # exits must be seen as part of the stop, not as crashes.
         self.take_commands()
-        self.pool.reap(self._reaps_orphans, self.stopping, self.zygotes and self.zygotes.claim)
+        self.pool.reap(self._reaps_orphans, self.stopping, self._claim)
         if self.stopping and not len(self.pool):
             return False
         now = time.monotonic()
         if self.zygotes:
-            self.tend_zygotes(now)
+            self.zygotes.gather(self.generation, self.loading)
         self.notice_workers(now)
         self.carry_out_plan(now)
+        self.reload.check(self.generation, self.settled())
         self._table = tuple(self.pool)
         views = [(w, self.board.view(w.index)) for w in self._table]
         wake_at = [self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)]
@@ -234,18 +239,24 @@ class Master(Operations):
                 log.exception("command %s failed", command)
 
     def notice_workers(self, now):
-        """Read the scoreboard: workers that became ready, and stop requests from handlers."""
+        """Read the scoreboard: workers that became ready."""
         for worker in self.pool:
-            view = self.board.view(worker.index)
-            self.pool.notice_ready(worker, view, now)
-            if view.stop_pool:
-                self.board.writer(worker.index).set(scoreboard.STOP_POOL, 0)
-                self.begin_stop(graceful=True, why="shutdown()")
+            self.pool.notice_ready(worker, self.board.view(worker.index), now)
+
+    def _claim(self, pid, status):
+        """An exit reaped with waitpid(-1) that is no worker's: a zygote's, or a service's child."""
+        if self.zygotes is not None and self.zygotes.claim(pid, status, self.generation, self.loading):
+            return True
+        return any(getattr(service, "claim", None) and service.claim(pid, status) for service in self.services)
 
     def carry_out_plan(self, now):
         snapshot = self.snapshot()
         for _ in range(MAX_PLAN_ROUNDS):
             result = planner.plan(snapshot, self.config, now)
+            for problem in result.problems:
+                if problem not in self._problems_said:
+                    self._problems_said.add(problem)
+                    log.error("%s", problem)
             if result.sizing is not None:
                 if self.sizing is not None and result.sizing.target != self.sizing.target:
                     log.info("pool target %s -> %s worker(s): %s", self.sizing.target, result.sizing.target,
@@ -263,18 +274,21 @@ class Master(Operations):
         views, pool = [], self.pool
         for worker in pool:
             view = self.board.view(worker.index)
-            views.append(planner.WorkerView(
+            views.append(WorkerView(
                 pid=worker.pid, slot=worker.slot, generation=worker.generation, born=worker.born,
                 spare=worker.spare, ready=worker.ready, busy=view.busy_threads > 0, requests=view.requests,
-                busy_threads=view.busy_threads,
-                last_seen=view.tick, retire=view.retire, uss=worker.sample.uss if worker.sample else None,
+                busy_threads=view.busy_threads, last_seen=view.tick, retire=view.retire, stop_pool=view.stop_pool,
+                uss=worker.sample.uss if worker.sample else None,
                 stop_reason=worker.stop_reason, stop_signal=worker.stop_signal, kill_at=worker.kill_at))
-        return planner.Snapshot(
+        return Snapshot(
             workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
-            resumed_at=self.resumed_at, spawn_after=self._spawn_after(), failed_boots=pool.failed_boots_in_a_row,
-            ever_ready=pool.ever_ready, last_boot_failure=pool.last_boot_failure,
-            last_activation=self.last_activation, max_size=self.max_size,
+            resumed_at=self.resumed_at, failed_boots=pool.failed_boots_in_a_row,
+            last_boot_failure_at=pool.last_boot_failure_at, ever_ready=pool.ever_ready,
+            last_boot_failure=pool.last_boot_failure, last_activation=self.last_activation,
+            max_size=self.max_size, capacity=self.capacity,
+            zygotes=tuple(h.view() for h in self.zygotes.zygotes) if self.zygotes else None,
+            loading=self.loading, loading_since=self.loading_since,
             backlog=queued_connections(server.socket for server in self.servers))
 
     def sleep(self, now, wake_at):
@@ -302,45 +316,79 @@ class Master(Operations):
     def _act(self, action, now):
         pool = self.pool
         worker = pool.get(getattr(action, "pid", None))
-        if isinstance(action, planner.Spawn):
-            pool.spawn(action.slot, action.spare, self.setup, self.generation, self._close_in_child,
-                       self.zygotes and self.zygotes.fork_worker)
-        elif isinstance(action, planner.Halt):
-            self.halt_reason = action.reason
-            self.begin_stop(graceful=False, why="no worker could boot")
-        elif worker is None:
-            return
-        elif isinstance(action, planner.Activate):
-            log.info("spare worker %s (pid %s) now serving as worker %s", worker.slot, worker.pid, action.slot)
-            worker.spare, worker.slot = False, action.slot
-            self.board.writer(worker.index).set(scoreboard.SLOT, action.slot)
-            self.last_activation = now
-            pool.signal(worker, WorkerSignal.ACTIVATE)
-        elif isinstance(action, planner.Retire):
-            self._log_retire(worker, action)
-            pool.signal(worker, signal.SIGTERM, action.reason, action.deadline)
-        elif isinstance(action, planner.Stop):
-            if action.reason == "timeout":
-                log.error("worker %s (pid %s) %s: dumping its stacks (below), then SIGKILL",
-                          worker.slot, worker.pid, action.detail)
-            pool.signal(worker, action.signum, action.reason, action.deadline)
-        elif isinstance(action, planner.Kill):
-            if worker.stop_signal == WorkerSignal.DUMP_STACKS:
-                log.info("worker %s (pid %s): SIGKILL after its stack dump", worker.slot, worker.pid)
-            else:
-                after = "SIGQUIT" if worker.stop_signal == signal.SIGQUIT else "its graceful timeout"
-                log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid, after)
-            pool.signal(worker, signal.SIGKILL)
-            worker.kill_at = None
+        match action:
+            case Spawn(slot, spare):
+                pool.spawn(slot, spare, self.setup, self.generation, self._close_in_child,
+                           self.zygotes and self.zygotes.fork_worker)
+            case Halt(reason):
+                self.halt_reason = reason
+                self.begin_stop(graceful=False, why="no worker could boot")
+            case StartZygote(generation, why):
+                self.zygotes.start(self.setup, generation, self.reload.why if why else "")
+            case StopZygote(pid, signum, detail, failure):
+                self.zygotes.stop(pid, signum, detail, failure)
+            case AdoptGeneration(generation):
+                self.generation, self.loading = generation, None
+                self.reload.loaded(generation)
+                log.info("reloading %s worker(s) one at a time (generation %s)", len(self.pool), generation)
+            case _ if worker is None:
+                return
+            case StopPool(_, slot):
+                self.board.writer(worker.index).set(scoreboard.STOP_POOL, 0)
+                self.begin_stop(graceful=True, why=f"shutdown() in worker {slot}")
+            case Activate(_, slot):
+                log.info("spare worker %s (pid %s) now serving as worker %s", worker.slot, worker.pid, slot)
+                worker.spare, worker.slot = False, slot
+                self.board.writer(worker.index).set(scoreboard.SLOT, slot)
+                self.last_activation = now
+                pool.signal(worker, WorkerSignal.ACTIVATE)
+            case Retire():
+                self._log_retire(worker, action)
+                if not action.drain:          # the pool goes on: stop accepting at once (worker_process.py)
+                    self.board.writer(worker.index).set(scoreboard.ALONE, 1)
+                pool.signal(worker, signal.SIGTERM, action.reason, action.deadline)
+            case Stop(_, reason, signum, deadline, detail):
+                if reason == "timeout":
+                    log.error("worker %s (pid %s) %s: dumping its stacks (below), then SIGKILL",
+                              worker.slot, worker.pid, detail)
+                pool.signal(worker, signum, reason, deadline)
+            case Kill():
+                if worker.stop_signal == WorkerSignal.DUMP_STACKS:
+                    log.info("worker %s (pid %s): SIGKILL after its stack dump", worker.slot, worker.pid)
+                else:
+                    after = "SIGQUIT" if worker.stop_signal == signal.SIGQUIT else "its graceful timeout"
+                    log.warning("worker %s (pid %s) still alive after %s: SIGKILL", worker.slot, worker.pid, after)
+                pool.signal(worker, signal.SIGKILL)
+                worker.kill_at = None
 
     def _log_retire(self, worker, action):
+        by = f" by pid {action.successor}" if action.successor else ""
+        detail = f": {action.detail}" if action.detail else ""
         if action.reason == "memory":
-            log.warning("worker %s (pid %s) %s: replacing it", worker.slot, worker.pid, action.detail)
+            log.warning("worker %s (pid %s) %s: replacing it%s", worker.slot, worker.pid, action.detail, by)
         elif action.reason == "stop" and action.detail:
             log.info("worker %s (pid %s) retired (%s): stopping it gracefully", worker.slot, worker.pid, action.detail)
         elif action.reason in ("recycle", "reload") or action.detail:
-            log.info("worker %s (pid %s) replaced (%s%s): stopping it gracefully", worker.slot, worker.pid,
-                     action.reason, f": {action.detail}" if action.detail else "")
+            log.info("worker %s (pid %s) replaced%s (%s%s): stopping it gracefully", worker.slot, worker.pid, by,
+                     action.reason, detail)
+
+    def _reload_failed(self, why, message):
+        """A reload's zygote went without loading the code: the old generation goes on."""
+        if self.loading is not None:
+            self.reload.failed(self.loading, message)
+        self.loading = None
+
+    def _report_stop(self):
+        """How many requests the stop served, and what it left in the accept queues (TCP listeners)."""
+        served, why = self.pool.total_requests() - self.stop_began[0], self.stop_began[1]
+        if self.another_master_serves():          # the queue goes on being served by the other master
+            log.info("master %s: %s request(s) served during the stop (%s)", os.getpid(), served, why)
+            return
+        left = queued_connections(server.socket for server in self.servers)
+        dropped = ("" if left is None else "; the accept queues are empty" if not left
+                   else f"; {left} connection(s) left in the accept queues are dropped")
+        (log.warning if left else log.info)("master %s: %s request(s) served during the stop (%s)%s",
+                                            os.getpid(), served, why, dropped)
 
     def _close_in_child(self):
         """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell's write end).
@@ -354,21 +402,6 @@ class Master(Operations):
             service.close(in_child=True)
         if self.zygotes:
             self.zygotes.close_in_child()
-
-    # -- zygotes (--preload with a handler to load: zygotes.py) ------------------------
-
-    def tend_zygotes(self, now):
-        """Keep the current generation's zygote; move on to a reload's generation once its code loaded."""
-        loaded = self.zygotes.tend(self.setup, self.generation, self.stopping, now)
-        if loaded is not None:
-            self.generation, why = loaded
-            log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
-
-    def _spawn_after(self):
-        """No fork before the boot backoff ends, nor (with zygotes) before the current zygote is ready."""
-        if self.zygotes is None:
-            return self.pool.spawn_after
-        return max(self.pool.spawn_after, self.zygotes.available_after(self.generation))
 
     def _call_hook(self, name, *args):
         try:
@@ -389,3 +422,7 @@ def tick_interval(poll_interval, worker_timeout):
 def _handler_name(server):
     handler = server.RequestHandlerClass
     return getattr(handler, "__qualname__", None) or type(server).__name__
+
+
+def _wake_only(signum, frame):
+    """SIGCHLD while we reap orphans: the wake-up fd does the rest."""

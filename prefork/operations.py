@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 from . import logs
 from .errors import PreforkError
+from .listeners import queued_connections
 from .pool import RESTART_REASONS, worker_stats
 
 log = logging.getLogger("prefork")
@@ -66,11 +67,12 @@ class Operations:
                        "started_at": self.started_at, "policy": self.policy.name,
                        "target_workers": sizing.target if sizing else None,
                        "target_reason": sizing.reason if sizing else None,
-                       "threads": self.policy.threads, "generation": self.generation},
+                       "threads": self.policy.threads, "generation": self.generation,
+                       "reload": self.reload.as_dict()},
             "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
             "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
             "boot_failures": pool.boot_failures if pool else 0,
-            "zygotes": self.zygotes.stats() if self.zygotes else [],
+            "zygotes": self.zygotes.stats(self.generation) if self.zygotes else [],
         }
 
     def _warn_about_settings(self):
@@ -92,8 +94,12 @@ class Operations:
             return f"already stopping ({self.stopping})"
         self.stopping = "graceful" if graceful else "quick"
         self.state = "stopping"
-        log.info("master %s: %s stop of %s worker(s) (%s)", os.getpid(), "graceful" if graceful else "quick",
-                 len(self.pool), why)
+        self.stop_began = (self.pool.total_requests(), why)
+        queued = queued_connections(server.socket for server in self.servers)
+        waiting = "" if queued is None else f", {queued} connection(s) queued"
+        serving = "; serving the queued connections first" if graceful and queued else ""
+        log.info("master %s: %s stop of %s worker(s) (%s)%s%s", os.getpid(), self.stopping, len(self.pool), why,
+                 waiting, serving)
         return f"{self.stopping} stop of {len(self.pool)} worker(s)"
 
     def begin_reload(self, why):
@@ -110,11 +116,15 @@ class Operations:
                 problem = exc if isinstance(exc, PreforkError) else f"{type(exc).__name__}: {exc}"
                 log.error("%s: not reloading, the settings have a problem: %s", why, problem)
                 raise PreforkError(f"not reloading, the settings have a problem: {problem}") from None
-        if self.zygotes:
-            if not self.stopping:     # the generation moves on once the new code has loaded (tend_zygotes)
-                self.zygotes.reload(self.setup, self.generation + 1, why)
+        if self.stopping:
+            log.info("%s ignored: the master is stopping", why)
+            raise PreforkError(f"not reloading: the master is stopping ({self.stopping})")
+        if self.zygotes:              # the generation moves on once the new code has loaded (the planner)
+            self.loading, self.loading_since = self.generation + 1, time.monotonic()
+            self.reload.begin(self.loading, why, loading=True)
             return f"loading the code in a new zygote, then replacing {len(self.pool)} worker(s) one at a time"
         self.generation += 1
+        self.reload.begin(self.generation, why, loading=False)
         log.info("%s: reloading %s worker(s) one at a time (generation %s)", why, len(self.pool), self.generation)
         return f"reloading {len(self.pool)} worker(s) one at a time (generation {self.generation})"
 
@@ -129,21 +139,32 @@ class Operations:
         if change.workers is not None and change.workers != self.policy.workers:
             self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
             self.requested_size = None
-            log.info("reload: %s worker(s) wanted", self.policy.workers)
+            if change.workers > self.max_size:
+                log.warning("reload: %s workers asked for, but this master can run at most %s (the scoreboard's "
+                            "size, set at start): %s worker(s)", change.workers, self.max_size, self.max_size)
+            else:
+                log.info("reload: %s worker(s) wanted", self.policy.workers)
 
     def set_size(self, size, relative, why):
+        """Scale the pool; a size outside 1..max_size is clamped, and the clamp is an error to report."""
         current = self.sizing.target if self.sizing else self.policy.workers
         asked = current + size if relative else size
         wanted = max(1, min(asked, self.max_size))
         self.requested_size = wanted
-        capped = f" (the most this master can run: {self.max_size})" if asked > self.max_size else ""
-        log.info("%s: %s worker(s) wanted%s", why, wanted, capped)
-        return f"{wanted} worker(s) wanted{capped}"
+        if wanted != asked:
+            limit = (f"the most this master can run is {self.max_size} (set at start: max(32, 4 x --workers), or "
+                     f"--max-workers)" if asked > self.max_size else "a pool keeps at least one worker")
+            log.warning("%s: %s worker(s) asked for; scaled to %s: %s", why, asked, wanted, limit)
+            raise PreforkError(f"scaled to {wanted} worker(s), not {asked}: {limit}")
+        log.info("%s: %s worker(s) wanted", why, wanted)
+        return f"{wanted} worker(s) wanted"
 
     def reopen_logs(self, why):
         """Reopen the log files here, and tell every worker to reopen its own (SIGUSR1)."""
         for worker in self.pool:
             self.pool.signal(worker, signal.SIGUSR1)
+        if self.zygotes:                  # and the workers they fork from now on
+            self.zygotes.signal_all(signal.SIGUSR1)
         try:
             reopened = logs.reopen()
         except OSError as exc:

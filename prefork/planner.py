@@ -1,240 +1,223 @@
-"""The master's decisions: one pure function over an immutable snapshot of the pool.
+"""The master's decisions: pure functions over an immutable snapshot of the pool.
 
-    plan(snapshot, config, now) -> Plan(actions, sizing)
+    plan(snapshot, config, now) -> Plan(actions, sizing, problems)
 
-The master's loop gathers what it knows (exits it reaped, the scoreboard,
-psutil samples, the commands that arrived) into a Snapshot, asks plan() what
-to do, carries the actions out, and asks again until the plan is empty.
-Nothing here reads a clock or makes a system call, so every situation the
-master can meet is one row of a table in tests/test_planner.py.
+The master's loop gathers what it knows (snapshot.py) and carries out what
+plan() returns (actions.py), then asks again until the plan is empty. Nothing
+here reads a clock or makes a system call, so every situation is a row of a
+table in tests/test_planner.py. What an exit means (exit_reason,
+zygote_exit) and how long to back off after failed boots are decided here too.
 
 The rules, in the order plan() applies them:
 
 1. A worker past its SIGKILL deadline is killed (Kill).
 2. A worker silent for longer than its timeout (boot_timeout before it is
-   ready, worker_timeout after) is told to dump its stacks, and gets a
-   SIGKILL deadline (Stop).
+   ready, worker_timeout after) is told to dump its stacks, with a SIGKILL
+   deadline (Stop). A zygote still importing after boot_timeout is killed.
 3. No worker ever booted and max_boot_failures boots failed in a row: Halt.
-4. During a stop of the pool, every worker is told to go: SIGTERM and the
-   graceful timeout, or SIGQUIT for a quick stop. A worker already being
-   killed for a timeout keeps that kill's deadline and reason.
-5. The pool policy gives the target size (Sizing), from the load of the
-   serving workers that are not due for replacement (rule 6): a due worker
-   and its successor count once.
-6. A worker is *due* for replacement when it is of an older generation
-   (reload), asked for a successor as it nears --max-requests (recycle), or
-   uses more unique memory than --max-worker-memory (memory). Missing workers
-   are replaced at once, from a ready spare first (Activate), else by a fork
-   (Spawn); due workers get one successor at a time: the pool may hold one
-   process more than its target while any worker is due. A due worker is
-   retired (SIGTERM: it finishes the request in hand) as soon as the pool
-   without it still has its target of ready workers, so the turn passes to
-   the next due worker when the successor is ready, not when the old worker
-   has finished a long request and been reaped.
-7. Serving workers beyond the target are retired, as the policy chooses.
-8. Spares are topped up to spare_workers, a moment after one was activated.
+4. A handler called server.shutdown() in a worker: StopPool.
+5. During a stop of the pool, every worker is told to go: SIGTERM, draining
+   the accept queues, within the graceful timeout; or SIGQUIT for a quick
+   stop. A worker already being killed for a timeout keeps that kill.
+6. With zygotes: a reload's generation is adopted once its zygote is ready;
+   a missing zygote for the current generation (after the boot backoff) or
+   for a reload is started; a reload's zygote made stale by a newer reload
+   is killed; a zygote whose generation has no worker left is stopped.
+7. The pool policy gives the target size, from the load of the serving
+   workers that are not due for replacement: a due worker and its successor
+   count once. A bad answer is replaced by a safe one and reported.
+8. A worker is *due* when it is of an older generation (reload), asked for a
+   successor as it nears --max-requests (recycle), or uses more unique memory
+   than --max-worker-memory (memory). Missing slots are filled at once, from
+   a ready spare first (Activate), else by a fork (Spawn), after the boot
+   backoff; due workers get one successor at a time, in the due worker's own
+   slot, the most pressing first. A due worker is retired (SIGTERM: it
+   finishes the request in hand) as soon as the pool without it still has
+   its target of ready workers. So is a worker at its request cap, which
+   accepts no more: its last connection is served until then.
+9. Serving workers beyond the target are retired, chosen by the policy among
+   the highest slots, so that slots stay 1..N.
+10. Spares are topped up to spare_workers, a moment after one was activated.
 """
 
 import signal
-from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
 
+from . import actions as act
 from . import scoreboard
-from .errors import WorkerSignal
-from .policies import Candidate, PoolLoad, Sizing
+from .actions import Plan
+from .errors import WorkerExit, WorkerSignal
+from .policies import Candidate, PoolLoad, Sizing, idle_then_oldest
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
 DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL
 SPARE_REFILL_DELAY = 0.05    # seconds between activating a spare and forking the next one
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 
 # Why a worker is replaced, in the order a successor is given: one near its request cap
 # will stop by itself soon, so it goes first.
 DUE_ORDER = ("recycle", "memory", "reload")
 
 
-@dataclass(frozen=True)
-class WorkerView:
-    """What the master knows of one live worker at one moment."""
-
-    pid: int
-    slot: int                         #: its place in the pool, 1..N (spares above N)
-    generation: int = 0
-    born: float = 0.0                 #: monotonic time of its fork
-    spare: bool = False               #: booted, waiting to be activated
-    ready: bool = True                #: finished booting
-    busy: bool = False                #: a request in hand
-    busy_threads: int = 0             #: how many of its accept threads hold one
-    requests: int = 0
-    last_seen: float = 0.0            #: its newest heartbeat
-    retire: int = scoreboard.KEEP     #: what it says of --max-requests
-    uss: Optional[int] = None         #: unique memory, bytes, from the latest sample
-    stop_reason: Optional[str] = None  #: set once the master told it to go
-    stop_signal: Optional[int] = None
-    kill_at: Optional[float] = None   #: SIGKILL deadline once told to go
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The pool as the master's loop saw it in one pass."""
-
-    workers: Tuple[WorkerView, ...] = ()
-    policy: object = None             #: a pooled policy (prefork.Prefork, ...)
-    policy_state: object = None       #: what the policy returned last time
-    requested_size: Optional[int] = None   #: set by scale commands (SIGTTIN, SIGTTOU, ctl scale)
-    generation: int = 0               #: bumped by each reload
-    stopping: Optional[str] = None    #: None, "graceful" or "quick"
-    resumed_at: float = 0.0           #: when the master came back from being stopped
-    spawn_after: float = 0.0          #: boot backoff: no fork before this
-    failed_boots: int = 0             #: in a row, since a worker was last ready
-    ever_ready: bool = False
-    last_boot_failure: str = ""
-    last_activation: float = float("-inf")
-    backlog: Optional[int] = None     #: connections waiting in the accept queues, where known
-    max_size: int = 4096              #: the most workers the scoreboard can hold at the target
-
-
-# -- actions ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Spawn:
-    """Fork a worker for this slot (a spare if spare)."""
-    slot: int
-    spare: bool = False
-
-
-@dataclass(frozen=True)
-class Activate:
-    """Turn a ready spare into the serving worker of this slot."""
-    pid: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class Retire:
-    """SIGTERM: stop accepting, finish the request in hand; SIGKILL at deadline."""
-    pid: int
-    reason: str
-    deadline: float
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Stop:
-    """A firmer signal (dump your stacks, for a timeout; SIGQUIT, for a quick stop); SIGKILL at deadline."""
-    pid: int
-    reason: str
-    signum: int
-    deadline: float
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Kill:
-    """SIGKILL: the deadline of an earlier stop passed."""
-    pid: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Halt:
-    """Give up: no worker could ever boot."""
-    reason: str
-
-
-Action = Union[Spawn, Activate, Retire, Stop, Kill, Halt]
-
-
-@dataclass(frozen=True)
-class Plan:
-    actions: Tuple[Action, ...] = ()
-    sizing: Optional[Sizing] = None
-    due: Tuple[Tuple[int, str], ...] = field(default=())   #: (pid, reason) of workers awaiting a successor
-
-
 # -- the plan ---------------------------------------------------------------------
 
 def plan(snapshot, config, now):
     """What the master should do now; see the module docstring for the rules."""
-    actions = []
-    stopped = set()
-    for worker in snapshot.workers:
-        if worker.kill_at is not None and now >= worker.kill_at:
-            actions.append(Kill(worker.pid, worker.stop_reason or "stop"))
-    for worker in snapshot.workers:
-        if worker.stop_reason is None:
-            overdue = _overdue(worker, snapshot, config, now)
-            if overdue:
-                actions.append(Stop(worker.pid, "timeout", WorkerSignal.DUMP_STACKS, now + DUMP_GRACE, overdue))
-                stopped.add(worker.pid)
+    actions, problems = [], []
+    actions += [act.Kill(w.pid, w.stop_reason or "stop") for w in snapshot.workers
+                if w.kill_at is not None and now >= w.kill_at]
+    timeouts = _timeouts(snapshot, config, now)
+    actions += timeouts
+    stopped = {a.pid for a in timeouts}
     if (not snapshot.ever_ready and snapshot.failed_boots >= config.max_boot_failures
             and snapshot.stopping is None):
-        actions.append(Halt(f"no worker could boot ({snapshot.failed_boots} attempts): "
-                            f"{snapshot.last_boot_failure}"))
+        actions.append(act.Halt(f"no worker could boot ({snapshot.failed_boots} attempts): "
+                                f"{snapshot.last_boot_failure}"))
         return Plan(tuple(actions))
+    if snapshot.stopping is None:
+        asking = next((w for w in snapshot.workers if w.stop_pool), None)
+        if asking is not None:
+            actions.append(act.StopPool(asking.pid, asking.slot))
     if snapshot.stopping:
         actions += _stop_everyone(snapshot, config, now, stopped)
         return Plan(tuple(actions))
+    if snapshot.zygotes is not None:
+        actions += _tend_zygotes(snapshot, config, now)
+    sizing, fill = _fill_the_pool(snapshot, config, now, stopped, problems)
+    return Plan(tuple(actions + fill), sizing, tuple(problems))
+
+
+def _fill_the_pool(snapshot, config, now, stopped, problems):
+    """Rules 7 to 10: the target, successors, retirements, shrinking and spares."""
+    actions = []
     live = [w for w in snapshot.workers if w.stop_reason is None and w.pid not in stopped]
     spares = [w for w in live if w.spare]
     for spare in spares:
         if spare.generation < snapshot.generation:
-            actions.append(Retire(spare.pid, "reload", now + config.graceful_timeout))
+            actions.append(act.Retire(spare.pid, "reload", now + config.graceful_timeout))
     spares = [w for w in spares if w.generation >= snapshot.generation]
-    serving = [w for w in live if not w.spare and w.retire != scoreboard.EXHAUSTED]
+    exhausted = [w for w in live if not w.spare and w.exhausted]
+    serving = [w for w in live if not w.spare and not w.exhausted]
     due = sorted(((w, _due_reason(w, snapshot, config, now)) for w in serving if w.ready),
                  key=lambda pair: (DUE_ORDER.index(pair[1]) if pair[1] else 0, pair[0].slot))
     due = [(w, reason) for w, reason in due if reason]
     due_pids = {w.pid for w, _ in due}
     fresh = [w for w in serving if w.pid not in due_pids]
-    sizing = _size(snapshot, fresh, now)
+    sizing = _size(snapshot, fresh, now, problems)
     target = sizing.target
 
-    # Fill the pool: missing workers at once, due workers' successors one at a time.
+    # Fill the pool: missing slots at once, due workers' successors one at a time, in their slots.
     wanted = min(target - len(fresh), target + (1 if due else 0) - len(serving))
-    free_slots = _free_slots(range(1, target + 1), fresh)
+    free_slots = _free_slots(target, fresh, [w.slot for w, _ in due])
     ready_spares = [s for s in spares if s.ready]
     activated = []
     for spare in ready_spares[:max(0, wanted)]:
-        slot = next(free_slots)
-        actions.append(Activate(spare.pid, slot))
+        actions.append(act.Activate(spare.pid, next(free_slots)))
         activated.append(spare)
     forks = max(0, wanted - len(activated))
-    may_fork = now >= snapshot.spawn_after
+    may_fork = _may_fork(snapshot, now)
     if snapshot.failed_boots:             # probe with one worker until one boots
         booting = any(not w.ready for w in live)
         forks = 0 if booting or not may_fork else min(forks, 1)
     elif not may_fork:
         forks = 0
-    for _ in range(forks):
-        actions.append(Spawn(next(free_slots)))
+    room = snapshot.capacity - len(snapshot.workers)
+    if forks > room:
+        problems.append(f"the scoreboard is full ({snapshot.capacity} workers alive at once): "
+                        f"not forking {forks - max(room, 0)} worker(s) until some exit")
+        forks = max(room, 0)
+    actions += [act.Spawn(next(free_slots)) for _ in range(forks)]
 
-    # Retire due workers whose successors are ready, most pressing first.
+    # Retire due workers (most pressing first), then workers at their cap, once the rest of the
+    # pool has its target of ready workers.
     ready_count = sum(1 for w in serving if w.ready) + len(activated)
-    for worker, reason in due[:max(0, min(len(due), ready_count - target))]:
-        actions.append(Retire(worker.pid, reason, now + config.graceful_timeout,
-                              _due_detail(worker, reason, config)))
+    successors = {w.slot: w.pid for w in fresh if w.ready}
+    successors.update((a.slot, a.pid) for a in actions if isinstance(a, act.Activate))
+    retiring = due[:max(0, min(len(due), ready_count - target))]
+    for worker, reason in retiring:
+        actions.append(act.Retire(worker.pid, reason, now + config.graceful_timeout,
+                                  _due_detail(worker, reason, config), successor=successors.get(worker.slot)))
+    if ready_count - len(retiring) >= target:
+        for worker in exhausted:
+            actions.append(act.Retire(worker.pid, "recycle", now + config.graceful_timeout,
+                                      f"served its --max-requests ({worker.requests} requests)",
+                                      successor=successors.get(worker.slot)))
 
-    # Shrink: serving workers beyond the target, as the policy chooses.
+    actions += _shrink(snapshot, fresh, activated, target, now, config, problems)
+    actions += _top_up_spares(snapshot, config, spares, activated, target, may_fork, now)
+    return sizing, actions
+
+
+def _shrink(snapshot, fresh, activated, target, now, config, problems):
+    """Retire serving workers beyond the target, the highest slots first, as the policy chooses."""
+    actions = []
     excess = len(fresh) + len(activated) - target
     candidates = [w for w in fresh if w.ready]
     while excess > 0 and candidates:
-        chosen = snapshot.policy.choose_retire([_candidate(w, now) for w in candidates])
-        if chosen is None:
+        above = [w for w in candidates if w.slot > target]
+        # Among the highest slots, so that slots stay 1..N; a policy that will not retire any of
+        # them (an adaptive pool keeps a busy worker) may take a lower one: a hole the next fork fills.
+        worker = _choose(snapshot.policy, above, now, problems) or _choose(snapshot.policy, candidates, now, problems)
+        if worker is None:
             break
-        worker = next(w for w in candidates if w.slot == chosen.slot)
         candidates.remove(worker)
-        actions.append(Retire(worker.pid, "stop", now + config.graceful_timeout, "the pool shrinks"))
+        actions.append(act.Retire(worker.pid, "stop", now + config.graceful_timeout, "the pool shrinks"))
         excess -= 1
+    return actions
 
-    # Top up the spares, a moment after an activation, never while boots fail.
+
+def _choose(policy, workers, now, problems):
+    """The worker the policy retires among workers, or None; a bad answer is reported and not followed."""
+    if not workers:
+        return None
+    offered = [_candidate(w, now) for w in workers]
+    chosen = policy.choose_retire(offered)
+    if chosen is None:
+        return None
+    if chosen not in offered:
+        problems.append(f"policy {type(policy).__name__}.choose_retire() returned {chosen!r}, which is not one "
+                        f"of the workers offered; retiring the idlest, oldest one instead")
+        chosen = idle_then_oldest(offered)
+    return workers[offered.index(chosen)]
+
+
+def _top_up_spares(snapshot, config, spares, activated, target, may_fork, now):
+    """Spares up to spare_workers, a moment after an activation, never while boots fail."""
     spares_wanted = config.spare_workers - (len(spares) - len(activated))
-    if (spares_wanted > 0 and not activated and not snapshot.failed_boots and may_fork
-            and now >= snapshot.last_activation + SPARE_REFILL_DELAY):
-        taken = {w.slot for w in spares if w not in activated}
-        spare_slots = (s for s in range(target + 1, target + 1 + 4 * config.spare_workers + 1) if s not in taken)
-        for _ in range(spares_wanted):
-            actions.append(Spawn(next(spare_slots), spare=True))
-    return Plan(tuple(actions), sizing, tuple((w.pid, reason) for w, reason in due))
+    if (spares_wanted <= 0 or activated or snapshot.failed_boots or not may_fork
+            or now < snapshot.last_activation + SPARE_REFILL_DELAY):
+        return []
+    spares_wanted = min(spares_wanted, max(0, snapshot.capacity - len(snapshot.workers)))
+    taken = {w.slot for w in spares if w not in activated}
+    slots = (s for s in range(target + 1, target + 1 + 4 * config.spare_workers + 1) if s not in taken)
+    return [act.Spawn(next(slots), spare=True) for _ in range(spares_wanted)]
+
+
+def _tend_zygotes(snapshot, config, now):
+    """Rule 6: the zygotes of the current generation and of a reload in progress."""
+    actions, zygotes = [], snapshot.zygotes
+    generation = snapshot.generation
+    loading = [z for z in zygotes if snapshot.loading is not None and z.generation == snapshot.loading
+               and z.state != "stopping"]
+    if any(z.state == "ready" and z.born >= snapshot.loading_since for z in loading):
+        actions.append(act.AdoptGeneration(snapshot.loading))
+        generation = snapshot.loading
+    for zygote in zygotes:
+        if zygote.state == "booting" and zygote in loading and zygote.born < snapshot.loading_since:
+            actions.append(act.StopZygote(zygote.pid, signal.SIGKILL, "a newer reload replaces it"))
+        elif zygote.state == "booting" and _zygote_overdue(zygote, snapshot, config, now):
+            limit = f"not ready within the boot timeout of {float(config.boot_timeout)} s"
+            actions.append(act.StopZygote(zygote.pid, signal.SIGKILL, limit, failure=limit))
+        elif zygote.state == "ready" and zygote.generation < generation and not any(
+                w.generation == zygote.generation for w in snapshot.workers):
+            actions.append(act.StopZygote(zygote.pid, signal.SIGTERM, "its last worker is gone"))
+    # A zygote that is going (killed for a timeout, or by a failed request) is reaped first: its exit
+    # counts as a boot failure, and the next one waits for the backoff.
+    if not any(z.generation == generation for z in zygotes) and _after_backoff(snapshot, now):
+        actions.append(act.StartZygote(generation))
+    if (snapshot.loading is not None and snapshot.loading > generation
+            and not any(z.generation == snapshot.loading and z.born >= snapshot.loading_since for z in zygotes)):
+        actions.append(act.StartZygote(snapshot.loading, "reload"))
+    return actions
 
 
 def next_deadline(snapshot, config, now):
@@ -247,8 +230,12 @@ def next_deadline(snapshot, config, now):
             limit, since = _limit_and_since(worker, snapshot, config)
             if limit:
                 deadlines.append(since + limit)
-    if snapshot.spawn_after > now:
-        deadlines.append(snapshot.spawn_after)
+    if snapshot.stopping is None and config.boot_timeout:
+        deadlines += [max(z.born, snapshot.resumed_at) + config.boot_timeout
+                      for z in snapshot.zygotes or () if z.state == "booting"]
+    backoff_end = spawn_after(snapshot)
+    if backoff_end > now:
+        deadlines.append(backoff_end)
     refill = snapshot.last_activation + SPARE_REFILL_DELAY
     if refill > now:
         deadlines.append(refill)
@@ -259,7 +246,74 @@ def next_deadline(snapshot, config, now):
     return min(deadlines) if deadlines else None
 
 
+# -- what exits mean, and the backoff ----------------------------------------------------
+
+def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
+    """Why a worker went, from its exit status and what the master knew of it.
+
+    Only a worker that reached its request cap exits for a recycle by itself:
+    the same status from a handler's sys.exit(5) is a crash.
+    """
+    if stop_reason:
+        return stop_reason
+    if pool_stopping:
+        return "stop"
+    if not ready:
+        return "boot"
+    if exhausted and code == WorkerExit.RECYCLE:
+        return "recycle"
+    return "signal" if code < 0 else "crash"
+
+
+def zygote_exit(state, generation, current_generation, loading, already_counted):
+    """What a zygote's exit means: "expected", "reload failed", "boot failure", "died" or "counted"."""
+    if state == "stopping" or (state == "ready" and generation < current_generation):
+        return "expected"
+    if already_counted:
+        return "counted"
+    if state == "booting" and loading is not None and generation == loading:
+        return "reload failed"
+    if state == "booting":
+        return "boot failure"
+    return "died"
+
+
+def backoff_delay(failed_boots):
+    """Seconds to wait before the next boot after failed_boots failures in a row: 0.1 s, doubling, up to 10 s."""
+    return min(BACKOFF_FIRST * 2 ** (failed_boots - 1), BACKOFF_MAX) if failed_boots else 0.0
+
+
+def spawn_after(snapshot):
+    """No fork before this monotonic time: the boot backoff."""
+    if not snapshot.failed_boots:
+        return 0.0
+    return snapshot.last_boot_failure_at + backoff_delay(snapshot.failed_boots)
+
+
 # -- helpers ----------------------------------------------------------------------
+
+def _after_backoff(snapshot, now):
+    return now >= spawn_after(snapshot)
+
+
+def _may_fork(snapshot, now):
+    """After the boot backoff, and with zygotes, once the current generation's zygote is ready."""
+    if not _after_backoff(snapshot, now):
+        return False
+    if snapshot.zygotes is None:
+        return True
+    return any(z.generation == snapshot.generation and z.state == "ready" for z in snapshot.zygotes)
+
+
+def _timeouts(snapshot, config, now):
+    found = []
+    for worker in snapshot.workers:
+        if worker.stop_reason is None:
+            overdue = _overdue(worker, snapshot, config, now)
+            if overdue:
+                found.append(act.Stop(worker.pid, "timeout", WorkerSignal.DUMP_STACKS, now + DUMP_GRACE, overdue))
+    return found
+
 
 def _limit_and_since(worker, snapshot, config):
     if not worker.ready:
@@ -277,6 +331,10 @@ def _overdue(worker, snapshot, config, now):
     return f"silent for {silent:.1f} s, over its {what} of {float(limit)} s"
 
 
+def _zygote_overdue(zygote, snapshot, config, now):
+    return bool(config.boot_timeout) and now - max(zygote.born, snapshot.resumed_at) > config.boot_timeout
+
+
 def _stop_everyone(snapshot, config, now, stopped):
     actions = []
     quick = snapshot.stopping == "quick"
@@ -285,22 +343,29 @@ def _stop_everyone(snapshot, config, now, stopped):
             continue                      # a kill for a timeout keeps its deadline and reason
         if not quick:
             if worker.stop_reason is None:
-                actions.append(Retire(worker.pid, "stop", now + config.graceful_timeout))
+                actions.append(act.Retire(worker.pid, "stop", now + config.graceful_timeout, drain=True))
         elif worker.stop_signal != signal.SIGQUIT:
             deadline = now + KILL_GRACE
             if worker.kill_at is not None:
                 deadline = min(deadline, worker.kill_at)
-            actions.append(Stop(worker.pid, worker.stop_reason or "stop", signal.SIGQUIT, deadline))
+            actions.append(act.Stop(worker.pid, worker.stop_reason or "stop", signal.SIGQUIT, deadline))
     return actions
 
 
-def _size(snapshot, fresh, now):
+def _size(snapshot, fresh, now, problems):
     busy = sum(1 for w in fresh if w.busy)
     ready = sum(1 for w in fresh if w.ready)
     load = PoolLoad(workers=len(fresh), idle=ready - busy, busy=busy, backlog=snapshot.backlog,
                     requested=snapshot.requested_size, now=now,
                     busy_threads=sum(max(w.busy_threads, w.busy) for w in fresh))
-    target, reason, state = snapshot.policy.size(load, snapshot.policy_state)
+    try:
+        target, reason, state = snapshot.policy.size(load, snapshot.policy_state)
+    except (TypeError, ValueError):
+        target = None
+    if isinstance(target, bool) or not isinstance(target, int):
+        problems.append(f"policy {type(snapshot.policy).__name__}.size() did not return a Sizing with a whole "
+                        f"number of workers; keeping {max(1, len(fresh))}")
+        target, reason, state = max(1, len(fresh)), "the policy's answer was not usable", snapshot.policy_state
     return Sizing(max(1, min(target, snapshot.max_size)), reason, state)
 
 
@@ -324,15 +389,18 @@ def _due_detail(worker, reason, config):
     return ""
 
 
-def _free_slots(wanted, taken_by):
-    taken = {w.slot for w in taken_by}
-    for slot in wanted:
-        if slot not in taken:
-            yield slot
-    slot = max(wanted, default=0)
+def _free_slots(target, fresh, due_slots):
+    """Slots to fill, in order: those nobody holds, then the due workers' (their successors'), then above."""
+    taken = {w.slot for w in fresh}
+    missing = [slot for slot in range(1, target + 1) if slot not in taken and slot not in due_slots]
+    for slot in missing + [s for s in due_slots if s not in taken]:
+        taken.add(slot)
+        yield slot
+    slot = target
     while True:                           # more than the target (a pool in the middle of shrinking)
         slot += 1
         if slot not in taken:
+            taken.add(slot)
             yield slot
 
 

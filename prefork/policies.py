@@ -144,7 +144,12 @@ class Prefork(Policy):
         An idle worker loses no request in hand; among equals the oldest has
         grown the most (fragmentation, caches) and gains most from a restart.
         """
-        return max(candidates, key=lambda c: (not c.busy, c.age), default=None)
+        return idle_then_oldest(candidates)
+
+
+def idle_then_oldest(candidates: Sequence[Candidate]) -> Optional[Candidate]:
+    """An idle worker first, then the oldest; None if there is no candidate."""
+    return max(candidates, key=lambda c: (not c.busy, c.age), default=None)
 
 
 MAX_SPAWN_RATE = 32      # forks per second at most, however long the shortage lasts (Apache's cap too)

@@ -1,10 +1,9 @@
-"""The master's worker table: forking workers, watching and reaping them, and what their exits teach.
+"""The master's worker table: forking workers, watching and reaping them, and recording their exits.
 
-The Master (master.py) decides nothing here and this module decides nothing
-either: it carries out "fork a worker for slot 3", "signal that one", and
-turns each exit into a reason (stop, recycle, timeout, crash, ...), a log
-line, a count in stats(), and, for a worker that never became ready, a boot
-failure with its backoff.
+It decides nothing: it carries out "fork a worker for slot 3" and "signal
+that one", and records each exit with the reason planner.exit_reason() gives
+it, as a log line, a count in stats() and, for a worker that never became
+ready, a boot failure (the planner backs off from those).
 """
 
 import collections
@@ -13,17 +12,15 @@ import os
 import selectors
 import signal
 import time
-import warnings
 
+from . import forking, planner, scoreboard
 from .errors import SpawnError, WorkerExit
 from .signals import signal_name
 from .worker import Worker
-from .worker_process import FORK_BLOCKED_SIGNALS
 
 log = logging.getLogger("prefork")
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 # Why workers went, as counted by stats()["restarts"]; a stop of the pool is not a restart.
 RESTART_REASONS = ("timeout", "recycle", "memory", "reload", "boot", "crash", "signal")
 
@@ -53,8 +50,10 @@ class Pool:
         self.boot_failures = 0                # in all
         self.failed_boots_in_a_row = 0        # since a worker last became ready
         self.last_boot_failure = ""
+        self.last_boot_failure_at = 0.0       # monotonic
         self.ever_ready = False
-        self.spawn_after = 0.0                # boot backoff
+        self.requests_of_the_gone = 0         # requests served by workers reaped so far
+        self.on_boot_failure = None           # called with (generation, message): the master follows reloads
         self._seen_boot_messages = set()
 
     def __len__(self):
@@ -81,10 +80,8 @@ class Pool:
         answers with the pid of a process that is already our child.
         """
         index = self._free_index()
-        if index is None:
-            log.warning("no free scoreboard slot (capacity %s); not spawning", self.capacity)
-            self.spawn_after = time.monotonic() + 1.0
-            return None
+        if index is None:                 # the planner never forks past the capacity
+            raise RuntimeError(f"no free scoreboard slot (capacity {self.capacity})")
         worker = Worker(slot, setup, index, generation, spare)
         self.call_hook("pre_fork", worker)
         self.board.reset(index, time.monotonic())
@@ -132,17 +129,21 @@ class Pool:
         worker.ready = True
         self.ever_ready = True
         self.failed_boots_in_a_row = 0
-        self.spawn_after = 0.0
         log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid, (now - worker.born) * 1000)
 
     def signal(self, worker, signum, reason=None, deadline=None):
-        """Send signum; with a reason, the worker is on its way out, SIGKILL due at deadline."""
+        """Send signum; with a reason, the worker is on its way out, SIGKILL due at deadline.
+
+        Through its pidfd where it has one: a pid alone could name another
+        process once the worker is reaped (by someone else) and its pid reused.
+        """
         if reason is not None:
             worker.stop_reason, worker.stop_signal, worker.kill_at = reason, signum, deadline
-        try:
-            os.kill(worker.pid, signum)
-        except ProcessLookupError:
-            pass
+        send_signal(worker.pid, worker.pidfd, signum)
+
+    def total_requests(self):
+        """Requests served by this pool's workers, the gone and the live ones."""
+        return self.requests_of_the_gone + sum(self.board.view(w.index).requests for w in self.workers.values())
 
     # -- reaping ------------------------------------------------------------
 
@@ -188,12 +189,13 @@ class Pool:
 
     def _exited(self, worker, status, stopping):
         code = os.waitstatus_to_exitcode(status)
-        self.notice_ready(worker, self.board.view(worker.index), time.monotonic())  # since our last look?
+        view = self.board.view(worker.index)
+        self.notice_ready(worker, view, time.monotonic())       # since our last look?
         boot_message = self.board.message(worker.index)
+        self.requests_of_the_gone += view.requests
         self.forget(worker)
-        reason = worker.stop_reason or ("stop" if stopping else None) or (
-            "boot" if not worker.ready else "recycle" if code == WorkerExit.RECYCLE
-            else "signal" if code < 0 else "crash")
+        reason = planner.exit_reason(code, worker.stop_reason, bool(stopping), worker.ready,
+                                     view.retire == scoreboard.EXHAUSTED)
         history = self.history[worker.slot]
         history.last_exit_reason = reason
         if reason != "stop":
@@ -202,30 +204,33 @@ class Pool:
         how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
         if not worker.ready and reason in ("boot", "timeout"):
             self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
-        elif reason in ("crash", "signal"):
+        elif reason == "signal":
             log.error("worker %s (pid %s) died unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
+        elif reason == "crash":
+            log.error("worker %s (pid %s) exited unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
         else:
             log.info("worker %s (pid %s) exited (%s, %s)", worker.slot, worker.pid, reason, how)
         self.call_hook("worker_exit", worker, code, reason)
 
     def _boot_failed(self, worker, message):
-        self.boot_failed(f"worker {worker.slot}", message)
+        self.boot_failed(f"worker {worker.slot}", message, worker.generation)
 
-    def boot_failed(self, who, message):
-        """who (a worker, the zygote) failed to boot: log it once per cause, count it, back off."""
+    def boot_failed(self, who, message, generation):
+        """who (a worker, the zygote) failed to boot: log it once per cause, and count it."""
         first_time = message not in self._seen_boot_messages
         self._seen_boot_messages.add(message)
         (log.error if first_time else log.debug)("%s failed to boot: %s", who, message)
-        self.back_off(message)
+        self.count_failure(message, generation)
 
-    def back_off(self, message):
-        """Count a boot failure and put off the next fork: 0.1 s, doubling with each in a row, up to 10 s."""
+    def count_failure(self, message, generation):
+        """Count a boot failure: the planner backs off from the next fork (planner.backoff_delay)."""
         self.boot_failures += 1
         self.failed_boots_in_a_row += 1
         self.last_boot_failure = message
-        delay = min(BACKOFF_FIRST * 2 ** (self.failed_boots_in_a_row - 1), BACKOFF_MAX)
-        self.spawn_after = time.monotonic() + delay
-        log.debug("next boot attempt in %.1f s", delay)
+        self.last_boot_failure_at = time.monotonic()
+        log.debug("next boot attempt in %.1f s", planner.backoff_delay(self.failed_boots_in_a_row))
+        if self.on_boot_failure is not None:
+            self.on_boot_failure(generation, message)
 
     def forget(self, worker):
         self.workers.pop(worker.pid, None)
@@ -239,20 +244,21 @@ class Pool:
 
 def fork_here(worker, close_master_fds):
     """Fork worker from this process (the master); its pid. The child runs it and never returns here."""
-    # Keep signals blocked across fork: one sent to the new worker before it has installed
-    # its own handlers then waits for them, instead of running ours in the child and being lost.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
     try:
-        with warnings.catch_warnings():       # said once, at start (Master._warn_about_settings)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        return forking.fork(lambda: worker.run_in_child(close_master_fds))
     except OSError as exc:            # EAGAIN, ENOMEM: out of processes or memory, for now
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise SpawnError(f"cannot fork a worker: {exc.strerror}") from None
-    if pid == 0:
-        worker.run_in_child(close_master_fds)      # never returns
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    return pid
+
+
+def send_signal(pid, pidfd, signum):
+    """Signal a child through its pidfd if it has one, else by pid; nothing if it is gone."""
+    try:
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def worker_stats(worker, board, history, now):

@@ -25,8 +25,11 @@ READY_STATES = (IDLE, SPARE, STOPPING)
 KEEP, WANTS_SUCCESSOR, EXHAUSTED = 0, 1, 2
 
 # Header fields, in float64 units. SLOT is the place the master gives a spare it activates.
-PID, STATE, TICK, RETIRE, STOP_POOL, SLOT = range(6)
-_HEADER_FIELDS = 8                      # two to spare
+# ALONE: set by the master before the SIGTERM that retires this worker while the pool goes on
+# (recycle, reload, shrink): stop accepting at once. Without it, a SIGTERM is a stop of the whole
+# pool (from the master, or systemd signalling every process): serve the queued connections first.
+PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE = range(7)
+_HEADER_FIELDS = 8                      # one to spare
 # Per accept thread: busy or not, requests finished, when the request in hand began, last sign of life.
 T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK = range(4)
 _THREAD_FIELDS = 4

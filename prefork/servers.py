@@ -366,7 +366,7 @@ def _class_for(cls, policy):
 
 # -- serving ----------------------------------------------------------------------
 
-def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=None, services=()):
+def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=None, services=(), credentials=None):
     """Serve several servers with the first one's policy until shutdown() is called on any.
 
     With a pooled policy this process becomes the master: it returns after a
@@ -378,7 +378,7 @@ def serve_together(servers, poll_interval=0.5, load_handler=None, reconfigure=No
     first = servers[0]
     if first.policy.pooled:
         runner = Master(servers, load_handler=load_handler, poll_interval=poll_interval, reconfigure=reconfigure,
-                        services=services)
+                        services=services, credentials=credentials)
     else:
         runner = RequestLoop(servers, poll_interval)
     for server in servers:

@@ -21,6 +21,7 @@ decides (see the README's rule for embedded pools).
 """
 
 import collections
+import select
 import os
 import signal
 import socket
@@ -159,3 +160,14 @@ def signal_name(signum):
         return signal.Signals(signum).name
     except ValueError:            # a real-time signal without a name
         return str(signum)
+
+
+def wait_readable(fd, timeout):
+    """Whether fd (a number or an object with fileno()) is readable within timeout seconds.
+
+    poll(), not select(): select() fails on descriptors numbered 1024 and up,
+    which a large pool with a raised RLIMIT_NOFILE reaches.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))

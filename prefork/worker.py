@@ -10,7 +10,8 @@ import logging
 import time
 
 from .errors import WorkerExit
-from .worker_process import WorkerProcess, exit_child
+from .forking import exit_child, exit_code
+from .worker_process import WorkerProcess
 
 log = logging.getLogger("prefork")
 
@@ -19,7 +20,7 @@ class PoolSetup:
     """What every worker of one pool needs, built once by the master."""
 
     def __init__(self, servers, config, threads, board, doorbell_fd, hooks, load_handler,
-                 tick_interval, master_pid, name):
+                 tick_interval, master_pid, name, credentials=None):
         self.servers = servers
         self.config = config
         self.threads = threads
@@ -30,6 +31,7 @@ class PoolSetup:
         self.tick_interval = tick_interval  # how often an idle worker heartbeats and checks its master
         self.master_pid = master_pid
         self.name = name
+        self.credentials = credentials      # --user/--group: dropped in each child before any user code
 
 
 class Worker:
@@ -72,7 +74,7 @@ class Worker:
             close_master_fds()
             code = WorkerProcess(self).run()
         except SystemExit as exc:     # quick stop (SIGQUIT) or sys.exit in a handler
-            code = exc.code if isinstance(exc.code, int) else WorkerExit.OK
+            code = exit_code(exc)
         except BaseException:
             log.exception("worker %s crashed", self.slot)
         finally:

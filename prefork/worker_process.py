@@ -1,7 +1,15 @@
 """A worker once forked: process set-up, boot, accept loop, graceful stop, heartbeats, request cap.
 
 Everything process-wide happens here, in the child (signals, title,
-parent-death signal); worker.Worker is the master's handle on it.
+parent-death signal, dropping privileges); worker.Worker is the master's
+handle on it.
+
+Two ways to stop accepting, kept apart: at its request cap a worker takes no
+more connections but serves the one in hand as any other (server.stopping
+stays False; the master retires it once its successor is ready); a graceful
+stop (SIGTERM) sets server.stopping, so long-lived handlers close their
+connections once they have served what arrived. A stop of the whole pool
+also serves the connections waiting in the accept queues before leaving.
 
 Accepting without a thundering herd: every accept thread owns an epoll with
 each listener registered EPOLLEXCLUSIVE, so the kernel wakes one waiter per
@@ -13,7 +21,6 @@ others: retirements come one at a time by themselves. The listeners are
 non-blocking (set once by the master): a lost race is EAGAIN, and we wait again.
 """
 
-import ctypes
 import faulthandler
 import itertools
 import logging
@@ -21,35 +28,20 @@ import os
 import random
 import select
 import signal
-import sys
 import threading
 import time
 
 import setproctitle
 
-from . import logs, scoreboard
-from .errors import AppLoadError, WorkerExit, WorkerSignal
+from . import forking, logs, scoreboard
+from .errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from .forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
 from .handling import PoolRequest, handle_one
 from .signals import ring, run_pending_handlers
 
 log = logging.getLogger("prefork")
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:                      # pragma: no cover - not Linux
-    _libc = None
-
 ACTIVATE_SIGNAL, DUMP_STACKS_SIGNAL = WorkerSignal.ACTIVATE, WorkerSignal.DUMP_STACKS
-# Blocked by the master across fork (see Master.spawn_worker), unblocked here once our handlers
-# are in place, before any user code runs.
-FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-                        signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD,
-                        ACTIVATE_SIGNAL, DUMP_STACKS_SIGNAL}
-# Signals meant for the master, which reach workers too when sent to the process group (Ctrl-C
-# in a terminal, systemd's KillMode). A worker *handles* them by doing nothing, rather than
-# ignoring them: an ignored signal stays ignored across exec, in every program a handler starts.
-_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2, signal.SIGWINCH)
 
 
 def successor_threshold(max_requests):
@@ -71,7 +63,8 @@ class WorkerProcess:
         self.worker = worker
         self.setup = setup = worker.setup
         self.header = setup.board.writer(worker.index)
-        self.stopping = False
+        self.accepting = True                       # False once stopping, or at the request cap
+        self.stopping = False                       # a graceful stop began (SIGTERM)
         self.stop_r, self.stop_w = os.pipe()       # never drained: once written, every loop sees it
         # Drained: "a signal came". It is the process's wakeup fd (see _take_notices).
         self.notice_r, self.notice_w = os.pipe()
@@ -111,12 +104,11 @@ class WorkerProcess:
         signal.set_wakeup_fd(self.notice_w, warn_on_full_buffer=False)   # replaces the master's, inherited
         signal.signal(signal.SIGTERM, self._on_graceful_stop)
         signal.signal(signal.SIGQUIT, _on_quick_stop)
-        for signum in _MASTERS_SIGNALS:
-            signal.signal(signum, _do_nothing)
+        forking.handle_masters_signals()
         signal.signal(signal.SIGUSR1, self._on_reopen_logs)
         if self.worker.spare:
             self.activate_r, self.activate_w = os.pipe()
-        signal.signal(ACTIVATE_SIGNAL, self._on_activate if self.worker.spare else _do_nothing)
+        signal.signal(ACTIVATE_SIGNAL, self._on_activate if self.worker.spare else forking.do_nothing)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGCONT, signal.SIG_DFL)     # the master's handler, inherited
         # The master's "you are hung": write every thread's stack from C, without the GIL (a hung
@@ -141,15 +133,16 @@ class WorkerProcess:
         Called again after the boot hooks: the kernel clears the setting when a
         post_fork hook changes the process's credentials (dropping root).
         """
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         self._check_master()                          # it may have died before prctl took effect
 
     def _boot(self):
-        """Run post_fork, load the handler, run worker_ready; become IDLE. Returns an exit code."""
+        """Drop privileges, run post_fork, load the handler, run worker_ready; become IDLE. Returns an exit code."""
         setup, hooks = self.setup, self.setup.hooks
         step = "post_fork hook"
         try:
+            if setup.credentials is not None:
+                setup.credentials.drop()              # before any hook or handler code runs
             hooks.post_fork(self.worker)
             if setup.load_handler is not None:
                 step = "handler import"
@@ -163,6 +156,8 @@ class WorkerProcess:
         except BaseException as exc:
             if isinstance(exc, AppLoadError):
                 message, code = str(exc), WorkerExit.APP_LOAD_ERROR
+            elif isinstance(exc, PreforkError):       # the privilege drop
+                message, code = str(exc), WorkerExit.BOOT_ERROR
             else:
                 message, code = f"{step} raised {type(exc).__name__}: {exc}", WorkerExit.BOOT_ERROR
             setup.board.write_message(self.worker.index, message)
@@ -186,7 +181,7 @@ class WorkerProcess:
             poller.register(self.activate_r, select.EPOLLIN)
             poller.register(self.stop_r, select.EPOLLIN)
             poller.register(self.notice_r, select.EPOLLIN)
-            while not self.stopping:
+            while self.accepting:
                 ready = {fd for fd, _ in poller.poll(self.setup.tick_interval)}
                 if self.activate_r in ready:
                     break
@@ -210,6 +205,9 @@ class WorkerProcess:
         """Stop accepting; the request in hand finishes. Runs in the main thread."""
         if self.stopping:
             return
+        self.stopping = True
+        for server in self.setup.servers:
+            server.stopping = True
         self._stop_accepting()
         if os.getppid() != self.setup.master_pid:
             # Nobody is left to enforce the graceful timeout: do it ourselves.
@@ -260,15 +258,15 @@ class WorkerProcess:
         os.write(self.activate_w, b"a")
 
     def _stop_accepting(self):
-        self.stopping = True
-        for server in self.setup.servers:
-            server.stopping = True
-        os.write(self.stop_w, b"x")
+        if self.accepting:
+            self.accepting = False
+            os.write(self.stop_w, b"x")
 
     # -- serving -----------------------------------------------------------
 
     def _accept_loop(self, thread):
-        """Wait on every listener, take one request at a time, until stopped or at the request cap."""
+        """Wait on every listener, take one request at a time, until stopped or at the request cap;
+        then, in a stop of the whole pool, serve what waits in the accept queues."""
         servers, tick_interval = self.setup.servers, self.setup.tick_interval
         record = self.setup.board.thread_writer(self.worker.index, thread)
         self._local.record = record                  # where this thread's heartbeat() goes
@@ -281,7 +279,7 @@ class WorkerProcess:
             poller.register(self.stop_r, select.EPOLLIN)
             if self.setup.threads == 1:                  # else the main thread takes the notices
                 poller.register(self.notice_r, select.EPOLLIN)
-            while not self.stopping:
+            while self.accepting:
                 events = poller.poll(tick_interval)
                 if not events:
                     record.tick(monotonic())
@@ -298,6 +296,17 @@ class WorkerProcess:
                         handle_one(server, request)
                 for server in servers:
                     server.service_actions()
+        if self.stopping and not self.exhausted and not self.header.get(scoreboard.ALONE):
+            self._drain(servers, request)
+
+    def _drain(self, servers, request):
+        """A stop of the whole pool: serve the connections already queued, until every queue is empty.
+
+        A non-blocking accept (or read, for datagrams) that finds nothing says
+        so; the master's SIGKILL at the graceful timeout bounds it all.
+        """
+        while not self.exhausted and any(handle_one(server, request) for server in servers):
+            pass
 
     def _accepted(self):
         """A request was accepted (in any thread): count it against --max-requests."""
@@ -311,8 +320,7 @@ class WorkerProcess:
             self.exhausted = True
             self.header.set(scoreboard.RETIRE, scoreboard.EXHAUSTED)
             self._ring_master()
-            if not self.stopping:
-                self._stop_accepting()
+            self._stop_accepting()        # the connection in hand is served as any other
 
     def _run_threads(self):
         """threads > 1: accept threads serve; the main thread waits for a stop and watches the master."""
@@ -323,7 +331,7 @@ class WorkerProcess:
         with select.epoll() as poller:
             poller.register(self.stop_r, select.EPOLLIN)
             poller.register(self.notice_r, select.EPOLLIN)
-            while not self.stopping:
+            while self.accepting:
                 ready = {fd for fd, _ in poller.poll(self.setup.tick_interval)}
                 if self.notice_r in ready:
                     self._take_notices()
@@ -385,18 +393,5 @@ def _on_quick_stop(signum, frame):
     raise SystemExit(WorkerExit.OK)
 
 
-def _do_nothing(signum, frame):
-    """A signal meant for the master: the master tells its workers what to do."""
-
-
 def _jittered(limit, jitter):
     return limit + random.randint(0, jitter) if limit else 0
-
-
-def exit_child(code):
-    """Leave a forked child: flush what Python buffered, then _exit (never unwind into the parent's stack)."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)

@@ -41,13 +41,17 @@ The master closing its end (or SIGTERM) tells the zygote to go; the next
 worker learns it from the end of its own socket.
 
 Signals: the zygote handles the master's signals (a Ctrl-C reaches the whole
-process group) by doing nothing, and SIGTERM or SIGQUIT by leaving. It dies
-with the master (PR_SET_PDEATHSIG, SIGKILL). Before its own fork it blocks
-the signals a worker handles, as the master does (pool.fork_here); the next
-worker keeps them blocked until its worker's handlers are in place.
+process group) by doing nothing, SIGTERM or SIGQUIT by leaving, and SIGUSR1
+(a log rotation) by reopening its log and passing the signal on to its next
+worker, which takes it once it is a worker. It dies with the master
+(PR_SET_PDEATHSIG, SIGKILL). It forks with forking.fork(), as the master
+does; the next worker keeps the signals blocked until its worker's handlers
+are in place.
+
+With --user, the zygote drops its privileges before it imports anything of
+the application: the handler's import-time code never runs as root.
 """
 
-import ctypes
 import faulthandler
 import gc
 import importlib
@@ -60,34 +64,19 @@ import socket
 import sys
 import threading
 import time
-import warnings
 
 import setproctitle
 
-from . import scoreboard
-from .errors import AppLoadError, WorkerExit, WorkerSignal
+from . import forking, logs, scoreboard
+from .errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from .forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, exit_child, prctl
+from .signals import wait_readable
 from .worker import Worker
-from .worker_process import FORK_BLOCKED_SIGNALS, exit_child
 
 log = logging.getLogger("prefork")
 
 NEXT_WORKER_DELAY = 0.05     # seconds between a hand-off and forking the next worker ahead
 MESSAGE_SIZE = 4096
-# Signals meant for the master that reach the zygote too (a terminal's process group):
-# handled by doing nothing, not ignored, as workers do (see worker_process.py).
-_MASTERS_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
-                    signal.SIGUSR2, signal.SIGWINCH)
-
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:                      # pragma: no cover - not Linux
-    _libc = None
-
-
-def prctl(option, value):
-    """prctl(2) with one argument; False where it is not available."""
-    return _libc is not None and _libc.prctl(option, value, 0, 0, 0) == 0
 
 
 def run(sock, setup, generation, close_master_fds):
@@ -120,10 +109,16 @@ class Zygote:
         self.next_worker = None
         self.fork_next_at = None          # when to fork the next worker ahead, if none is waiting
         self.stopping = False
+        self.reopen_requested = False
+        self.notice_r = self.notice_w = None   # the wake-up fd: a signal came
 
     def run(self, close_master_fds):
         close_master_fds()
-        self._set_up_process()
+        try:
+            self._set_up_process()
+        except PreforkError as exc:       # the privilege drop: nothing of the application may run
+            self._tell(f"failed {exc}")
+            return WorkerExit.BOOT_ERROR
         if not self._load_handler():
             return WorkerExit.APP_LOAD_ERROR
         self._fork_next_worker_ahead()    # before "ready": the master's first request finds it waiting
@@ -137,20 +132,41 @@ class Zygote:
     # -- boot ------------------------------------------------------------------
 
     def _set_up_process(self):
-        signal.set_wakeup_fd(-1)                      # the master's, inherited
+        self.notice_r, self.notice_w = os.pipe()
+        os.set_blocking(self.notice_r, False)
+        os.set_blocking(self.notice_w, False)
+        signal.set_wakeup_fd(self.notice_w, warn_on_full_buffer=False)     # replaces the master's, inherited
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGQUIT, self._on_stop)
-        for signum in _MASTERS_SIGNALS:
-            signal.signal(signum, _do_nothing)
+        forking.handle_masters_signals()
+        signal.signal(signal.SIGUSR1, self._on_reopen_logs)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGCONT, signal.SIG_DFL)
-        # Our parent is the master's thread that forked us: die with it, and check it did not
-        # die before prctl took effect.
+        setproctitle.setproctitle(f"prefork: zygote [{self.setup.name}]")
+        if self.setup.credentials is not None:
+            self.setup.credentials.drop()             # before any of the application's code runs
+        # Our parent is the master's thread that forked us: die with it (set after the drop, which
+        # clears it), and check it did not die before prctl took effect.
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.setup.master_pid:
             raise SystemExit(WorkerExit.OK)
-        setproctitle.setproctitle(f"prefork: zygote [{self.setup.name}]")
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)   # blocked by the master's fork
+
+    def _on_reopen_logs(self, signum, frame):
+        self.reopen_requested = True          # done in the loop: a logging lock may be held right now
+
+    def _reopen_logs(self):
+        """After a log rotation: our own log, then the next worker's (it handles SIGUSR1 once a worker)."""
+        self.reopen_requested = False
+        try:
+            logs.reopen()
+        except OSError as exc:
+            log.warning("zygote %s cannot reopen its log file: %s", os.getpid(), exc)
+        if self.next_worker is not None:
+            try:
+                os.kill(self.next_worker.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
 
     def _on_stop(self, signum, frame):
         self.stopping = True
@@ -191,16 +207,22 @@ class Zygote:
         """Answer the master's requests until it closes its end; fork the next worker ahead meanwhile."""
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
+        poller.register(self.notice_r, select.POLLIN)
         while True:
             timeout = None
             if self.next_worker is None and self.fork_next_at is not None:
                 timeout = max(0, (self.fork_next_at - time.monotonic()) * 1000)
-            if poller.poll(timeout):
+            ready = {fd for fd, _ in poller.poll(timeout)}
+            if self.notice_r in ready:
+                _drain(self.notice_r)
+                if self.reopen_requested:
+                    self._reopen_logs()
+            if self.sock.fileno() in ready:
                 request = self.sock.recv(MESSAGE_SIZE)
                 if not request:
                     return                # the master is done with us
                 self._tell(self._hand_off(json.loads(request)))
-            elif self.next_worker is None:
+            elif not ready and self.next_worker is None:
                 self._fork_next_worker_ahead()
 
     def _fork_next_worker_ahead(self):
@@ -238,17 +260,13 @@ class Zygote:
         """Double-fork the next worker; when this returns it is the master's child, asleep. OSError if not."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         started = time.perf_counter()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
-            middle = _fork()
-            if middle == 0:
-                self._fork_and_leave(ours, theirs)       # never returns
+            middle = forking.fork(lambda: self._fork_and_leave(ours, theirs))
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()                               # in the zygote (the middle process never gets here)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _, status = os.waitpid(middle, 0)
         try:
             pid = int(ours.recv(64, socket.MSG_DONTWAIT) or 0)
@@ -265,9 +283,7 @@ class Zygote:
         """The middle process: fork the next worker, send its pid to the zygote, exit. Never returns."""
         code = 1
         try:
-            pid = _fork()
-            if pid == 0:
-                self._wait_as_next_worker(ours, theirs)  # never returns
+            pid = forking.fork(lambda: self._wait_as_next_worker(ours, theirs))
             theirs.send(str(pid).encode())               # arrives on ours, in the zygote
             code = 0
         except OSError as exc:
@@ -281,6 +297,8 @@ class Zygote:
         try:
             ours.close()                  # the zygote's ends: when it goes, our recv() sees the end
             self.sock.close()
+            os.close(self.notice_r)
+            os.close(self.notice_w)
             setproctitle.setproctitle(f"prefork: next worker [{self.setup.name}]")
             _rehearse(self.setup)
             try:
@@ -311,7 +329,7 @@ class Zygote:
             pidfd = None
         nascent.sock.close()
         if pidfd is not None:
-            select.select([pidfd], [], [], 1.0)
+            wait_readable(pidfd, 1.0)
             os.close(pidfd)
 
     def _tell(self, text):
@@ -331,7 +349,7 @@ def _rehearse(setup):
     """
     signal.set_wakeup_fd(-1)
     for signum in FORK_BLOCKED_SIGNALS | {signal.SIGCONT}:
-        signal.signal(signum, _do_nothing)
+        signal.signal(signum, forking.do_nothing)
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(WorkerSignal.DUMP_STACKS, file=sys.stderr, all_threads=True, chain=False)
     prctl(PR_SET_PDEATHSIG, 0)
@@ -341,14 +359,12 @@ def _rehearse(setup):
     time.time()
 
 
-def _fork():
-    with warnings.catch_warnings():       # a threaded import is warned about once, in _load_handler
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
-
-
-def _do_nothing(signum, frame):
-    """A signal meant for the master."""
+def _drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _nothing_to_close():

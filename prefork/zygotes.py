@@ -1,51 +1,41 @@
 """The master's zygotes: one per generation of code, each forking that generation's workers.
 
-The master forks a zygote (zygote.py) and asks it for each worker; where the
-fork happens is this module's business, never the planner's. The rules it
-keeps, mechanically:
+The master forks a zygote (zygote.py) and asks it for each worker; this
+module carries that out and reports what it sees (who is booting, ready or
+stopping, and what an exit means). When to start, adopt, stop or kill a
+zygote is the planner's decision (planner.py, rule 6):
 
 - The current generation has a zygote: one is forked at start, and again
   when it dies (after the boot-failure backoff: a zygote that cannot import
   the handler, or dies, counts as a boot failure). Its workers keep serving.
-- Until the current generation's zygote is ready, no worker can be forked:
-  available_after() tells the planner so through the snapshot.
+- Until the current generation's zygote is ready, no worker is forked.
 - A reload forks a zygote for the next generation. The generation moves on
-  only when it is ready, so the planner replaces workers only once the new
-  code has loaded; if it fails to load, nothing changes and the log says why.
+  only when it is ready, so workers are replaced only once the new code has
+  loaded; if it fails to load (or is not ready within the boot timeout),
+  nothing changes and the log says why.
 - A zygote of an older generation exits when its last worker is gone.
 
 A request is synchronous: the master waits for the answer, which takes tens
 of microseconds when the zygote had the next worker forked ahead, a double
-fork when it had not (zygote.py has the figures), and at most ANSWER_TIMEOUT
-when the zygote is stuck (stopped, deadlocked in an at-fork hook): then it is
-killed, with the worker it may have been handing over.
-
-Races, and why they cannot bite:
-- The zygote answers only once the worker is the master's child, and the
-  master registers it before it next reaps, so a worker that dies at once is
-  reaped as a worker, never as an unknown child.
-- The master is a child subreaper, so it also adopts orphans of its workers'
-  own children; it reaps every child (waitpid(-1), as PID 1 does) and hands
-  the exits of zygotes here (claim). In a program that serves from a thread
-  that means it may reap the program's other children too: zygotes are for
-  a master that owns its process, as `prefork serve` does.
+fork when it had not, and at most ANSWER_TIMEOUT when the zygote is stuck
+(stopped, deadlocked in an at-fork hook): then it is killed, with the worker
+it may have been handing over. docs/design.md has the races and why they
+cannot bite.
 """
 
 import json
 import logging
-import math
 import os
-import select
 import selectors
 import signal
 import socket
 import time
-import warnings
 
-from . import zygote
+from . import forking, planner, zygote
 from .errors import SpawnError
-from .signals import signal_name
-from .worker_process import FORK_BLOCKED_SIGNALS
+from .pool import send_signal
+from .signals import signal_name, wait_readable
+from .snapshot import ZygoteView
 
 log = logging.getLogger("prefork")
 
@@ -61,47 +51,52 @@ class ZygoteHandle:
         self.generation = generation
         self.sock = sock                   # our end; None once it closed
         self.pidfd = None
-        self.state = "booting"             # "booting", "ready", "retiring" (an older generation's), "stopping"
-        self.why = why                     # the reload that asked for it, or None
-        self.failure = None                # what it said when its import failed
+        self.state = "booting"             # "booting", "ready" or "stopping"
+        self.why = why                     # the reload that asked for it, or ""
+        self.failure = None                # why it failed to load: what it said, or the planner's kill
         self.counted = False               # its failure was counted already (a request it left unanswered)
+        self.killed_loading = False        # killed while importing (the boot timeout): a failure to load
         self.born = time.monotonic()
         self.started_at = time.time()
 
+    def view(self):
+        return ZygoteView(self.pid, self.generation, self.state, self.born)
+
 
 class Zygotes:
-    """The zygotes of one master, oldest first. See the module docstring for the rules."""
+    """The zygotes of one master, oldest first: forked, asked for workers, stopped and reaped here.
 
-    def __init__(self, pool, selector, close_master_fds):
+    on_reload_failed(why, message) is called when a reload's zygote goes
+    without having loaded the code; the master reports the reload as failed.
+    """
+
+    def __init__(self, pool, selector, close_master_fds, on_reload_failed):
         self.pool = pool
         self.selector = selector
         self.close_master_fds = close_master_fds
+        self.on_reload_failed = on_reload_failed
         self.zygotes = []
-        self.subreaper = zygote.prctl(zygote.PR_SET_CHILD_SUBREAPER, 1)
+        self.subreaper = forking.prctl(forking.PR_SET_CHILD_SUBREAPER, 1)
         if not self.subreaper:
             log.warning("cannot become a child subreaper: workers forked by the zygote will not be ours")
 
-    # -- starting and reloading ------------------------------------------------
+    # -- what the planner decides ------------------------------------------------------
 
-    def start(self, setup, generation, why=None):
+    def start(self, setup, generation, why=""):
         """Fork a zygote for generation; it imports the handler and tells us when it is ready."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            ours.close()
-            theirs.close()
-            self.pool.boot_failed("zygote", f"cannot fork a zygote: {exc.strerror}")
-            return None
-        if pid == 0:
+
+        def child():
             ours.close()
             zygote.run(theirs, setup, generation, self.close_master_fds)    # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
+        try:
+            pid = forking.fork(child)
+        except OSError as exc:
+            ours.close()
+            self.pool.boot_failed("zygote", f"cannot fork a zygote: {exc.strerror}", generation)
+            return None
+        finally:
+            theirs.close()
         ours.setblocking(False)
         handle = ZygoteHandle(pid, generation, ours, why)
         self.selector.register(ours, selectors.EVENT_READ)
@@ -109,57 +104,46 @@ class Zygotes:
             handle.pidfd = os.pidfd_open(pid)
             self.selector.register(handle.pidfd, selectors.EVENT_READ)
         self.zygotes.append(handle)
-        log.info("zygote %s forked for generation %s: importing the handler", pid, generation)
+        if why:
+            log.info("%s: loading the handler anew in zygote %s for generation %s", why, pid, generation)
+        else:
+            log.info("zygote %s forked for generation %s: importing the handler", pid, generation)
         return handle
 
-    def reload(self, setup, generation, why):
-        """Load the code anew in a zygote for generation; a newer one still loading is replaced."""
-        for handle in self.zygotes:
-            if handle.generation >= generation and handle.state == "booting":
-                self._stop(handle, signal.SIGKILL)
-        log.info("%s: loading the handler anew in a zygote for generation %s", why, generation)
-        self.start(setup, generation, why)
+    def stop(self, pid, signum, detail, failure=""):
+        """Tell a zygote to go (SIGTERM) or kill it (SIGKILL); failure: why it did not load."""
+        handle = next((h for h in self.zygotes if h.pid == pid), None)
+        if handle is None:
+            return
+        if failure:
+            handle.failure, handle.killed_loading = failure, handle.state == "booting"
+            log.warning("zygote %s of generation %s %s: killing it", pid, handle.generation, failure)
+        else:
+            log.info("zygote %s of generation %s: %s, stopping it", pid, handle.generation, detail)
+        self._stop(handle, signum)
 
     # -- each pass of the master's loop --------------------------------------------
 
-    def tend(self, setup, generation, stopping, now):
-        """Read what zygotes said, reap them, stop old ones, start the missing one.
-
-        Returns (generation, why) when a reload's zygote became ready: the
-        master moves on to that generation. Otherwise None.
-        """
-        self.reap()
-        loaded = None
+    def gather(self, current_generation, loading):
+        """Reap zygotes that exited and read what the others said; their views for the snapshot."""
+        for handle in list(self.zygotes):
+            try:
+                pid, status = os.waitpid(handle.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = handle.pid, 0
+            if pid:
+                self._exited(handle, status, current_generation, loading)
         for handle in self.zygotes:
             if handle.sock is not None:
                 self._read(handle)
-            if handle.state == "ready" and handle.generation > generation and handle.why:
-                loaded = (handle.generation, handle.why)
-                handle.why = None
-        current = loaded[0] if loaded else generation
-        serving = {worker.generation for worker in self.pool}
-        for handle in self.zygotes:
-            if handle.generation < current and handle.state == "ready":
-                handle.state = "retiring"
-            if handle.generation < current and handle.state != "stopping" and handle.generation not in serving:
-                log.info("zygote %s of generation %s: its last worker is gone, stopping it",
-                         handle.pid, handle.generation)
-                self._stop(handle, signal.SIGTERM)
-        if not stopping and self.current(current) is None and now >= self.pool.spawn_after:
-            self.start(setup, current)
-        return loaded
+        return tuple(h.view() for h in self.zygotes)
 
-    def current(self, generation, ready=False):
-        """The zygote of that generation that is booting or ready (ready only, if ready), or None."""
-        wanted = ("ready",) if ready else ("booting", "ready")
-        return next((h for h in self.zygotes if h.generation == generation and h.state in wanted), None)
-
-    def available_after(self, generation):
-        """When a worker of generation can be forked, as far as zygotes go: now, or not until one is ready."""
-        handle = self.current(generation)
-        if handle is None:                # none yet: the pool's boot backoff says when one is forked
-            return 0.0
-        return 0.0 if handle.state == "ready" and handle.sock is not None else math.inf
+    def claim(self, pid, status, current_generation, loading):
+        """An exit the pool reaped with waitpid(-1): ours if it is a zygote's."""
+        handle = next((h for h in self.zygotes if h.pid == pid), None)
+        if handle is not None:
+            self._exited(handle, status, current_generation, loading)
+        return handle is not None
 
     def _read(self, handle):
         while handle.sock is not None:
@@ -179,12 +163,36 @@ class Zygotes:
             else:
                 log.warning("zygote %s said %r out of turn; ignoring it", handle.pid, data[:80])
 
+    def _exited(self, handle, status, current_generation, loading):
+        if handle.sock is not None:
+            self._read(handle)            # a "failed" it sent just before it went
+        state = "booting" if handle.killed_loading else handle.state
+        self._forget(handle)
+        code = os.waitstatus_to_exitcode(status)
+        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
+        meaning = planner.zygote_exit(state, handle.generation, current_generation, loading, handle.counted)
+        if meaning == "expected":
+            log.info("zygote %s of generation %s exited (%s)", handle.pid, handle.generation, how)
+        elif meaning == "reload failed":
+            message = handle.failure or f"the zygote died while importing it ({how})"
+            log.error("%s: not reloading, the new code failed to load, the old workers keep serving: %s",
+                      handle.why or "reload", message)
+            self.on_reload_failed(handle.why, message)
+        elif meaning == "boot failure":
+            self.pool.boot_failed("zygote", handle.failure or f"the zygote died while importing the handler "
+                                            f"({how})", handle.generation)
+        elif meaning == "died":
+            log.error("zygote %s of generation %s died unexpectedly (%s); its workers keep serving, another "
+                      "zygote follows", handle.pid, handle.generation, how)
+            self.pool.count_failure(f"the zygote died ({how})", handle.generation)
+
     # -- forking workers ----------------------------------------------------------
 
     def fork_worker(self, worker, close_master_fds):
         """Ask the zygote of worker's generation for it (pool.spawn's fork); its pid, or SpawnError."""
-        handle = self.current(worker.generation, ready=True)
-        if handle is None or handle.sock is None:
+        handle = next((h for h in self.zygotes if h.generation == worker.generation and h.state == "ready"
+                       and h.sock is not None), None)
+        if handle is None:
             raise SpawnError(f"no zygote of generation {worker.generation} is ready")
         request = json.dumps({"index": worker.index, "slot": worker.slot, "generation": worker.generation,
                               "spare": worker.spare}).encode()
@@ -200,7 +208,7 @@ class Zygotes:
         self._stop(handle, signal.SIGKILL)
         orphan = self.pool.board.view(worker.index).pid
         if orphan:
-            _kill(orphan, signal.SIGKILL)
+            send_signal(orphan, None, signal.SIGKILL)
         message = answer or f"zygote {handle.pid} did not answer within {ANSWER_TIMEOUT:.0f} s: killed it"
         raise SpawnError(message)
 
@@ -213,56 +221,19 @@ class Zygotes:
         deadline = time.monotonic() + ANSWER_TIMEOUT
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([handle.sock], [], [], left)[0]:
+            if left <= 0 or not wait_readable(handle.sock, left):
                 return ""
             data = _receive(handle.sock)
             if data is None:
                 continue
             return data.decode("utf-8", "replace") if data else "the zygote died before it answered"
 
-    # -- exits ----------------------------------------------------------------------
-
-    def reap(self):
-        """Collect zygotes that exited (when the pool's reaping did not: it hands them to claim())."""
-        for handle in list(self.zygotes):
-            try:
-                pid, status = os.waitpid(handle.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = handle.pid, 0
-            if pid:
-                self._exited(handle, status)
-
-    def claim(self, pid, status):
-        """An exit the pool reaped with waitpid(-1): ours if it is a zygote's."""
-        handle = next((h for h in self.zygotes if h.pid == pid), None)
-        if handle is not None:
-            self._exited(handle, status)
-        return handle is not None
-
-    def _exited(self, handle, status):
-        if handle.sock is not None:
-            self._read(handle)            # a "failed" it sent just before it went
-        self._forget(handle)
-        code = os.waitstatus_to_exitcode(status)
-        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
-        if handle.state in ("stopping", "retiring"):
-            log.info("zygote %s of generation %s exited (%s)", handle.pid, handle.generation, how)
-        elif handle.why:                  # a reload's zygote that never got ready: nothing changes
-            log.error("%s: not reloading, the new code failed to load, the old workers keep serving: %s",
-                      handle.why, handle.failure or f"the zygote died while importing it ({how})")
-        elif handle.counted:
-            pass
-        elif handle.state == "booting":
-            self.pool.boot_failed("zygote", handle.failure or f"the zygote died while importing the handler ({how})")
-        else:
-            log.error("zygote %s of generation %s died unexpectedly (%s); its workers keep serving, another "
-                      "zygote follows", handle.pid, handle.generation, how)
-            self.pool.back_off(f"the zygote died ({how})")
+    # -- the rest ---------------------------------------------------------------------
 
     def _stop(self, handle, signum):
         handle.state = "stopping"
         self._close_socket(handle)        # the end of its socket tells it to go, with its next worker
-        _kill(handle.pid, signum)
+        send_signal(handle.pid, handle.pidfd, signum)
 
     def _close_socket(self, handle):
         if handle.sock is not None:
@@ -279,11 +250,17 @@ class Zygotes:
         if handle in self.zygotes:
             self.zygotes.remove(handle)
 
-    # -- the rest ---------------------------------------------------------------------
+    def signal_all(self, signum):
+        """Send every zygote a signal (SIGUSR1: reopen the log, and pass it on to the next worker)."""
+        for handle in self.zygotes:
+            if handle.state != "stopping":
+                send_signal(handle.pid, handle.pidfd, signum)
 
-    def stats(self):
+    def stats(self, current_generation):
         """stats()["zygotes"]: each zygote's pid, generation, state and start time."""
-        return [{"pid": h.pid, "generation": h.generation, "state": h.state, "started_at": h.started_at}
+        def state(h):
+            return "retiring" if h.state == "ready" and h.generation < current_generation else h.state
+        return [{"pid": h.pid, "generation": h.generation, "state": state(h), "started_at": h.started_at}
                 for h in list(self.zygotes)]
 
     def close_in_child(self):
@@ -302,24 +279,17 @@ class Zygotes:
         deadline = time.monotonic() + STOP_TIMEOUT
         for handle in list(self.zygotes):
             if handle.pidfd is not None:
-                select.select([handle.pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                wait_readable(handle.pidfd, max(0.0, deadline - time.monotonic()))
             try:
                 if not os.waitpid(handle.pid, os.WNOHANG)[0]:
-                    _kill(handle.pid, signal.SIGKILL)
+                    send_signal(handle.pid, handle.pidfd, signal.SIGKILL)
                     os.waitpid(handle.pid, 0)
             except ChildProcessError:
                 pass
             self._forget(handle)
         _reap_adopted()
         if self.subreaper:
-            zygote.prctl(zygote.PR_SET_CHILD_SUBREAPER, 0)
-
-
-def _kill(pid, signum):
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+            forking.prctl(forking.PR_SET_CHILD_SUBREAPER, 0)
 
 
 def _reap_adopted():

@@ -6,11 +6,13 @@ import signal
 
 import pytest
 
-from prefork import Config, Prefork
+from prefork import Adaptive, Config, Prefork
+from prefork.actions import Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote
 from prefork.planner import (
-    DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, Activate, Halt, Kill, Retire, Snapshot, Spawn, Stop, WorkerView,
-    next_deadline, plan,
+    DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, backoff_delay, exit_reason, next_deadline, plan, zygote_exit,
 )
+from prefork.policies import Candidate, Sizing
+from prefork.snapshot import Snapshot, WorkerView, ZygoteView
 from prefork.errors import WorkerSignal
 from prefork.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
 
@@ -59,18 +61,31 @@ def test_filling(situation, snapshot, expected):
 
 
 def test_boot_failures_back_off_then_probe_with_one_worker():
-    failing = dict(failed_boots=2, ever_ready=True)
-    assert actions(pool(spawn_after=NOW + 0.4, **failing)) == []
-    assert actions(pool(spawn_after=NOW - 0.1, **failing)) == [Spawn(1)]
+    failing = dict(failed_boots=2, ever_ready=True)           # the second failure in a row: 0.2 s
+    assert actions(pool(last_boot_failure_at=NOW - 0.15, **failing)) == []
+    assert actions(pool(last_boot_failure_at=NOW - 0.2, **failing)) == [Spawn(1)]
     probing = worker(1, ready=False, born=NOW - 0.05)
-    assert actions(pool(probing, spawn_after=NOW - 0.1, **failing)) == []
+    assert actions(pool(probing, last_boot_failure_at=NOW - 1, **failing)) == []
+
+
+@pytest.mark.parametrize("failures, delay", [(0, 0.0), (1, 0.1), (2, 0.2), (4, 0.8), (7, 6.4), (8, 10.0), (30, 10.0)])
+def test_the_backoff_doubles_from_a_tenth_of_a_second_up_to_ten(failures, delay):
+    assert backoff_delay(failures) == pytest.approx(delay)
 
 
 def test_a_pool_that_never_booted_halts_after_max_boot_failures():
     snapshot = Snapshot(policy=Prefork(workers=2), failed_boots=5, last_boot_failure="no module named x")
     assert actions(snapshot) == [Halt("no worker could boot (5 attempts): no module named x")]
-    assert actions(Snapshot(policy=Prefork(workers=2), failed_boots=4, spawn_after=NOW - 1)) == [Spawn(1)]
-    assert not any(isinstance(a, Halt) for a in actions(pool(failed_boots=9, spawn_after=NOW + 1)))
+    assert actions(Snapshot(policy=Prefork(workers=2), failed_boots=4, last_boot_failure_at=NOW - 2)) == [Spawn(1)]
+    assert not any(isinstance(a, Halt) for a in actions(pool(failed_boots=9, last_boot_failure_at=NOW)))
+
+
+def test_a_full_scoreboard_forks_nothing_more_and_says_so():
+    result = plan(pool(worker(1), worker(2, stop_reason="stop", kill_at=NOW + 9), size=3, capacity=2), CONFIG, NOW)
+    assert result.actions == ()
+    assert result.problems == ("the scoreboard is full (2 workers alive at once): not forking 2 worker(s) "
+                               "until some exit",)
+    assert actions(pool(worker(1), size=3, capacity=2)) == [Spawn(2)]
 
 
 # -- liveness ------------------------------------------------------------------------
@@ -113,7 +128,7 @@ def test_a_graceful_stop_signals_everyone_but_keeps_a_timeout_kill_as_it_was():
     timing_out = worker(1, stop_reason="timeout", stop_signal=DUMP, kill_at=NOW + 0.7)
     recycling = worker(2, stop_reason="recycle", stop_signal=signal.SIGTERM, kill_at=NOW + 20)
     snapshot = pool(timing_out, recycling, worker(3), worker(4, spare=True, slot=5), stopping="graceful")
-    assert actions(snapshot) == [Retire(3, "stop", NOW + 30), Retire(4, "stop", NOW + 30)]
+    assert actions(snapshot) == [Retire(3, "stop", NOW + 30, drain=True), Retire(4, "stop", NOW + 30, drain=True)]
 
 
 def test_a_quick_stop_hurries_everyone_but_never_postpones_a_kill():
@@ -129,10 +144,35 @@ def test_a_stop_that_begins_as_a_worker_times_out_keeps_that_kills_reason():
     snapshot = pool(worker(1, last_seen=NOW - 31), worker(2), stopping="graceful")
     found = actions(snapshot)
     assert found[0].reason == "timeout" and found[0].signum == DUMP
-    assert found[1:] == [Retire(2, "stop", NOW + 30)]
+    assert found[1:] == [Retire(2, "stop", NOW + 30, drain=True)]
+
+
+def test_a_handlers_shutdown_in_a_worker_stops_the_pool_once():
+    asking = worker(2, stop_pool=True)
+    assert actions(pool(worker(1), asking)) == [StopPool(2, 2)]
+    assert StopPool(2, 2) not in actions(pool(worker(1), asking, stopping="graceful"))
 
 
 # -- recycling, one at a time ----------------------------------------------------------------
+
+def test_a_worker_at_its_cap_serves_its_last_connection_until_its_successor_is_ready():
+    at_cap = worker(1, retire=EXHAUSTED, requests=100, busy=True)
+    assert actions(pool(at_cap, worker(2))) == [Spawn(1)]
+    booting = worker(3, slot=1, ready=False, born=NOW - 0.01)
+    assert actions(pool(at_cap, worker(2), booting)) == []
+    ready = replace(booting, ready=True)
+    assert actions(pool(at_cap, worker(2), ready)) == [
+        Retire(1, "recycle", NOW + 30, "served its --max-requests (100 requests)", successor=3)]
+
+
+def test_a_successor_takes_the_slot_of_the_worker_it_replaces_the_most_pressing_first():
+    reload_due = worker(1, generation=0)
+    near_cap = worker(2, generation=0, retire=WANTS_SUCCESSOR, requests=95)
+    assert actions(pool(reload_due, near_cap, generation=1)) == [Spawn(2)]
+    successor = worker(3, slot=2, generation=1)
+    (retire,) = actions(pool(reload_due, near_cap, successor, generation=1))
+    assert (retire.pid, retire.reason, retire.successor) == (2, "recycle", 3)
+
 
 def test_a_worker_near_its_cap_gets_a_successor_first_and_is_retired_once_it_is_ready():
     near_cap = worker(1, retire=WANTS_SUCCESSOR, requests=95)
@@ -231,30 +271,164 @@ def test_shrinking_retires_an_idle_worker_first_then_the_oldest():
     assert [a.pid for a in actions(pool(busy_old, idle_young, idle_old, size=3, requested_size=1))] == [3, 2]
 
 
+def test_shrinking_keeps_slots_one_to_n():
+    """The bug of the review: after scale 6 then scale -3 the slots were 4, 5 and 6."""
+    six = [worker(pid, born=NOW - 100 * (7 - pid)) for pid in range(1, 7)]      # slot 1 the oldest
+    retired = [a.pid for a in actions(pool(*six, size=6, requested_size=3))]
+    assert sorted(retired) == [4, 5, 6]
+
+
+def test_a_busy_worker_in_a_high_slot_is_kept_by_an_adaptive_pool_which_retires_a_lower_idle_one():
+    policy = Adaptive(min_workers=1, max_workers=4, min_spare=0, max_spare=1, scale_down_after=0)
+    views = (worker(1, born=NOW - 300), worker(2, born=NOW - 200), worker(3, busy=True, born=NOW - 100))
+    snapshot = Snapshot(workers=views, policy=policy, ever_ready=True)
+    (retire,) = actions(snapshot)
+    assert (retire.pid, retire.reason) == (2, "stop")         # the youngest idle one: a hole the next fork fills
+
+
+class _BadPolicy(Prefork):
+    def choose_retire(self, candidates):
+        return Candidate(slot=99, age=0.0, busy=False)
+
+
+def test_a_policy_that_chooses_a_worker_not_offered_is_reported_and_not_followed():
+    result = plan(pool(worker(1), worker(2), worker(3), size=2), CONFIG, NOW)
+    assert [a.pid for a in result.actions] == [3]
+    bad = Snapshot(workers=(worker(1), worker(2, born=NOW - 500), worker(3)), policy=_BadPolicy(workers=2),
+                   ever_ready=True)
+    result = plan(bad, CONFIG, NOW)
+    assert [(a.pid, a.reason) for a in result.actions] == [(3, "stop")]
+    assert "choose_retire() returned Candidate(slot=99" in result.problems[0]
+
+
+class _SizeNonsense(Prefork):
+    def size(self, load, state=None):
+        return Sizing("lots")
+
+
+def test_a_policy_whose_size_is_not_a_number_keeps_the_pool_as_it_is_and_is_reported():
+    result = plan(Snapshot(workers=(worker(1), worker(2)), policy=_SizeNonsense(workers=2), ever_ready=True),
+                  CONFIG, NOW)
+    assert result.actions == () and result.sizing.target == 2
+    assert "did not return a Sizing with a whole number" in result.problems[0]
+
+
+# -- zygotes (--preload) -------------------------------------------------------------------
+
+def zygote(pid, generation=0, state="ready", born=NOW - 50):
+    return ZygoteView(pid, generation, state, born)
+
+
+@pytest.mark.parametrize("situation, fields, expected", [
+    ("the first zygote is started, and no worker forked before it is ready",
+     dict(zygotes=(), ever_ready=False), [StartZygote(0)]),
+    ("while it imports, nothing", dict(zygotes=(zygote(10, state="booting", born=NOW - 1),), ever_ready=False), []),
+    ("once it is ready, the workers are forked", dict(zygotes=(zygote(10),), ever_ready=False),
+     [Spawn(1), Spawn(2)]),
+    ("a zygote still importing after the boot timeout is killed, its failure said",
+     dict(zygotes=(zygote(10, state="booting", born=NOW - 21),), ever_ready=False),
+     [StopZygote(10, signal.SIGKILL, "not ready within the boot timeout of 20.0 s",
+                 "not ready within the boot timeout of 20.0 s")]),
+    ("a dead zygote is replaced only after the boot backoff",
+     dict(zygotes=(), failed_boots=3, last_boot_failure_at=NOW - 0.1), []),
+    ("... and then it is",
+     dict(zygotes=(), failed_boots=3, last_boot_failure_at=NOW - 0.5), [StartZygote(0)]),
+])
+def test_zygotes_of_the_current_generation(situation, fields, expected):
+    assert actions(pool(**fields)) == expected, situation
+
+
+def test_a_reload_loads_the_code_in_a_new_zygote_and_moves_on_only_once_it_is_ready():
+    workers = (worker(1), worker(2))
+    old = zygote(10)
+    reload = dict(loading=1, loading_since=NOW - 1)
+    assert actions(pool(*workers, zygotes=(old,), **reload)) == [StartZygote(1, "reload")]
+    loading = zygote(11, generation=1, state="booting", born=NOW - 0.5)
+    assert actions(pool(*workers, zygotes=(old, loading), **reload)) == []
+    assert actions(pool(*workers, zygotes=(old, replace(loading, state="ready")), **reload)) == [AdoptGeneration(1)]
+
+
+def test_a_second_reload_while_one_is_loading_replaces_its_zygote():
+    stale = zygote(11, generation=1, state="booting", born=NOW - 2)
+    found = actions(pool(worker(1), worker(2), zygotes=(zygote(10), stale), loading=1, loading_since=NOW - 1))
+    assert found == [StopZygote(11, signal.SIGKILL, "a newer reload replaces it"), StartZygote(1, "reload")]
+
+
+def test_a_reloads_zygote_that_hangs_at_import_is_killed_after_the_boot_timeout():
+    hanging = zygote(11, generation=1, state="booting", born=NOW - 25)
+    (kill,) = actions(pool(worker(1), worker(2), zygotes=(zygote(10), hanging), loading=1, loading_since=NOW - 25))
+    assert (kill.pid, kill.signum, kill.failure) == (11, signal.SIGKILL, "not ready within the boot timeout of 20.0 s")
+
+
+def test_an_old_generations_zygote_stops_once_its_last_worker_is_gone():
+    zygotes = (zygote(10, generation=0), zygote(11, generation=1))
+    still_serving = pool(worker(1, generation=0), worker(2, generation=1), worker(3, generation=1, slot=1),
+                         zygotes=zygotes, generation=1)
+    assert not [a for a in actions(still_serving) if isinstance(a, StopZygote)]
+    gone = pool(worker(2, generation=1), worker(3, generation=1, slot=1), zygotes=zygotes, generation=1)
+    assert actions(gone) == [StopZygote(10, signal.SIGTERM, "its last worker is gone")]
+
+
+# -- what an exit means --------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, stop_reason, stopping, ready, exhausted, reason", [
+    (0, "reload", False, True, False, "reload"),
+    (-9, "timeout", False, True, False, "timeout"),
+    (0, None, True, True, False, "stop"),
+    (3, None, False, False, False, "boot"),
+    (5, None, False, True, True, "recycle"),
+    (5, None, False, True, False, "crash"),        # a handler's sys.exit(5) is no recycle
+    (1, None, False, True, False, "crash"),
+    (0, None, False, True, False, "crash"),
+    (-11, None, False, True, False, "signal"),
+])
+def test_exit_reasons(code, stop_reason, stopping, ready, exhausted, reason):
+    assert exit_reason(code, stop_reason, stopping, ready, exhausted) == reason
+
+
+@pytest.mark.parametrize("state, generation, current, loading, counted, meaning", [
+    ("stopping", 0, 0, None, False, "expected"),
+    ("ready", 0, 1, None, False, "expected"),          # an old generation's, after its last worker
+    ("booting", 1, 0, 1, False, "reload failed"),
+    ("booting", 0, 0, None, False, "boot failure"),
+    ("ready", 0, 0, None, False, "died"),
+    ("ready", 0, 0, None, True, "counted"),
+])
+def test_what_a_zygotes_exit_means(state, generation, current, loading, counted, meaning):
+    assert zygote_exit(state, generation, current, loading, counted) == meaning
+
+
 # -- the loop's next wake-up ------------------------------------------------------------------
 
 def test_next_deadline_is_the_nearest_thing_that_could_change_the_plan():
     snapshot = pool(worker(1, last_seen=NOW - 10), worker(2, ready=False, born=NOW - 1))
     assert next_deadline(snapshot, CONFIG, NOW) == NOW + 19          # worker 2's boot timeout
     dying = worker(3, stop_reason="stop", stop_signal=signal.SIGTERM, kill_at=NOW + 2)
-    assert next_deadline(pool(worker(1), dying, spawn_after=NOW + 5), CONFIG, NOW) == NOW + 2
+    backing_off = dict(failed_boots=7, last_boot_failure_at=NOW)            # 6.4 s
+    assert next_deadline(pool(worker(1), dying, **backing_off), CONFIG, NOW) == NOW + 2
+    assert next_deadline(pool(worker(1, last_seen=NOW), **backing_off), CONFIG, NOW) == pytest.approx(NOW + 6.4)
     assert next_deadline(pool(worker(1, last_seen=0)), CONFIG.replace(worker_timeout=0), NOW) is None
 
 
 # -- invariants over many random pools ------------------------------------------------------------
 
 def test_invariants_hold_over_random_pools():
-    """Whatever the pool looks like: at most one successor for due workers, never a retire
-    that would leave fewer ready workers than the target, never two actions for one worker."""
+    """Whatever the pool looks like: never two actions for one worker; serving workers' slots unique
+    and at most one successor per slot; at most one process over the target while workers are due;
+    never a retire that would leave fewer ready workers than the target."""
     rng = random.Random(4)
     for _ in range(3000):
         size = rng.randint(1, 4)
-        views = []
+        views, slots = [], list(range(1, size + 2))
+        rng.shuffle(slots)
         for pid in range(1, rng.randint(0, 7) + 1):
             stopping = rng.random() < 0.15
+            due_or_capped = rng.choice((0, 0, 0, WANTS_SUCCESSOR, EXHAUSTED))
+            # the pool the master keeps: unique slots, except a successor beside its due predecessor
+            slot = slots.pop() if slots and not stopping else rng.randint(1, size + 1)
             views.append(worker(
-                pid, slot=rng.randint(1, size + 1), ready=rng.random() < 0.8, busy=rng.random() < 0.3,
-                generation=rng.choice((0, 1)), retire=rng.choice((0, 0, 0, WANTS_SUCCESSOR, EXHAUSTED)),
+                pid, slot=slot, ready=rng.random() < 0.8, busy=rng.random() < 0.3,
+                generation=rng.choice((0, 1)), retire=due_or_capped,
                 last_seen=NOW - rng.choice((1, 1, 40)), spare=rng.random() < 0.1,
                 stop_reason="stop" if stopping else None, stop_signal=signal.SIGTERM if stopping else None,
                 kill_at=NOW + 10 if stopping else None))
@@ -265,11 +439,19 @@ def test_invariants_hold_over_random_pools():
         timed_out = {a.pid for a in found if isinstance(a, Stop)}
         serving = [w for w in views if w.stop_reason is None and not w.spare and w.retire != EXHAUSTED
                    and w.pid not in timed_out]
-        spawns = sum(1 for a in found if isinstance(a, Spawn) and not a.spare)
-        activations = sum(1 for a in found if isinstance(a, Activate))
-        assert len(serving) + spawns + activations <= max(size + 1, size + len(serving)), (snapshot, found)
+        spawns = [a.slot for a in found if isinstance(a, Spawn) and not a.spare]
+        activations = [a.slot for a in found if isinstance(a, Activate)]
+        new_slots = spawns + activations
+        assert len(new_slots) == len(set(new_slots)), (snapshot, found)
+        due = [w for w in serving if w.ready and (w.generation < 1 or w.retire == WANTS_SUCCESSOR)]
+        fresh_slots = [w.slot for w in serving if w not in due]
+        assert not set(new_slots) & set(fresh_slots), (snapshot, found)          # one successor per slot
+        if due:
+            assert len(serving) + len(new_slots) <= max(size + 1, len(serving)), (snapshot, found)
+        else:
+            assert len(serving) + len(new_slots) <= max(size, len(serving)), (snapshot, found)
         spares = {w.pid for w in views if w.spare}
         retired = {a.pid for a in found if isinstance(a, Retire) and a.reason in ("reload", "recycle", "memory")
                    and a.pid not in spares}
-        ready_left = sum(1 for w in serving if w.ready and w.pid not in retired) + activations
-        assert not retired or ready_left >= size, (snapshot, found)
+        ready_left = sum(1 for w in serving if w.ready and w.pid not in retired) + len(activations)
+        assert not (retired & {w.pid for w in serving}) or ready_left >= size, (snapshot, found)

@@ -500,12 +500,29 @@ def test_ctl_stop_is_answered_even_when_no_worker_is_alive(serve_cli, short_tmp,
     assert server.proc.wait(10) == 0
 
 
-def test_scaling_past_what_the_master_can_run_says_so(serve_cli, short_tmp):
+def test_scaling_past_what_the_master_can_run_says_so_and_fails(serve_cli, short_tmp):
+    """Before: `scale 100000` was silently clamped to 32 with exit 0."""
     control = os.path.join(short_tmp, "ctl.sock")
     server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
     server.wait_workers(1)
-    assert ctl(control, "scale", "1000")[1] == "32 worker(s) wanted (the most this master can run: 32)\n"
-    assert ctl(control, "scale", "1")[1] == "1 worker(s) wanted\n"
+    code, out, err = ctl(control, "scale", "100000")
+    assert (code, out) == (1, "")
+    assert "scaled to 32 worker(s), not 100000: the most this master can run is 32" in err
+    assert status(control)["master"]["target_workers"] == 32
+    assert ctl(control, "scale", "-40")[0] == 1                    # below one: clamped to 1, and said
+    assert ctl(control, "scale", "1") == (0, "1 worker(s) wanted\n", "")
+
+
+def test_scaling_down_keeps_the_slots_one_to_n(serve_cli, short_tmp):
+    """Before: after `scale 6` then `scale -3` the slots were 4, 5 and 6."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "--control", control)
+    server.wait_workers(2)
+    assert ctl(control, "scale", "6")[0] == 0
+    wait_for(lambda: len([w for w in status(control)["workers"] if w["state"] == "idle"]) == 6)
+    assert ctl(control, "scale", "-3")[0] == 0
+    wait_for(lambda: len(status(control)["workers"]) == 3, message=lambda: str(status(control)))
+    assert sorted(w["slot"] for w in status(control)["workers"]) == [1, 2, 3]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root master and a less privileged user")

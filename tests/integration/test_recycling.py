@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import psutil
 import pytest
 
 from conftest import REPO, exchange, stream_exchange, wait_for
@@ -42,14 +43,23 @@ def test_a_recycle_never_waits_behind_a_worker_finishing_a_slow_request(serve_cl
     server.wait_workers(2)
     slow = threading.Thread(target=exchange, args=("tcp", address, b"3\n"), kwargs={"timeout": 10})
     slow.start()
-    wait_for(lambda: any(c.status == "ESTABLISHED" for w in server.workers() for c in w.net_connections()),
-             message="the slow request in a worker's hands")
+    wait_for(lambda: _holding_a_connection(server), message="the slow request in a worker's hands")
     counts, deadline = collections.Counter(), time.monotonic() + 2
     while time.monotonic() < deadline:
         counts[int(exchange("tcp", address, b"0\n").split()[1])] += 1
     slow.join(10)
     assert max(counts.values()) == 1, counts                    # each worker served one request, no more
     assert len(counts) >= 10, f"only {len(counts)} quick requests in 2 s: recycles queued up"
+
+
+def _holding_a_connection(server):
+    for worker in server.workers():
+        try:
+            if any(c.status == "ESTABLISHED" for c in worker.net_connections()):
+                return True
+        except psutil.NoSuchProcess:          # a worker that served its one request and left
+            pass
+    return False
 
 
 @pytest.mark.timeout(90)
@@ -88,4 +98,4 @@ def test_the_exit_of_a_worker_at_its_cap_reads_as_a_recycle(serve_cli):
     (first,) = server.wait_workers(1)
     assert served_by(exchange("tcp", address, b"x\n")) == first
     server.wait_log(rf"worker 1 \(pid {first}\) exited \(recycle, exit code 5\)")
-    assert "died unexpectedly" not in server.log()
+    assert "unexpectedly" not in server.log()
