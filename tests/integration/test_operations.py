@@ -256,13 +256,13 @@ ACTIVATE = textwrap.dedent("""
             os.dup2(sock.fileno(), fd)
         os.set_inheritable(fd, True)
     os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="web:local")
-    os.execv(sys.executable, [sys.executable, "-m", "prefork", "serve", "-w", "1"])
+    os.execv(sys.argv[2], sys.argv[2:])          # the rest of the command line: serve_cli's prefork serve
 """)
 
 
 def test_socket_activation_serves_systemds_sockets_and_never_unlinks_them(serve_cli, short_tmp):
     path = os.path.join(short_tmp, "activated.sock")
-    server = serve_cli(prefix=(sys.executable, "-c", ACTIVATE, path))
+    server = serve_cli("-w", "1", prefix=(sys.executable, "-c", ACTIVATE, path))
     server._prefixed = False                # the launcher execs: the master has its pid
     tcp, unix = server.addresses()
     assert unix == path
