@@ -104,16 +104,17 @@ def run_serve(resolved, re_resolve):
         hooks = _hooks(options.hooks)
     except (ConfigError, AppLoadError) as exc:
         return report(exc, Exit.USAGE)
-    inherited, control_socket, ready_fd = upgrade.inherited()
+    inherited = upgrade.inherited()
     servers, pidfile, services = [], None, []
     try:
-        activated = systemd.listen_fds()
-        servers = _servers(launch, handler, inherited, activated, resolved.sources["bind"] == "default")
+        # systemd's sockets: passed to us, or to the first master, whose successors pass them on as such.
+        activated = systemd.listen_fds() + inherited.activated
+        servers = _servers(launch, handler, inherited.listeners, activated, resolved.sources["bind"] == "default")
         _set_socket_files(servers, options.socket_mode, socket_owner)
         if options.pid:
             pidfile = PidFile(options.pid)
             pidfile.create()
-        services = _services(launch, servers, control_socket, ready_fd, pidfile)
+        services = _services(launch, servers, activated, inherited.control, inherited.ready, pidfile)
     except (BindError, OSError) as exc:
         for service in services:
             service.close()
@@ -165,7 +166,7 @@ def _set_socket_files(servers, mode, owner):
             os.chown(path, *owner)
 
 
-def _services(launch, servers, control_socket, ready_fd, pidfile):
+def _services(launch, servers, activated, control_socket, ready_fd, pidfile):
     """What the master looks after beside its workers, for `prefork serve`."""
     services = []
     options = launch.options
@@ -181,7 +182,7 @@ def _services(launch, servers, control_socket, ready_fd, pidfile):
     if notifier.enabled:
         services.append(notifier)
     if launch.policy.pooled:
-        services.append(upgrade.Upgrader(servers, control, pidfile))
+        services.append(upgrade.Upgrader(servers, control, pidfile, activated=activated))
     if ready_fd is not None:
         services.append(upgrade.Successor(ready_fd, servers, control))
     return services

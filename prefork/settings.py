@@ -244,7 +244,7 @@ def resolve(command_line, environ=None, config_file=None, cwd=None):
 
 
 # Read by the parts of prefork that are not settings: an upgrade's inherited descriptors.
-_OTHER_VARIABLES = {"PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"}
+_OTHER_VARIABLES = {"PREFORK_FDS", "PREFORK_SYSTEMD_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"}
 
 
 def misspelled_variables(environ=None):

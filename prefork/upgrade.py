@@ -4,6 +4,10 @@ The old master runs the `prefork` command it was started with again, as a
 child, passing it the listening sockets and the control socket as inherited
 file descriptors named in the environment (PREFORK_FDS, PREFORK_CONTROL_FD),
 never binding anything twice, so not one connection is refused in between.
+PREFORK_SYSTEMD_FDS says which of them systemd passed the first master, with
+their names (FD=NAME, joined by ":" as in LISTEN_FDNAMES, whose names have
+no ":"): the new master treats them as activated, as that master did (it
+binds no -b default beside them, and never removes their files).
 Both pools accept on the same sockets until the operator stops the old master
 (SIGTERM), exactly as with nginx and gunicorn. The pid file moves to
 FILE.oldbin for the old master and FILE names the new one.
@@ -22,6 +26,7 @@ import selectors
 import socket
 import subprocess
 import sys
+from typing import NamedTuple
 
 from .errors import PreforkError
 from .pidfile import is_master
@@ -29,19 +34,35 @@ from .pidfile import is_master
 log = logging.getLogger("prefork")
 
 FDS_VARIABLE, CONTROL_VARIABLE, READY_VARIABLE = "PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"
+SYSTEMD_VARIABLE = "PREFORK_SYSTEMD_FDS"
 
 
 # -- the new master's side ------------------------------------------------------------------
 
+class Inherited(NamedTuple):
+    """What an old master passed us (all empty or None when we are the first master)."""
+
+    listeners: list           #: sockets of the old master's own binds, for -b to take back
+    activated: list           #: [(socket, name)] systemd passed the first master, as systemd.listen_fds()
+    control: object           #: the control socket, or None
+    ready: object             #: the fd to say "ready" on, or None
+
+
 def inherited(environ=None):
-    """(listening sockets, control socket or None, ready fd or None) an old master passed us."""
+    """The sockets and fds an old master passed us, as an Inherited."""
     environ = os.environ if environ is None else environ
-    listeners = [socket.socket(fileno=int(fd)) for fd in environ.pop(FDS_VARIABLE, "").split(",") if fd]
+    listeners = {int(fd): socket.socket(fileno=int(fd)) for fd in environ.pop(FDS_VARIABLE, "").split(",") if fd}
+    for sock in listeners.values():
+        os.set_inheritable(sock.fileno(), False)
+    activated = []
+    for entry in environ.pop(SYSTEMD_VARIABLE, "").split(":"):
+        if entry:
+            fd, _, name = entry.partition("=")
+            activated.append((listeners.pop(int(fd)), name))
     control = environ.pop(CONTROL_VARIABLE, "")
     ready = environ.pop(READY_VARIABLE, "")
-    for sock in listeners:
-        os.set_inheritable(sock.fileno(), False)
-    return listeners, socket.socket(fileno=int(control)) if control else None, int(ready) if ready else None
+    return Inherited(list(listeners.values()), activated, socket.socket(fileno=int(control)) if control else None,
+                     int(ready) if ready else None)
 
 
 class Successor:
@@ -89,10 +110,12 @@ class Successor:
 # -- the old master's side ------------------------------------------------------------------
 
 class Upgrader:
-    """An old master's service: starts the new master on SIGUSR2 and follows it."""
+    """An old master's service: starts the new master on SIGUSR2 and follows it.
 
-    def __init__(self, servers, control=None, pidfile=None, cwd=None):
-        self.servers, self.control, self.pidfile = servers, control, pidfile
+    activated: [(socket, name)], those of the servers' sockets that came from systemd."""
+
+    def __init__(self, servers, control=None, pidfile=None, cwd=None, activated=()):
+        self.servers, self.control, self.pidfile, self.activated = servers, control, pidfile, list(activated)
         self.cwd = cwd or os.getcwd()
         self.child = None                  # the new master, a subprocess.Popen
         self.handed_over = False           # its workers are ready: it answers the control socket
@@ -130,11 +153,14 @@ class Upgrader:
         read_end, write_end = os.pipe()
         listeners = [server.socket.fileno() for server in self.servers]
         env = dict(os.environ, **{FDS_VARIABLE: ",".join(map(str, listeners)), READY_VARIABLE: str(write_end)})
+        if self.activated:
+            env[SYSTEMD_VARIABLE] = ":".join(f"{sock.fileno()}={name}" for sock, name in self.activated)
         passed = [*listeners, write_end]
         if self.control is not None:
             env[CONTROL_VARIABLE] = str(self.control.sock.fileno())
             passed.append(self.control.sock.fileno())
-        # Not systemd's sockets again (they are among ours), and the watchdog is the new master's too.
+        # Not systemd's sockets again (they are among ours, named in PREFORK_SYSTEMD_FDS: LISTEN_PID
+        # could not name a child not yet started), and the watchdog is the new master's too.
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_PID"):
             env.pop(name, None)
         if self.pidfile is not None:

@@ -256,13 +256,13 @@ ACTIVATE = textwrap.dedent("""
             os.dup2(sock.fileno(), fd)
         os.set_inheritable(fd, True)
     os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="2", LISTEN_FDNAMES="web:local")
-    os.execv(sys.executable, [sys.executable, "-m", "prefork", "serve", "-w", "1"])
+    os.execv(sys.argv[2], sys.argv[2:])          # the rest of the command line: serve_cli's prefork serve
 """)
 
 
 def test_socket_activation_serves_systemds_sockets_and_never_unlinks_them(serve_cli, short_tmp):
     path = os.path.join(short_tmp, "activated.sock")
-    server = serve_cli(prefix=(sys.executable, "-c", ACTIVATE, path))
+    server = serve_cli("-w", "1", prefix=(sys.executable, "-c", ACTIVATE, path))
     server._prefixed = False                # the launcher execs: the master has its pid
     tcp, unix = server.addresses()
     assert unix == path
@@ -270,6 +270,44 @@ def test_socket_activation_serves_systemds_sockets_and_never_unlinks_them(serve_
     assert exchange("tcp", tcp) == b"hello\n" and exchange("unix", unix) == b"hello\n"
     assert server.stop() == 0
     assert os.path.exists(path), "a socket systemd created stays"
+
+
+def test_an_upgrade_under_socket_activation_keeps_systemds_sockets(serve_cli, short_tmp):
+    """The new master serves the sockets systemd gave the first one, as systemd's (never unlinked), and
+    binds no -b default beside them; so does the master after it. It once saw only inherited sockets,
+    bound 127.0.0.1:8000 and dropped systemd's: the service's port refused connections."""
+    path, pidfile = os.path.join(short_tmp, "activated.sock"), os.path.join(short_tmp, "p.pid")
+    server = serve_cli("-w", "1", "--pid", pidfile, prefix=(sys.executable, "-c", ACTIVATE, path))
+    server._prefixed = False                # the launcher execs: the master has its pid
+    tcp, unix = server.addresses()
+    server.wait_workers(1)
+    old = server.pid
+
+    def upgrade_from(master):
+        os.kill(master, signal.SIGUSR2)
+        new = wait_for(lambda: (lambda p: p if p not in (0, master) else None)(read_pid(pidfile)), timeout=15)
+        wait_for(lambda: f"the new master (pid {new}) is serving" in server.log(), timeout=15)
+        os.kill(master, signal.SIGTERM)                            # finish the upgrade
+        wait_for(lambda: process_gone(master), timeout=15)
+        return new
+
+    def serves_alone(master):
+        """master listens on systemd's TCP port and no other, and answers on both its sockets."""
+        ports = {c.laddr.port for c in psutil.Process(master).net_connections() if c.status == "LISTEN"}
+        assert ports == {tcp[1]}, ports
+        assert exchange("tcp", tcp) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+
+    new = upgrade_from(old)
+    assert server.proc.wait(15) == 0
+    serves_alone(new)
+    newer = upgrade_from(new)                                      # and the upgraded master's upgrade
+    serves_alone(newer)
+    log = server.log()                                             # the masters after it log here too
+    assert "127.0.0.1:8000" not in log and "not serving" not in log, log
+    assert log.count(f"listening on {tcp[0]}:{tcp[1]}, unix:{path}") == 3, log
+    os.kill(newer, signal.SIGTERM)
+    wait_for(lambda: process_gone(newer), timeout=15)
+    assert os.path.exists(path), "a socket systemd created stays, whichever master stops"
 
 
 def test_sd_notify_ready_reloading_stopping_status_and_watchdog(serve_cli, short_tmp):
