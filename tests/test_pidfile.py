@@ -1,6 +1,7 @@
 """The pid file: refused when it names a live master, never written through a planted link."""
 
 import os
+import sys
 
 import pytest
 
@@ -8,14 +9,49 @@ from prefork.errors import BindError
 from prefork.pidfile import PidFile, read_pid
 
 
+class RaceWinner:
+    """An attacker who wins the race for the temporary file: through an audit hook (run just before
+    every open), a link to victim appears at the first new name opened in directory, whatever that
+    name is and however it was chosen, the moment before the open. An audit hook stays for the life
+    of the process, so it acts only while armed (in a with block)."""
+
+    armed = None
+    installed = False
+
+    def __init__(self, directory, victim):
+        self.directory, self.victim, self.planted = str(directory), victim, None
+        if not RaceWinner.installed:
+            sys.addaudithook(RaceWinner._hook)
+            RaceWinner.installed = True
+
+    def __enter__(self):
+        RaceWinner.armed = self
+        return self
+
+    def __exit__(self, *exc):
+        RaceWinner.armed = None
+
+    @staticmethod
+    def _hook(event, args):
+        self = RaceWinner.armed
+        if event != "open" or self is None or not isinstance(args[0], (str, bytes, os.PathLike)):
+            return                                    # not armed, or an open of a descriptor
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if os.path.dirname(path) == self.directory and not os.path.lexists(path):
+            RaceWinner.armed = None                   # once: mkstemp's next name must be free
+            os.symlink(self.victim, path)
+            self.planted = path
+
+
 def test_links_planted_at_the_file_and_at_its_temporary_are_not_followed(tmp_path):
     victim = tmp_path / "victim"
     victim.write_text("root's secret\n")
     path = tmp_path / "app.pid"
     os.symlink(victim, path)                                       # at the file itself
-    os.symlink(victim, f"{path}.{os.getpid()}.tmp")                # at the name a temporary once had
-    PidFile(str(path)).create()
+    with RaceWinner(tmp_path, victim) as attacker:                 # at its temporary, just before it opens
+        PidFile(str(path)).create()
     assert victim.read_text() == "root's secret\n"
+    assert attacker.planted, "no new file was opened beside the pid file: nowhere to plant a link"
     assert not path.is_symlink() and read_pid(path) == os.getpid()
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
 
