@@ -1,6 +1,9 @@
-"""The pid file: refused when it names a live master, never written through a planted link."""
+"""The pid file: refused when it names a live master, never written through a planted link, never
+waited on or read without end when it is no regular file."""
 
 import os
+import resource
+import subprocess
 import sys
 
 import pytest
@@ -91,3 +94,39 @@ def test_an_upgrade_moves_it_aside_and_back(tmp_path):
     assert read_pid(pidfile.path) == os.getpid() and not os.path.exists(pidfile.oldbin)
     pidfile.remove()
     assert not os.path.exists(pidfile.path)
+
+
+def read_pid_in_a_child(path):
+    """read_pid(path) in a child with 10 s and 256 MiB of address space: a read that blocks or never
+    ends fails the test, instead of hanging it or eating the machine's memory."""
+    def cap_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
+    code = f"from prefork.pidfile import read_pid; print(read_pid({str(path)!r}))"
+    try:
+        child = subprocess.run([sys.executable, "-c", code], preexec_fn=cap_memory, capture_output=True,
+                               text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"read_pid({str(path)!r}) still blocked after 10 s") from None
+    assert child.returncode == 0, child.stderr
+    return int(child.stdout)
+
+
+def huge_file(path):
+    with open(path, "w") as f:
+        f.truncate(4 << 30)                                        # sparse: 4 GiB of zeros on no disk
+
+
+@pytest.mark.parametrize("make", [
+    os.mkfifo,                                                     # open() waits for a writer
+    lambda path: os.symlink("/dev/zero", path),                    # read() never ends
+    huge_file,                                                     # regular, but no pid file
+], ids=["fifo", "link to /dev/zero", "huge regular file"])
+def test_a_pid_file_that_holds_no_pid_names_no_master_at_once_and_is_replaced(tmp_path, make):
+    path = tmp_path / "app.pid"
+    make(str(path))
+    assert read_pid_in_a_child(path) == 0
+    pidfile = PidFile(str(path))
+    pidfile.create()
+    assert path.is_file() and not path.is_symlink() and read_pid(path) == os.getpid()
+    pidfile.remove()
+    assert not path.exists()
