@@ -11,10 +11,16 @@ to be reopened. So the file is opened with O_NOFOLLOW, and given to that user
 (fchown on the open descriptor) only when the master has just created it: a
 root master never writes through a link, nor hands over a file it did not
 create. A reopen that fails keeps the old file, and says why.
+
+Only a regular file will do (open_regular): a FIFO at the path would block
+open() until someone read it, freezing the master, which then answers neither
+`prefork ctl` nor SIGTERM.
 """
 
+import errno
 import logging
 import os
+import stat
 import sys
 
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
@@ -40,8 +46,28 @@ def open_log(path, owner=None):
         if owner is not None and os.geteuid() == 0:
             os.fchown(fd, *owner)
     except FileExistsError:
-        fd = os.open(path, flags)
+        fd = open_regular(path, flags)
     return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def open_regular(path, flags):
+    """os.open(path, flags), refusing at once what is no regular file: a FIFO or a device would block
+    the open or a read, or never end a read. Used for the pid file too."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)     # a tty never becomes our terminal
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:     # only what is no regular file: a FIFO nobody reads, a socket
+            raise _not_regular(path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_regular(path)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _not_regular(path):
+    return OSError(errno.EINVAL, "not a regular file", path)
 
 
 def configure(level, path="", owner=None):

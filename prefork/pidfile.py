@@ -11,8 +11,10 @@ import os
 import tempfile
 
 from .errors import BindError
+from .logs import open_regular
 
 MASTER_TITLE = "prefork: master"
+PID_BYTES = 32                   #: more than a pid and its newline ("4194304\n" at most on Linux)
 
 
 class PidFile:
@@ -57,9 +59,11 @@ class PidFile:
 
 
 def read_pid(path):
+    """The pid in path; 0 if it holds none. A FIFO or a device holds none: never blocks, never reads
+    more than a pid's few bytes (the file is FILE of --pid, which anyone may have put there)."""
     try:
-        with open(path) as f:
-            return int(f.read().strip() or 0)
+        with open(open_regular(path, os.O_RDONLY | os.O_CLOEXEC), "rb", buffering=0) as f:
+            return int(f.read(PID_BYTES).strip() or 0)
     except (OSError, ValueError):
         return 0
 

@@ -600,6 +600,39 @@ def test_a_failed_reopen_keeps_the_old_log_file(serve_cli, tmp_path):
     assert "Logging error" not in server.log() and "Traceback" not in server.log()
 
 
+@pytest.mark.parametrize("read", [False, True], ids=["nobody reads it", "someone reads it"])
+def test_a_log_file_that_is_a_fifo_is_refused_at_start_in_one_line(tmp_path, read):
+    """Unread, a blocking open() would wait for ever; read, the writes would, once the pipe is full."""
+    fifo = tmp_path / "app.log"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if read else None
+    try:
+        code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--log-file", str(fifo))
+    finally:
+        if reader is not None:
+            os.close(reader)
+    assert (code, err) == (1, f"prefork: error: cannot open --log-file {fifo}: not a regular file\n")
+
+
+def test_a_reopen_that_meets_a_fifo_keeps_the_old_file_and_the_master_responsive(serve_cli, tmp_path):
+    log, old = tmp_path / "app.log", tmp_path / "app.log.1"
+    control = str(tmp_path / "c.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--log-file", str(log), "--control", control)
+    wait_for(lambda: log.exists() and "worker 1 ready" in log.read_text())
+    os.rename(log, old)
+    os.mkfifo(log)
+    worker_refused = re.compile(r"worker 1 cannot reopen its log file: .*not a regular file")
+    code, _, err = ctl(control, "reopen-logs")
+    assert code == 1 and f"cannot reopen the log file: [Errno 22] not a regular file: '{log}'" in err
+    wait_for(lambda: len(worker_refused.findall(old.read_text())) == 1)   # the workers were told too
+    os.kill(server.pid, signal.SIGUSR1)
+    wait_for(lambda: "SIGUSR1: cannot reopen the log file" in old.read_text())
+    wait_for(lambda: len(worker_refused.findall(old.read_text())) == 2)
+    assert status(control)["master"]["pid"] == server.pid
+    assert server.stop() == 0
+    assert "Traceback" not in old.read_text() + server.log()
+
+
 def test_with_a_log_file_a_hung_workers_stacks_go_to_it(serve_cli, tmp_path):
     (tmp_path / "hang.py").write_text("import time, prefork\nclass Hang(prefork.BaseRequestHandler):\n"
                                       "    def handle(self):\n        time.sleep(60)\n")
