@@ -489,6 +489,32 @@ def test_nothing_a_control_client_sends_takes_the_master_down(serve_cli, short_t
     assert status(control)["master"]["state"] == "running"
 
 
+def test_a_request_of_the_wrong_types_is_refused_naming_the_key_and_never_acted_on(serve_cli, short_tmp):
+    """{"quick": "false"} once was a quick stop (bool("false")); every key is checked before anything runs."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
+    workers = server.wait_workers(1)
+    from prefork.ctl import send
+    for request, named in (({"command": "stop", "quick": "false"}, '"quick" must be true or false'),
+                           ({"command": "stop", "quick": 1}, '"quick" must be true or false'),
+                           ({"command": "stop", "graceful": True}, 'unknown key "graceful"'),
+                           ({"command": "scale", "size": True}, '"size" must be text'),
+                           ({"command": "scale", "size": 2, "by": 1}, 'unknown key "by"')):
+        reply = send(control, request)
+        assert set(reply) == {"ok", "error"} and not reply["ok"] and named in reply["error"], (request, reply)
+    with socket.socket(socket.AF_UNIX) as sock:        # a key given twice: json.loads would keep the last
+        sock.settimeout(10)
+        sock.connect(control)
+        sock.sendall(b'{"command": "stop", "quick": false, "quick": true}\n')
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply == {"ok": False, "error": 'the key "quick" is given twice'}
+    assert server.proc.poll() is None and server.wait_workers(1) == workers
+    assert status(control)["master"]["state"] == "running"
+    assert " stop of " not in server.log()
+    assert send(control, {"command": "stop", "quick": False}) == {"ok": True, "result": "graceful stop of 1 worker(s)"}
+    assert server.proc.wait(10) == 0
+
+
 def test_ctl_stop_is_answered_even_when_no_worker_is_alive(serve_cli, short_tmp, tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('no database')\n")
     control = os.path.join(short_tmp, "ctl.sock")
