@@ -341,6 +341,8 @@ def settings_markdown():
     for item in SETTINGS:
         meta = item.field.metadata
         flag = "/".join(filter(None, (meta["short"], meta["flag"]))) or "MODULE:CLASS (argument)"
+        if item.kind == "bool":
+            flag += f"`, `--no-{meta['flag'][2:]}"
         flag += f" {meta['metavar']}" if meta["metavar"] and meta["flag"] else ""
         default = item.field.default
         shown = "one per CPU" if default is None and item.name == "workers" else show_value(default, item.kind)
