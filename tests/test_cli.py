@@ -52,3 +52,23 @@ def test_every_boolean_is_switched_both_ways_on_the_command_line(check_config, t
             code, rows, err = check_config("-c", "prefork.toml", typed)
         assert code == 0, err
         assert rows[item.key] == (expected, "command line"), (typed, layer)
+
+
+@pytest.mark.parametrize("argv, control, extra", [
+    (["ctl", "--control", "a.sock", "status"], "a.sock", {}),
+    (["ctl", "status", "--control", "a.sock"], "a.sock", {}),
+    (["ctl", "status", "--control", "a.sock", "--json"], "a.sock", {"json": True}),
+    (["ctl", "status", "--json", "--control=a.sock"], "a.sock", {"json": True}),
+    (["ctl", "scale", "-1", "--control", "a.sock"], "a.sock", {"size": "-1"}),
+    (["ctl", "scale", "--control", "a.sock", "+2"], "a.sock", {"size": "+2"}),
+    (["ctl", "stop", "--control", "a.sock", "--quick"], "a.sock", {"quick": True}),
+    (["ctl", "--control", "a.sock", "reload", "--control", "b.sock"], "b.sock", {}),     # the last one typed
+    (["ctl", "reopen-logs", "--control", "a.sock"], "a.sock", {}),
+    (["ctl", "upgrade", "--control", "a.sock"], "a.sock", {}),
+    (["ctl", "status"], "from-env.sock", {}),
+])
+def test_ctl_takes_control_before_or_after_the_command(monkeypatch, argv, control, extra):
+    monkeypatch.setenv("PREFORK_CONTROL", "from-env.sock")
+    args = cli.build_parser().parse_args(argv)
+    assert args.control == control
+    assert {key: getattr(args, key) for key in extra} == extra

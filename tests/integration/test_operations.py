@@ -75,6 +75,9 @@ def test_every_ctl_command_against_a_running_master(serve_cli, short_tmp):
     assert {int(row[0]) for row in rows} == first and [row[1] for row in rows] == ["1", "2"]
     assert out.splitlines()[1].split() == ["pid", "slot", "state", "requests", "uss", "cpu", "age", "last", "exit"]
     assert status(control)["master"]["pid"] == server.pid
+    after = subprocess.run([sys.executable, "-m", "prefork", "ctl", "status", "--control", control, "--json"],
+                           cwd=REPO, capture_output=True, text=True, timeout=15)       # --control after the verb
+    assert after.returncode == 0 and json.loads(after.stdout)["master"]["pid"] == server.pid, after.stderr
     assert ctl(control, "scale", "3")[1] == "3 worker(s) wanted\n"
     wait_for(lambda: len(server.workers()) == 3)
     assert ctl(control, "scale", "-1")[0] == 0 and ctl(control, "scale", "+2")[1] == "4 worker(s) wanted\n"
