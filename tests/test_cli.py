@@ -72,3 +72,23 @@ def test_ctl_takes_control_before_or_after_the_command(monkeypatch, argv, contro
     args = cli.build_parser().parse_args(argv)
     assert args.control == control
     assert {key: getattr(args, key) for key in extra} == extra
+
+
+@pytest.mark.parametrize("layer", ["command line", "environment", "file"])
+def test_settings_with_choices_take_any_case(check_config, tmp_path, layer):
+    given = {"log_level": "DEBUG", "policy": "Adaptive"}
+    if layer == "command line":
+        code, rows, err = check_config("--log-level", "DEBUG", "--policy", "Adaptive")
+    elif layer == "environment":
+        code, rows, err = check_config(env={"PREFORK_LOG_LEVEL": "DEBUG", "PREFORK_POLICY": "Adaptive"})
+    else:
+        (tmp_path / "prefork.toml").write_text("".join(f'{key} = "{value}"\n' for key, value in given.items()))
+        code, rows, err = check_config("-c", "prefork.toml")
+    assert code == 0, err
+    assert rows["log_level"][0] == "debug" and rows["policy"][0] == "adaptive", rows
+    assert rows["log_level"][1].startswith(layer.split()[0])
+
+
+def test_a_choice_that_is_none_in_any_case_is_still_refused(check_config):
+    code, _, err = check_config("--policy", "Forking")
+    assert code == 2 and "--policy: must be one of serial, fork, thread, prefork, adaptive, got 'Forking'" in err
