@@ -40,7 +40,8 @@ _UCRED = struct.Struct("3i")     # pid, uid, gid
 
 def open_control_socket(path):
     """Bind and listen on path with mode 0600 from the start; BindError if it cannot."""
-    remove_stale_unix_socket(path, socket.SOCK_STREAM, "control socket")
+    remove_stale_unix_socket(path, socket.SOCK_STREAM, f"cannot open the control socket {path}",
+                             in_use="another master (or process) listens on it")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:

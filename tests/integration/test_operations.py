@@ -125,6 +125,20 @@ def test_a_peer_of_another_user_is_refused(serve_cli, short_tmp):
     assert status(control)["master"]["state"] == "running"
 
 
+def test_a_control_socket_another_master_listens_on_is_refused_in_one_clear_line(serve_cli, short_tmp):
+    os.mkdir(os.path.join(short_tmp, "run"))
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", "run/ctl.sock", cwd=short_tmp)
+    server.wait_workers(1)
+    code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--control", "run/ctl.sock", cwd=short_tmp)
+    assert (code, err) == (1, "prefork: error: cannot open the control socket run/ctl.sock: another master "
+                              "(or process) listens on it\n")
+    open(os.path.join(short_tmp, "run", "file"), "w").close()
+    code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--control", "run/file", cwd=short_tmp)
+    assert (code, err) == (1, "prefork: error: cannot open the control socket run/file: the path exists and "
+                              "is not a socket\n")
+    assert server.proc.poll() is None and server.wait_workers(1)
+
+
 def test_the_control_socket_is_0600_from_the_start_not_chmodded_after(short_tmp, monkeypatch):
     from prefork.control import open_control_socket
 
