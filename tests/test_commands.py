@@ -25,6 +25,9 @@ def test_well_formed_requests_become_commands(request_, expected):
     assert command == dataclasses.replace(expected, why=f"prefork ctl {request_['command']}")
 
 
+SIZE = 'scale: "size" must be text such as "8", "+1", "-1", or a whole number, got '
+
+
 @pytest.mark.parametrize("request_, message", [
     ({"command": "stop", "quick": "false"}, 'stop: "quick" must be true or false (a JSON boolean), got "false"'),
     ({"command": "stop", "quick": 0}, 'stop: "quick" must be true or false (a JSON boolean), got 0'),
@@ -32,9 +35,9 @@ def test_well_formed_requests_become_commands(request_, expected):
     ({"command": "stop", "quik": True}, 'stop: unknown key "quik"; stop takes "quick"'),
     ({"command": "stop", "why": "x"}, 'stop: unknown key "why"; stop takes "quick"'),
     ({"command": "status", "json": True}, 'status: unknown key "json"; status takes no other key'),
-    ({"command": "scale", "size": True}, 'scale: "size" must be text such as "8", "+1", "-1", or a whole number, got true'),
-    ({"command": "scale", "size": 1.5}, 'scale: "size" must be text such as "8", "+1", "-1", or a whole number, got 1.5'),
-    ({"command": "scale", "size": ["+1"]}, 'scale: "size" must be text such as "8", "+1", "-1", or a whole number, got ["+1"]'),
+    ({"command": "scale", "size": True}, SIZE + 'true'),
+    ({"command": "scale", "size": 1.5}, SIZE + '1.5'),
+    ({"command": "scale", "size": ["+1"]}, SIZE + '["+1"]'),
     ({"command": "scale"}, 'scale: "size" is missing'),
     ({"command": "scale", "size": "lots"}, "scale wants N, +N or -N, got 'lots'"),
     ({"command": 5}, 'unknown command 5; the commands are status, scale, reload, stop, reopen-logs, upgrade'),
