@@ -13,6 +13,7 @@ user; nothing prints or exits.
 """
 
 import errno
+import ipaddress
 import math
 import os
 import socket
@@ -85,6 +86,39 @@ def _parse_host_port(text, rest):
     if not 0 <= number <= 65535:
         raise BindError(f"bad bind {text!r}: port {number} is out of range 0-65535")
     return host, number
+
+
+def repeated_bind(binds):
+    """The first two binds that name the same address, as (earlier, later); or None.
+
+    Compared as written, without resolving a name: 127.0.0.1:8000 and
+    tcp://127.0.0.1:8000, :8000 and 0.0.0.0:8000, [::1] and [0::1], unix:a.sock
+    and unix:./a.sock (a stream and a datagram socket cannot share a file
+    either). Port 0 asks for a port of its own each time, so it never repeats.
+    """
+    seen = {}
+    for bind in binds:
+        key = _address_key(bind)
+        if key is None:
+            continue
+        if key in seen:
+            return seen[key], bind
+        seen[key] = bind
+    return None
+
+
+def _address_key(bind):
+    if bind.unix:
+        return "unix", os.path.abspath(bind.address)
+    host, port = bind.address
+    if port == 0:
+        return None
+    host = host.lower() or "0.0.0.0"
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass                    # a name, compared as written
+    return bind.kind, host, port
 
 
 def open_listener(bind, backlog=2048):

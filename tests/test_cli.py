@@ -92,3 +92,10 @@ def test_settings_with_choices_take_any_case(check_config, tmp_path, layer):
 def test_a_choice_that_is_none_in_any_case_is_still_refused(check_config):
     code, _, err = check_config("--policy", "Forking")
     assert code == 2 and "--policy: must be one of serial, fork, thread, prefork, adaptive, got 'Forking'" in err
+
+
+def test_the_same_bind_twice_is_a_usage_error_naming_where_it_came_from(check_config, tmp_path):
+    code, _, err = check_config(env={"PREFORK_BIND": "unix:a.sock, unix:./a.sock"})
+    assert code == 2 and err == "prefork: error: PREFORK_BIND unix:a.sock and unix:./a.sock are the same " \
+                                "address, given twice\n"
+    assert not (tmp_path / "a.sock").exists()
