@@ -64,8 +64,8 @@ def add_setting_arguments(parser):
                                 help=help_text)
             continue
         options = {"dest": item.name, "default": argparse.SUPPRESS, "help": help_text}
-        if item.kind == "bool":
-            options["action"] = argparse.BooleanOptionalAction if default else "store_true"
+        if item.kind == "bool":         # --X and --no-X: the command line overrides the other layers both ways
+            options["action"] = argparse.BooleanOptionalAction
         elif item.kind == "list":
             options.update(action="append", metavar=meta["metavar"])
         else:

@@ -2,7 +2,10 @@
 
 One table for all three. A signal is looked up in SIGNAL_COMMANDS; an API
 call (``server.scale(4)``) builds the same object; the control socket parses
-one from a JSON request by name (from_request). The loop that owns the pool
+one from a JSON request by name (from_request), after checking the request's
+keys and their JSON types against the command's `arguments`: a request that
+is not exactly right is refused, never guessed at (``"quick": "false"`` is
+not a quick stop). The loop that owns the pool
 runs ``command.run(target)``, where target is the master of a pool or the
 request loop of an in-process policy, and the result (text, or a dict for
 status) goes back to a control client. The first line of a command's
@@ -14,24 +17,33 @@ resume(why), ignore(why) and status(); each returns a short text saying what it 
 reload) says so in its log: every command has a defined meaning everywhere.
 """
 
+import json
 import signal
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple, Tuple
 
 from .errors import ConfigError
+
+
+class Argument(NamedTuple):
+    """A key a control request may carry besides "command": the JSON types it takes, as a person says them."""
+
+    types: Tuple[type, ...]      #: exact Python types json.loads gives (bool is not an int here)
+    wanted: str                  #: for the error: "true or false (a JSON boolean)"
 
 
 @dataclass(frozen=True)
 class Command:
     name: ClassVar[str] = ""
+    arguments: ClassVar[dict] = {}      #: key -> Argument: what a control request may add to "command"
     why: str = ""
 
     def run(self, target):
         raise NotImplementedError
 
     @classmethod
-    def from_request(cls, request, why):
-        """The command a control request asks for (its other keys are arguments)."""
+    def from_arguments(cls, arguments, why):
+        """The command, from a control request's other keys (already checked against cls.arguments)."""
         return cls(why=why)
 
 
@@ -51,6 +63,7 @@ class Stop(Command):
     quick: stop at once, abandoning requests in hand."""
 
     name: ClassVar[str] = "stop"
+    arguments: ClassVar[dict] = {"quick": Argument((bool,), "true or false (a JSON boolean)")}
     quick: bool = False
     interrupt: bool = False      #: a Ctrl-C: serve_forever() raises KeyboardInterrupt once stopped
 
@@ -58,8 +71,8 @@ class Stop(Command):
         return target.begin_stop(graceful=not self.quick, why=self.why or self.name, interrupt=self.interrupt)
 
     @classmethod
-    def from_request(cls, request, why):
-        return cls(why=why, quick=bool(request.get("quick", False)))
+    def from_arguments(cls, arguments, why):
+        return cls(why=why, quick=arguments.get("quick", False))
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class Scale(Command):
     """Scale: set the number of workers to N, or change it by +N / -N (never below one)."""
 
     name: ClassVar[str] = "scale"
+    arguments: ClassVar[dict] = {"size": Argument((str, int), 'text such as "8", "+1", "-1", or a whole number')}
     size: int = 0
     relative: bool = False
 
@@ -84,8 +98,10 @@ class Scale(Command):
         return target.set_size(self.size, self.relative, why=self.why or self.name)
 
     @classmethod
-    def from_request(cls, request, why):
-        return cls.parse(request.get("size", ""), why=why)
+    def from_arguments(cls, arguments, why):
+        if "size" not in arguments:
+            raise ConfigError(f'{cls.name}: "size" is missing; give N, +N or -N')
+        return cls.parse(arguments["size"], why=why)
 
     @classmethod
     def parse(cls, text, why=""):
@@ -158,12 +174,30 @@ SIGNAL_COMMANDS = {
 COMMANDS = {cls.name: cls for cls in (Status, Scale, Reload, Stop, ReopenLogs, Upgrade)}
 
 
-def from_request(request, why):
-    """A command from a decoded control request ({"command": "scale", "size": "+1"}), or ConfigError."""
-    name = request.get("command") if isinstance(request, dict) else None
-    if name not in COMMANDS:
-        raise ConfigError(f"unknown command {name!r}; the commands are {', '.join(COMMANDS)}")
-    return COMMANDS[name].from_request(request, why)
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def from_request(request, origin):
+    """A command from a decoded control request ({"command": "scale", "size": "+1"}), or ConfigError
+    naming the key that is unknown or of the wrong type. Its why is origin and the command's name."""
+    if not isinstance(request, dict):
+        raise ConfigError(f"not a JSON request object: {_JSON_NAMES.get(type(request), 'something else')}")
+    if "command" not in request:
+        raise ConfigError(f'the request has no "command"; the commands are {", ".join(COMMANDS)}')
+    name = request["command"]
+    if not isinstance(name, str) or name not in COMMANDS:
+        raise ConfigError(f"unknown command {json.dumps(name)}; the commands are {', '.join(COMMANDS)}")
+    cls = COMMANDS[name]
+    arguments = {key: value for key, value in request.items() if key != "command"}
+    for key, value in arguments.items():
+        if key not in cls.arguments:
+            takes = ", ".join(json.dumps(k) for k in cls.arguments) or "no other key"
+            raise ConfigError(f"{name}: unknown key {json.dumps(key)}; {name} takes {takes}")
+        if type(value) not in cls.arguments[key].types:
+            raise ConfigError(f"{name}: {json.dumps(key)} must be {cls.arguments[key].wanted}, "
+                              f"got {json.dumps(value)[:100]}")
+    return cls.from_arguments(arguments, why=f"{origin} {name}")
 
 
 def help_lines():

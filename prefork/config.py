@@ -132,17 +132,29 @@ def kind_of(f):
 
 
 def check_fields(instance):
-    """Validate every field of a settings dataclass; normalize ints given for floats and lists to tuples."""
+    """Validate every field of a settings dataclass; normalize ints given for floats, lists to tuples,
+    choices to their declared spelling."""
     for f in dataclasses.fields(instance):
-        value = getattr(instance, f.name)
-        problem, value = value_problem(f, value)
-        if problem is None and f.metadata["check"] is not None and value is not None:
-            problem = f.metadata["check"](value)
-        if problem is None and f.metadata["choices"] and value not in f.metadata["choices"]:
+        object.__setattr__(instance, f.name, checked(f, getattr(instance, f.name)))
+
+
+def checked(f, value, name=None):
+    """value, normalized, if it fits the field (kind, check, choices); else ConfigError naming it.
+
+    The one check of a setting, whether it comes from the API, the command
+    line, the environment or a file. A choice matches in any case
+    (``--log-level DEBUG``) and becomes the declared spelling.
+    """
+    problem, normalized = value_problem(f, value)
+    if problem is None and f.metadata["check"] is not None and normalized is not None:
+        problem = f.metadata["check"](normalized)
+    if problem is None and f.metadata["choices"]:
+        normalized = next((choice for choice in f.metadata["choices"] if choice.lower() == normalized.lower()), None)
+        if normalized is None:
             problem = f"must be one of {', '.join(f.metadata['choices'])}"
-        if problem:
-            raise ConfigError.about(f.name, problem, getattr(instance, f.name))
-        object.__setattr__(instance, f.name, value)
+    if problem:
+        raise ConfigError.about(name or f.name, problem, value)
+    return normalized
 
 
 def value_problem(f, value):

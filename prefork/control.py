@@ -3,7 +3,11 @@
 The protocol is one JSON object per line, each way: a request such as
 {"command": "scale", "size": "+1"}, then a reply {"ok": true, "result": ...}
 or {"ok": false, "error": "..."}, then the master closes the connection.
-The commands are commands.COMMANDS, the same objects signals and the API use.
+The commands are commands.COMMANDS, the same objects signals and the API use;
+each declares the keys its request may carry and their JSON types ("quick":
+a boolean, "size": text or a whole number). An unknown key, a key given
+twice or a value of the wrong type is refused with an error naming the key,
+and nothing is done.
 
 Who may talk to it: the socket file is created with mode 0600 from the first
 instant (a umask around bind(), never a chmod after, which would leave a
@@ -24,7 +28,7 @@ import struct
 import time
 
 from . import commands
-from .errors import BindError, PreforkError
+from .errors import BindError, ConfigError, PreforkError
 from .listeners import UnixPathOwner, remove_stale_unix_socket
 
 log = logging.getLogger("prefork")
@@ -36,7 +40,8 @@ _UCRED = struct.Struct("3i")     # pid, uid, gid
 
 def open_control_socket(path):
     """Bind and listen on path with mode 0600 from the start; BindError if it cannot."""
-    remove_stale_unix_socket(path, socket.SOCK_STREAM, "control socket")
+    remove_stale_unix_socket(path, socket.SOCK_STREAM, f"cannot open the control socket {path}",
+                             in_use="another master (or process) listens on it")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
@@ -188,11 +193,11 @@ class _Client:
         """The reply to one request line. Nothing a client sends, and nothing a command meets, may
         take the master down: what was not foreseen is logged with its traceback and refused."""
         try:
-            request = json.loads(line)
-            command = commands.from_request(request, why=f"prefork ctl {request.get('command')}")
+            request = json.loads(line, object_pairs_hook=_without_repeated_keys)
+            command = commands.from_request(request, origin="prefork ctl")
         except PreforkError as exc:
             return {"ok": False, "error": str(exc)}
-        except (ValueError, AttributeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             return {"ok": False, "error": f"not a JSON request object: {str(exc)[:200]}"}
         try:
             return {"ok": True, "result": command.run(master)}
@@ -201,3 +206,13 @@ class _Client:
         except Exception as exc:
             log.exception("control socket: %s failed", command.name)
             return {"ok": False, "error": f"{command.name} failed: {type(exc).__name__}: {exc}"}
+
+
+def _without_repeated_keys(pairs):
+    """A JSON object as a dict, refusing a key given twice (json.loads would quietly keep the last)."""
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            raise ConfigError(f"the key {json.dumps(key)} is given twice")
+        found[key] = value
+    return found

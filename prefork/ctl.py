@@ -1,6 +1,6 @@
 """`prefork ctl`: talk to a running master through its control socket (control.py).
 
-    prefork ctl --control /run/app.ctl status [--json]
+    prefork ctl --control /run/app.ctl status [--json]     # or: prefork ctl status --control /run/app.ctl
     prefork ctl scale 8 | scale +1 | scale -1
     prefork ctl reload | stop [--quick] | reopen-logs | upgrade
 
@@ -28,18 +28,27 @@ def add_parser(subparsers):
         description="Send one command to a running master. Commands:\n  " + "\n  ".join(commands.help_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ctl.add_argument("--control", metavar="PATH", default=os.environ.get("PREFORK_CONTROL", ""),
-                     help="the master's control socket (default: $PREFORK_CONTROL)")
+                     help="the master's control socket, here or after COMMAND (default: $PREFORK_CONTROL)")
+    # --control after the command too (`prefork ctl status --control PATH`); absent there, it leaves the
+    # value given before the command, or $PREFORK_CONTROL, alone.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--control", metavar="PATH", default=argparse.SUPPRESS,
+                       help="the master's control socket (default: $PREFORK_CONTROL)")
     actions = ctl.add_subparsers(dest="action", metavar="COMMAND", parser_class=type(ctl))
     actions.required = True
-    status = actions.add_parser("status", help="the master and each worker, as a table")
+
+    def action(name, help):
+        return actions.add_parser(name, help=help, parents=[after])
+
+    status = action("status", "the master and each worker, as a table")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    scale = actions.add_parser("scale", help="set the number of workers: N, +N or -N")
+    scale = action("scale", "set the number of workers: N, +N or -N")
     scale.add_argument("size", metavar="N|+N|-N")
-    actions.add_parser("reload", help="replace every worker, one at a time (re-reading the config file)")
-    stop = actions.add_parser("stop", help="stop gracefully")
+    action("reload", "replace every worker, one at a time (re-reading the config file)")
+    stop = action("stop", "stop gracefully")
     stop.add_argument("--quick", action="store_true", help="stop at once, abandoning requests in hand")
-    actions.add_parser("reopen-logs", help="reopen the log file in the master and every worker")
-    actions.add_parser("upgrade", help="start a new master on the same sockets (like SIGUSR2)")
+    action("reopen-logs", "reopen the log file in the master and every worker")
+    action("upgrade", "start a new master on the same sockets (like SIGUSR2)")
     ctl.set_defaults(run=run_ctl)
     return ctl
 

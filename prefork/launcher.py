@@ -17,7 +17,7 @@ from . import loader, logs, privileges, systemd, upgrade
 from .config import Config
 from .control import ControlServer, open_control_socket
 from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
-from .listeners import describe_socket, open_listener, parse_bind, socket_kind, take_inherited
+from .listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
 from .operations import Reconfiguration
 from .pidfile import PidFile
 from .policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
@@ -59,6 +59,11 @@ def validate(resolved):
                 raise ConfigError(f"{resolved.label(name)} needs a pool (--policy prefork or adaptive), "
                                   f"not --policy {options.policy}, which serves in the master's own process")
     binds = [parse_bind(text) for text in options.bind]
+    repeated = repeated_bind(binds)
+    if repeated:                # refused before anything is bound, not "address already in use" on the second
+        first, again = repeated
+        raise ConfigError(f"{resolved.label('bind')} {first.text} is given twice" if first.text == again.text else
+                          f"{resolved.label('bind')} {first.text} and {again.text} are the same address, given twice")
     loader.split_spec(spec)
     return Launch(options, config, policy, binds, spec)
 

@@ -13,6 +13,7 @@ user; nothing prints or exits.
 """
 
 import errno
+import ipaddress
 import math
 import os
 import socket
@@ -87,6 +88,39 @@ def _parse_host_port(text, rest):
     return host, number
 
 
+def repeated_bind(binds):
+    """The first two binds that name the same address, as (earlier, later); or None.
+
+    Compared as written, without resolving a name: 127.0.0.1:8000 and
+    tcp://127.0.0.1:8000, :8000 and 0.0.0.0:8000, [::1] and [0::1], unix:a.sock
+    and unix:./a.sock (a stream and a datagram socket cannot share a file
+    either). Port 0 asks for a port of its own each time, so it never repeats.
+    """
+    seen = {}
+    for bind in binds:
+        key = _address_key(bind)
+        if key is None:
+            continue
+        if key in seen:
+            return seen[key], bind
+        seen[key] = bind
+    return None
+
+
+def _address_key(bind):
+    if bind.unix:
+        return "unix", os.path.abspath(bind.address)
+    host, port = bind.address
+    if port == 0:
+        return None
+    host = host.lower() or "0.0.0.0"
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass                    # a name, compared as written
+    return bind.kind, host, port
+
+
 def open_listener(bind, backlog=2048):
     """Create, bind and (for streams) listen on a socket for ``bind``.
 
@@ -97,7 +131,7 @@ def open_listener(bind, backlog=2048):
     sock_type = socket.SOCK_STREAM if bind.stream else socket.SOCK_DGRAM
     if bind.unix:
         family, address = socket.AF_UNIX, bind.address
-        remove_stale_unix_socket(address, sock_type, bind.kind)
+        remove_stale_unix_socket(address, sock_type, f"cannot bind {bind.kind}:{address}")
     else:
         family, address = _resolve(bind, sock_type)
     sock = socket.socket(family, sock_type)
@@ -254,20 +288,23 @@ def _describe(exc):
     return exc.strerror or str(exc)
 
 
-def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM, kind="unix"):
+def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM, cannot=None, in_use="address already in use"):
     """Remove a socket file at ``path`` that no process answers on.
 
     Refuses (BindError) when the path is not a socket or a server still
     listens on it, so we never delete a user's file or steal a live address.
+    The message is ``cannot`` (by default "cannot bind unix:PATH"), a colon
+    and the reason, ``in_use`` when a server listens there.
     """
+    cannot = cannot or f"cannot bind unix:{path}"
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise BindError(f"cannot bind {kind}:{path}: {_describe(exc)}") from None
+        raise BindError(f"{cannot}: {_describe(exc)}") from None
     if not stat.S_ISSOCK(mode):
-        raise BindError(f"cannot bind {kind}:{path}: the path exists and is not a socket")
+        raise BindError(f"{cannot}: the path exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, sock_type)
     try:
         probe.connect(path)
@@ -275,14 +312,14 @@ def remove_stale_unix_socket(path, sock_type=socket.SOCK_STREAM, kind="unix"):
         try:
             os.unlink(path)      # nobody listens: left by a dead server
         except OSError as exc:
-            raise BindError(f"cannot bind {kind}:{path}: cannot remove the stale socket file there: "
+            raise BindError(f"{cannot}: cannot remove the stale socket file there: "
                             f"{_describe(exc)}") from None
         return
     except OSError:
         return                   # let bind() report what is wrong with the path
     finally:
         probe.close()
-    raise BindError(f"cannot bind {kind}:{path}: address already in use")
+    raise BindError(f"{cannot}: {in_use}")
 
 
 class UnixPathOwner:

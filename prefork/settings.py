@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
-from .config import Config, check_fields, kind_of, range_problem, setting, value_problem
+from .config import Config, check_fields, checked, kind_of, range_problem, setting
 from .errors import ConfigError
 from .policies import MAX_THREADS, MAX_WORKERS, POLICIES_BY_NAME
 
@@ -182,15 +182,9 @@ def parse_text(item, text):
 
 
 def check_value(item, value):
-    """value checked against the setting's kind, check and choices; ConfigError (unlabelled) if wrong."""
-    problem, value = value_problem(item.field, value)
-    if problem is None and item.field.metadata["check"] is not None and value is not None:
-        problem = item.field.metadata["check"](value)
-    if problem is None and item.field.metadata["choices"] and value not in item.field.metadata["choices"]:
-        problem = f"must be one of {', '.join(item.field.metadata['choices'])}"
-    if problem:
-        raise ConfigError.about(item.name, problem, value)
-    return value
+    """value checked against the setting's kind, check and choices (config.checked); ConfigError
+    (unlabelled) if wrong."""
+    return checked(item.field, value, item.name)
 
 
 # -- the layers ----------------------------------------------------------------------------
@@ -341,6 +335,8 @@ def settings_markdown():
     for item in SETTINGS:
         meta = item.field.metadata
         flag = "/".join(filter(None, (meta["short"], meta["flag"]))) or "MODULE:CLASS (argument)"
+        if item.kind == "bool":
+            flag += f"`, `--no-{meta['flag'][2:]}"
         flag += f" {meta['metavar']}" if meta["metavar"] and meta["flag"] else ""
         default = item.field.default
         shown = "one per CPU" if default is None and item.name == "workers" else show_value(default, item.kind)

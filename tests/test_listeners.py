@@ -6,6 +6,7 @@ import pytest
 from prefork.errors import BindError
 from prefork.listeners import (
     UnixPathOwner, accept_queue, open_listener, parse_bind, queued_connections, remove_stale_unix_socket,
+    repeated_bind,
 )
 
 from conftest import wait_for
@@ -50,6 +51,26 @@ def test_parse_bind_rejects_malformed_with_a_reason(text, problem):
     with pytest.raises(BindError) as info:
         parse_bind(text)
     assert problem in str(info.value) and text in str(info.value)
+
+
+@pytest.mark.parametrize("texts, repeated", [
+    (["127.0.0.1:8000", "127.0.0.1:8000"], ("127.0.0.1:8000", "127.0.0.1:8000")),
+    (["127.0.0.1:8000", "tcp://127.0.0.1:8000"], ("127.0.0.1:8000", "tcp://127.0.0.1:8000")),
+    (["[::1]:80", "udp://[::1]:80", "tcp://[0:0::1]:80"], ("[::1]:80", "tcp://[0:0::1]:80")),
+    ([":8000", "0.0.0.0:8000"], (":8000", "0.0.0.0:8000")),
+    (["LOCALHOST:9", "localhost:9"], ("LOCALHOST:9", "localhost:9")),
+    (["udp://127.0.0.1:53", "udp://127.0.0.1:53"], ("udp://127.0.0.1:53", "udp://127.0.0.1:53")),
+    (["unix:/run/a.sock", "unix:///run/a.sock"], ("unix:/run/a.sock", "unix:///run/a.sock")),
+    (["unix:/run/a.sock", "unix-dgram:/run/./a.sock"], ("unix:/run/a.sock", "unix-dgram:/run/./a.sock")),
+    (["unix:a.sock", f"unix:{os.getcwd()}/a.sock"], ("unix:a.sock", f"unix:{os.getcwd()}/a.sock")),
+    (["127.0.0.1:0", "127.0.0.1:0"], None),                 # two sockets, each on a port of its own
+    (["127.0.0.1:8000", "udp://127.0.0.1:8000"], None),     # TCP and UDP ports are apart
+    (["127.0.0.1:8000", "127.0.0.2:8000", "[::1]:8000"], None),
+    (["unix:/run/a.sock", "unix:/run/b.sock"], None),
+])
+def test_repeated_bind_finds_the_same_address_written_twice(texts, repeated):
+    found = repeated_bind([parse_bind(text) for text in texts])
+    assert (found and tuple(bind.text for bind in found)) == repeated
 
 
 def test_open_listener_binds_tcp_with_reuseaddr_and_listens():

@@ -243,6 +243,9 @@ def one_line_error(code, stdout, stderr):
     (["--socket-owner", "no-such-user-here"], "--socket-owner: no such user 'no-such-user-here'", 2),
     (["-c", "../pyproject.toml"], "../pyproject.toml has no [tool.prefork] table", 2),
     (["--control", "/tmp/" + "x" * 120], "cannot open the control socket", 1),
+    (["-b", "127.0.0.1:8765", "-b", "127.0.0.1:8765"], "--bind 127.0.0.1:8765 is given twice", 2),
+    (["-b", "127.0.0.1:8765", "-b", "tcp://127.0.0.1:8765"],
+     "--bind 127.0.0.1:8765 and tcp://127.0.0.1:8765 are the same address, given twice", 2),
 ])
 def test_bad_input_gets_one_clear_line(args, expected, code):
     if "-b" not in args:          # a case that gets as far as binding must not need port 8000 free

@@ -229,3 +229,53 @@ def test_the_readmes_config_file_example_is_valid(tmp_path):
     code, out, err = run_cli("check-config", "-c", str(tmp_path / "prefork.toml"))
     assert code == 0, err
     assert re.search(r"^workers +4 +file ", out, re.M) and re.search(r"^timeout +60.0 +file ", out, re.M)
+
+
+def test_the_readmes_first_api_example_starts_again_at_once_after_serving_a_client(tmp_path):
+    """Stopped with Ctrl-C while a client is connected, the example leaves that connection in TIME_WAIT on
+    its port; socketserver's allow_reuse_address = False then refused the next start for a minute."""
+    readme = open(os.path.join(REPO, "README.md")).read()
+    example = re.search(r"```python\n(.*?)```", readme.split("## The Python API", 1)[1], re.S).group(1)
+    with socket.socket() as probe:            # a port free now; the example names 9000
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert example.count("9000") == 1
+    (tmp_path / "example.py").write_text(example.replace("9000", str(port)))
+
+    def start():
+        return subprocess.Popen([sys.executable, "example.py"], cwd=str(tmp_path), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def echoed_or_exited(proc):
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            return exchange("tcp", ("127.0.0.1", port), b"ping\n") == b"ping\n" and "serving"
+        except OSError:
+            return None
+
+    first = start()
+    try:
+        assert wait_for(lambda: echoed_or_exited(first)) == "serving", first.communicate()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.sendall(b"hello\n")
+        assert client.recv(100) == b"hello\n"
+        os.killpg(first.pid, signal.SIGINT)               # Ctrl-C in its terminal
+        first.wait(10)
+        client.close()
+        wait_for(lambda: any(c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT
+                             for c in psutil.net_connections("tcp")), message=f"a TIME_WAIT on port {port}")
+        second = start()
+        try:
+            state = wait_for(lambda: echoed_or_exited(second))
+            assert state == "serving", second.communicate()[1]
+            os.kill(second.pid, signal.SIGTERM)
+            assert second.wait(10) == 0
+        finally:
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
+                second.wait(5)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(5)

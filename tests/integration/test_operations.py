@@ -75,6 +75,9 @@ def test_every_ctl_command_against_a_running_master(serve_cli, short_tmp):
     assert {int(row[0]) for row in rows} == first and [row[1] for row in rows] == ["1", "2"]
     assert out.splitlines()[1].split() == ["pid", "slot", "state", "requests", "uss", "cpu", "age", "last", "exit"]
     assert status(control)["master"]["pid"] == server.pid
+    after = subprocess.run([sys.executable, "-m", "prefork", "ctl", "status", "--control", control, "--json"],
+                           cwd=REPO, capture_output=True, text=True, timeout=15)       # --control after the verb
+    assert after.returncode == 0 and json.loads(after.stdout)["master"]["pid"] == server.pid, after.stderr
     assert ctl(control, "scale", "3")[1] == "3 worker(s) wanted\n"
     wait_for(lambda: len(server.workers()) == 3)
     assert ctl(control, "scale", "-1")[0] == 0 and ctl(control, "scale", "+2")[1] == "4 worker(s) wanted\n"
@@ -120,6 +123,20 @@ def test_a_peer_of_another_user_is_refused(serve_cli, short_tmp):
     assert not reply["ok"] and "only root and the master's user may control it" in reply["error"]
     assert server.proc.poll() is None and "refused a client of uid 65534" in server.log()
     assert status(control)["master"]["state"] == "running"
+
+
+def test_a_control_socket_another_master_listens_on_is_refused_in_one_clear_line(serve_cli, short_tmp):
+    os.mkdir(os.path.join(short_tmp, "run"))
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", "run/ctl.sock", cwd=short_tmp)
+    server.wait_workers(1)
+    code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--control", "run/ctl.sock", cwd=short_tmp)
+    assert (code, err) == (1, "prefork: error: cannot open the control socket run/ctl.sock: another master "
+                              "(or process) listens on it\n")
+    open(os.path.join(short_tmp, "run", "file"), "w").close()
+    code, _, err = run_cli("serve", "-w", "1", "-b", "127.0.0.1:0", "--control", "run/file", cwd=short_tmp)
+    assert (code, err) == (1, "prefork: error: cannot open the control socket run/file: the path exists and "
+                              "is not a socket\n")
+    assert server.proc.poll() is None and server.wait_workers(1)
 
 
 def test_the_control_socket_is_0600_from_the_start_not_chmodded_after(short_tmp, monkeypatch):
@@ -525,6 +542,32 @@ def test_nothing_a_control_client_sends_takes_the_master_down(serve_cli, short_t
     code, _, err = ctl(control, "reload")
     assert code == 1 and "not reloading, the settings have a problem" in err and "not valid TOML" in err
     assert status(control)["master"]["state"] == "running"
+
+
+def test_a_request_of_the_wrong_types_is_refused_naming_the_key_and_never_acted_on(serve_cli, short_tmp):
+    """{"quick": "false"} once was a quick stop (bool("false")); every key is checked before anything runs."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
+    workers = server.wait_workers(1)
+    from prefork.ctl import send
+    for request, named in (({"command": "stop", "quick": "false"}, '"quick" must be true or false'),
+                           ({"command": "stop", "quick": 1}, '"quick" must be true or false'),
+                           ({"command": "stop", "graceful": True}, 'unknown key "graceful"'),
+                           ({"command": "scale", "size": True}, '"size" must be text'),
+                           ({"command": "scale", "size": 2, "by": 1}, 'unknown key "by"')):
+        reply = send(control, request)
+        assert set(reply) == {"ok", "error"} and not reply["ok"] and named in reply["error"], (request, reply)
+    with socket.socket(socket.AF_UNIX) as sock:        # a key given twice: json.loads would keep the last
+        sock.settimeout(10)
+        sock.connect(control)
+        sock.sendall(b'{"command": "stop", "quick": false, "quick": true}\n')
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply == {"ok": False, "error": 'the key "quick" is given twice'}
+    assert server.proc.poll() is None and server.wait_workers(1) == workers
+    assert status(control)["master"]["state"] == "running"
+    assert " stop of " not in server.log()
+    assert send(control, {"command": "stop", "quick": False}) == {"ok": True, "result": "graceful stop of 1 worker(s)"}
+    assert server.proc.wait(10) == 0
 
 
 def test_ctl_stop_is_answered_even_when_no_worker_is_alive(serve_cli, short_tmp, tmp_path):
