@@ -102,10 +102,11 @@ class Config:
         "below --timeout, so a quiet client is dropped before its worker is taken for hung; 0 disables",
         at_least(0), "S", restart=True)
     defer_accept: bool = setting(
-        True, "--defer-accept",
+        False, "--defer-accept",
         "TCP: leave a connection that has sent nothing in the kernel (TCP_DEFER_ACCEPT) for the client "
-        "timeout, and never hand it to a worker if it stays silent; turn off (--no-defer-accept) for "
-        "protocols where the server speaks first", restart=True)
+        "timeout, and never hand it to a worker if it stays silent. Off by default: it breaks protocols where "
+        "the server speaks first (SMTP, FTP, a banner), whose clients then wait about 16 s and get nothing",
+        restart=True)
     monitor_interval: float = setting(
         1.0, "--monitor-interval",
         "seconds between psutil samples (memory, CPU) of every worker that served since its last one; "

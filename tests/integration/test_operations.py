@@ -207,7 +207,7 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     control, pidfile = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "prefork.pid")
     unix = os.path.join(short_tmp, "app.sock")
     server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
-                       "--pid", pidfile)
+                       "--pid", pidfile, "--defer-accept")
     address = server.addresses()[0]
     server.wait_workers(1)
     old = server.pid
@@ -243,7 +243,8 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
 
 
 def assert_listeners_unchanged(master, address):
-    """The master that stopped left the shared listeners as they were: non-blocking, accepts deferred.
+    """The master that stopped left the shared listeners as they were: non-blocking, accepts deferred
+    (the callers ask for --defer-accept).
     (It once put blocking mode back on exit: the survivor's workers then hung in accept(), and, still
     believing accepts deferred, closed connections whose request had not arrived yet.)"""
     flags = {}
@@ -495,7 +496,7 @@ def test_stopping_the_old_master_before_the_new_one_is_ready_keeps_the_service(s
     (tmp_path / "slow.py").write_text(SLOW_IMPORT)
     control, unix = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "app.sock")
     server = serve_cli("slow:Handler", "-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
-                       cwd=str(tmp_path))
+                       "--defer-accept", cwd=str(tmp_path))
     address = server.addresses()[0]
     server.wait_workers(1, timeout=15)
     old = server.pid

@@ -65,7 +65,7 @@ def test_a_silent_client_is_dropped_no_sooner_and_not_much_later_than_the_client
 
 def test_a_client_that_connects_and_says_nothing_never_reaches_a_worker(serve_cli):
     server = serve(serve_cli, "apps.handlers:PidEcho", "-w", "1", "-b", "127.0.0.1:0", "--client-timeout", "1",
-                   "--log-level", "debug")
+                   "--log-level", "debug", "--defer-accept")
     address = server.addresses()[0]
     server.wait_workers(1)
     silent = [socket.create_connection(address, timeout=20) for _ in range(5)]
@@ -78,13 +78,14 @@ def test_a_client_that_connects_and_says_nothing_never_reaches_a_worker(serve_cl
     wait_for(lambda: server.log().count("sent nothing within the client timeout") == 5)
 
 
-def test_without_deferred_accept_a_server_can_speak_first(serve_cli, tmp_path):
+def test_with_the_defaults_a_server_can_speak_first(serve_cli, tmp_path):
+    """Before: TCP_DEFER_ACCEPT was on by default, and a greeting's client hung 16 s, then got EOF."""
     (tmp_path / "banner.py").write_text(
         "import prefork\n"
         "class Banner(prefork.BaseRequestHandler):\n"
         "    def handle(self):\n"
         "        self.request.sendall(b'220 ready\\n')\n")
-    server = serve_cli("banner:Banner", "-w", "1", "-b", "127.0.0.1:0", "--no-defer-accept", cwd=str(tmp_path))
+    server = serve_cli("banner:Banner", "-w", "1", "-b", "127.0.0.1:0", cwd=str(tmp_path))
     address = server.addresses()[0]
     server.wait_workers(1)
     with socket.create_connection(address, timeout=5) as sock:
@@ -187,7 +188,7 @@ def test_the_reply_socket_is_a_blocking_socket_like_socketservers(serve_cli, tmp
 def test_a_burst_past_the_backlog_loses_no_client_to_the_deferred_accept(serve_cli):
     """Connections the kernel completes with SYN cookies (a burst past the backlog) are handed over
     before their request arrives; they must be served, not taken for silent and closed."""
-    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "--backlog", "1")
+    server = serve_cli("-w", "2", "-b", "127.0.0.1:0", "--backlog", "1", "--defer-accept")
     address = server.addresses()[0]
     server.wait_workers(2)
     outcomes, lock = {"ok": 0, "closed": 0, "timed out": 0}, threading.Lock()
