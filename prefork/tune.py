@@ -123,11 +123,14 @@ def run_tune(args):
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    recommendation = recommend(results, args.p99)
+    recommendation = recommend(results, args.p99, keepalive=args.keepalive)
+    print(f"measured: {describe_mode(settings)}\n")
     print(format_table(results))
     print(f"\nrecommendation: {describe_pool(recommendation['workers'], recommendation['threads'])}"
           if recommendation["workers"] else "\nrecommendation: none")
     print(f"  {recommendation['reason']}")
+    if recommendation["note"]:
+        print(f"  note: {recommendation['note']}")
     public = {k: v for k, v in settings.items() if k not in ("request_bytes", "plt")}
     try:
         if args.json:
@@ -242,11 +245,32 @@ def _kinds(result):
 
 # -- the recommendation, the table, the report ------------------------------------------------------
 
-def recommend(results, p99_target=None, tolerance=TOLERANCE):
+def describe_mode(settings):
+    """How the runs drove the server, for the line above the table."""
+    levels = ", ".join(str(n) for n in settings["concurrency"])
+    if settings["keepalive"]:
+        return f"keep-alive, {levels} connections, each held for the whole run"
+    return f"a new connection per request, {levels} clients at a time"
+
+
+NEW_CONNECTION_NOTE = ("A new connection per request holds a thread for one request only: this does not measure "
+                       "how many long-lived connections a pool can serve (use --keepalive for that).")
+
+
+def recommend(results, p99_target=None, tolerance=TOLERANCE, keepalive=False):
     """The smallest pool (fewest workers x threads, then fewest workers) whose best run is within
     tolerance of the best run overall; with p99_target only runs with p99 at most that count.
     Runs with errors never count: on one machine a healthy server answers every request, and a pool
-    that starves some connections (keep-alive, more clients than threads) shows it as timeouts."""
+    that starves some connections (keep-alive, more clients than threads) shows it as timeouts.
+    Without keep-alive a recommendation carries NEW_CONNECTION_NOTE: for a long-lived protocol
+    (one connection per client for minutes) it would be far too small."""
+    chosen = _recommend(results, p99_target, tolerance)
+    chosen["mode"] = "keep-alive" if keepalive else "new connection per request"
+    chosen["note"] = NEW_CONNECTION_NOTE if chosen["workers"] and not keepalive else None
+    return chosen
+
+
+def _recommend(results, p99_target, tolerance):
     clean = [r for r in results if not r["errors"] and r["throughput"] > 0 and r["p99_ms"] is not None]
     if not clean:
         return {"workers": None, "threads": None, "met_p99": None, "reason": "Every run had errors or no "

@@ -116,6 +116,24 @@ def test_nothing_to_recommend_when_every_run_failed():
     assert "nothing to recommend" in chosen["reason"]
 
 
+def test_the_recommendation_says_the_mode_and_warns_about_a_new_connection_per_request():
+    results = [run(1, 1, 4, 9_000, 1.0), run(2, 1, 4, 9_100, 1.0)]
+    chosen = tune.recommend(results)
+    assert (chosen["workers"], chosen["mode"]) == (1, "new connection per request")
+    assert chosen["note"] == tune.NEW_CONNECTION_NOTE and "--keepalive" in chosen["note"]
+    chosen = tune.recommend(results, keepalive=True)
+    assert (chosen["workers"], chosen["mode"], chosen["note"]) == (1, "keep-alive", None)
+    nothing = tune.recommend([run(1, 1, 4, 0, 1.0, errors=5)])
+    assert (nothing["workers"], nothing["mode"], nothing["note"]) == (None, "new connection per request", None)
+
+
+def test_the_mode_line_names_the_connections():
+    assert tune.describe_mode({"keepalive": False, "concurrency": [4, 16]}) == (
+        "a new connection per request, 4, 16 clients at a time")
+    assert tune.describe_mode({"keepalive": True, "concurrency": [8]}) == (
+        "keep-alive, 8 connections, each held for the whole run")
+
+
 def test_table_has_a_row_per_run_in_grid_order():
     results = [run(2, 1, 4, 9_812.4, 4.1), run(1, 1, 16, 5_000, 2.0), run(1, 1, 4, 4_000, 1.0)]
     results[0]["uss_mb"] = None

@@ -90,6 +90,8 @@ def test_tune_measures_every_combination_reports_and_recommends(tune_cli, tmp_pa
         ("1", "4", "1", "2"), ("2", "4", "1", "8"), ("3", "4", "2", "2"), ("4", "4", "2", "8")]
     rows = [line for line in tune.out.splitlines() if re.match(r"^\|\s+\d", line)]
     assert len(rows) == 4
+    assert tune.out.startswith("measured: a new connection per request, 2, 8 clients at a time\n")
+    assert "\n  note: A new connection per request holds a thread for one request only" in tune.out
     chosen = re.search(r"^recommendation: (\d) workers? x 1 thread\n  (.+)$", tune.out, re.M)
     assert chosen and chosen.group(1) in ("1", "2"), tune.out
 
@@ -107,6 +109,7 @@ def test_tune_measures_every_combination_reports_and_recommends(tune_cli, tmp_pa
     recommendation = data["recommendation"]
     assert recommendation["workers"] == int(chosen.group(1)) and recommendation["threads"] == 1
     assert recommendation["reason"] == chosen.group(2)
+    assert recommendation["mode"] == "new connection per request" and "--keepalive" in recommendation["note"]
     best = max(r["throughput"] for r in data["results"])
     assert recommendation["throughput"] >= 0.95 * best
 
@@ -128,6 +131,9 @@ def test_tune_sends_a_request_file_to_a_line_echo(tune_cli, tmp_path, flags):
     tune.assert_nothing_left()
     (result,) = json.loads(report.read_text())["results"]
     assert result["throughput"] > 100 and result["errors"] == 0, result
+    keepalive = bool(flags)
+    assert tune.out.startswith("measured: keep-alive, 2 connections" if keepalive else "measured: a new connection")
+    assert ("note:" in tune.out) is not keepalive
 
 
 def test_ctrl_c_stops_the_server_and_the_clients(tune_cli):
