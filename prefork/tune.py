@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 
 from . import __version__, loader, loadgen
 from .errors import AppLoadError, BindError, Exit
@@ -142,7 +143,10 @@ def run_tune(args):
     except OSError as exc:
         print(f"prefork: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return Exit.ERROR
-    return Exit.OK
+    code, why = exit_status(results, recommendation)
+    if why:
+        print(f"prefork: error: {why}", file=sys.stderr)
+    return code
 
 
 def _interrupt(signum, frame):
@@ -301,6 +305,20 @@ def _recommend(results, p99_target, tolerance):
                   f"({best['throughput']:,.0f} req/s by {_pool_of(best)} at {plural(best['concurrency'], 'client')}): "
                   f"{run}.")
     return _choice(chosen, None if p99_target is None else True, reason)
+
+
+def exit_status(results, recommendation):
+    """Exit.OK with a recommendation. Without one no run succeeded, which a script must not take
+    for success: Exit.ERROR, and a line naming the error the runs had most often."""
+    if recommendation["workers"]:
+        return Exit.OK, None
+    kinds = Counter()
+    for r in results:
+        kinds.update(r.get("error_kinds", {}))
+    if not kinds:
+        return Exit.ERROR, "no run succeeded: no request was answered"
+    kind, count = kinds.most_common(1)[0]
+    return Exit.ERROR, f"no run succeeded; the most common error: {kind} ({count:,} of {plural(kinds.total(), 'error')})"
 
 
 def _pool_of(run):

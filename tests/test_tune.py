@@ -134,6 +134,19 @@ def test_the_mode_line_names_the_connections():
         "keep-alive, 8 connections, each held for the whole run")
 
 
+def test_exit_status_is_0_with_a_recommendation_else_1_naming_the_most_common_error():
+    good, bad = run(1, 1, 4, 9_000, 1.0), run(2, 1, 4, 0, 1.0, errors=90)
+    bad["error_kinds"] = {"more reply bytes than expected": 88, "reset": 2}
+    assert tune.exit_status([good, bad], tune.recommend([good, bad])) == (0, None)
+    other = dict(run(1, 1, 4, 50, 1.0, errors=3), error_kinds={"reset": 3})
+    assert tune.exit_status([bad, other], tune.recommend([bad, other])) == (
+        1, "no run succeeded; the most common error: more reply bytes than expected (88 of 93 errors)")
+    silent = run(1, 1, 4, 0, 1.0)
+    silent["p99_ms"] = None
+    assert tune.exit_status([silent], tune.recommend([silent])) == (1, "no run succeeded: no request was answered")
+    assert tune.exit_status([], tune.recommend([])) == (1, "no run succeeded: no request was answered")
+
+
 def test_table_has_a_row_per_run_in_grid_order():
     results = [run(2, 1, 4, 9_812.4, 4.1), run(1, 1, 16, 5_000, 2.0), run(1, 1, 4, 4_000, 1.0)]
     results[0]["uss_mb"] = None

@@ -136,6 +136,23 @@ def test_tune_sends_a_request_file_to_a_line_echo(tune_cli, tmp_path, flags):
     assert ("note:" in tune.out) is not keepalive
 
 
+def test_a_server_that_speaks_first_fails_every_run_and_exits_1_saying_why(tune_cli, tmp_path):
+    # The greeting arrives where the client expects the 6-byte echo: every reply is too long.
+    request = tmp_path / "line.txt"
+    request.write_bytes(b"hello\n")
+    report = tmp_path / "greeting.json"
+    tune = tune_cli("apps.loadgen_peers:Greeting", "--request", str(request), "--keepalive", "--response-bytes", "6",
+                    "--workers", "1", "--threads", "2", "--concurrency", "2", "--duration", "0.3",
+                    "--json", str(report))
+    assert tune.finish() == 1, tune.err
+    tune.assert_nothing_left()
+    assert tune.err.splitlines()[-1].startswith(
+        "prefork: error: no run succeeded; the most common error: more reply bytes than expected (")
+    assert "\nrecommendation: none\n" in tune.out
+    data = json.loads(report.read_text())
+    assert data["recommendation"]["workers"] is None and data["results"][0]["errors"] > 0
+
+
 def test_ctrl_c_stops_the_server_and_the_clients(tune_cli):
     tune = tune_cli("hello", "--workers", "1", "--threads", "1", "--concurrency", "4",
                 "--duration", "30")
