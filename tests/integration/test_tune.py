@@ -148,9 +148,28 @@ def test_a_server_that_speaks_first_fails_every_run_and_exits_1_saying_why(tune_
     tune.assert_nothing_left()
     assert tune.err.splitlines()[-1].startswith(
         "prefork: error: no run succeeded; the most common error: more reply bytes than expected (")
+    assert tune.err.splitlines()[-1].endswith("or does the server speak first (--greeting)?")
     assert "\nrecommendation: none\n" in tune.out
     data = json.loads(report.read_text())
     assert data["recommendation"]["workers"] is None and data["results"][0]["errors"] > 0
+
+
+@pytest.mark.parametrize("flags, greeting", [
+    (["--keepalive", "--response-bytes", "6", "--greeting", "line"], "line"), (["--greeting", "11"], 11),
+], ids=["keep-alive-line", "new-connection-11-bytes"])
+def test_tune_reads_the_greeting_of_a_server_that_speaks_first(tune_cli, tmp_path, flags, greeting):
+    request = tmp_path / "line.txt"
+    request.write_bytes(b"hello\n")
+    report = tmp_path / "greeting.json"
+    tune = tune_cli("apps.loadgen_peers:Greeting", "--request", str(request), "--workers", "1", "--threads", "2",
+                    "--concurrency", "2", "--duration", "0.3", "--json", str(report), *flags)
+    assert tune.finish() == 0, tune.err
+    tune.assert_nothing_left()
+    assert re.search(r"^recommendation: 1 worker x 2 threads$", tune.out, re.M), tune.out
+    data = json.loads(report.read_text())
+    assert data["settings"]["greeting"] == greeting
+    (result,) = data["results"]
+    assert result["throughput"] > 100 and result["errors"] == 0, result
 
 
 def test_ctrl_c_stops_the_server_and_the_clients(tune_cli):
