@@ -27,7 +27,9 @@ _CHECK_TICK = 0.1          # seconds between scans for overdue requests
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 _now = time.monotonic
 
-Plan = namedtuple("Plan", "address family request keepalive reply_bytes half_close timeout window_start end")
+Plan = namedtuple("Plan", "address family request keepalive reply_bytes half_close timeout window_start end greeting")
+LINE = "line"              # Plan.greeting: one line, through the first newline (else None, or exactly N bytes)
+_GREETING = object()       # _Conn.unsent while the request waits for the server's greeting
 
 
 def sleep_until(moment):
@@ -61,7 +63,7 @@ class _Conn:
         self.got = 0             # reply bytes so far (without keep-alive)
         self.bad_status = False  # the reply began with an HTTP status other than 2xx or 3xx
         self.head = b""          # the partial reply so far (with keep-alive)
-        self.unsent = None       # the rest of a request the socket did not take at once
+        self.unsent = None       # the rest of a request the socket did not take at once, or _GREETING
         self.served = 0          # replies on this connection
 
 
@@ -79,6 +81,8 @@ class Client:
         self.errors = Counter()
         self.buffer = bytearray(_BUFFER)         # replies without keep-alive are only counted
         self.known_reply = None                  # the last complete keep-alive reply, for a fast match
+        # Decided once, so that the usual request pays nothing for greetings: send with the connect.
+        self.send_at_once = not plan.half_close and plan.greeting is None
 
     def run(self, connections):
         plan, conns, epoll = self.plan, self.conns, self.epoll
@@ -108,7 +112,7 @@ class Client:
                 if conn is None:
                     continue
                 if conn.unsent is not None:
-                    self._send(conn, conn.unsent)
+                    self._resume(conn)
                     continue
                 if not keepalive:
                     self._read_to_eof(conn, window_start)
@@ -155,14 +159,51 @@ class Client:
             return
         conn = _Conn(sock, started)
         self.conns[conn.fd] = conn
-        if not plan.half_close:                  # the usual case: the socket takes the whole request
+        if self.send_at_once:                    # the usual case: the socket takes the whole request
             try:
                 if sock.send(plan.request) == len(plan.request):
                     self.epoll.register(conn.fd, _EPOLLIN)
                     return
             except OSError:
                 pass                             # _send tells an error from a connection in progress
+        elif plan.greeting is not None:          # the server speaks first; _resume reads it
+            conn.unsent = _GREETING
+            self.epoll.register(conn.fd, _EPOLLIN)
+            return
         self._send(conn, plan.request, register=True)
+
+    def _resume(self, conn):
+        """An event on a connection that waits: for the server's greeting, or to send the rest of a request."""
+        if conn.unsent is _GREETING:
+            self._read_greeting(conn)
+        else:
+            self._send(conn, conn.unsent)
+
+    def _read_greeting(self, conn):
+        """Add to the greeting; once it is complete (and nothing follows it), send the first request."""
+        try:
+            data = conn.sock.recv(_BUFFER)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(conn, _describe(exc.errno), _now())
+            return
+        if not data:
+            self._fail(conn, "closed before the greeting was complete", _now())
+            return
+        greeting = conn.head + data
+        size = greeting_length(greeting, self.plan.greeting)
+        if size is None:
+            if len(greeting) > _BUFFER:
+                self._fail(conn, "no newline in the first 64 KiB of the greeting", _now())
+            else:
+                conn.head = greeting
+            return
+        if len(greeting) > size:
+            self._fail(conn, "more greeting bytes than expected", _now())
+            return
+        conn.head, conn.unsent = b"", None
+        self._send(conn, self.plan.request)
 
     def _send(self, conn, data, register=False):
         """Send what the socket takes; wait for EPOLLOUT for the rest, else for the reply."""
@@ -289,6 +330,15 @@ def http_length(reply):
         return None
     match = _CONTENT_LENGTH.search(reply, 0, end + 2)
     return end + 4 + int(match.group(1)) if match else -1
+
+
+def greeting_length(data, greeting):
+    """The length of the greeting that data begins (greeting: LINE or a number of bytes), None while
+    it is incomplete."""
+    if greeting == LINE:
+        end = data.find(b"\n")
+        return None if end < 0 else end + 1
+    return greeting if len(data) >= greeting else None
 
 
 def _describe(code):

@@ -24,6 +24,14 @@ When a reply is complete:
   response framed by its Content-Length. A server that closes a keep-alive
   connection between replies is reconnected to, without an error.
 
+A server that speaks first (SMTP, FTP, POP3) sends a greeting as soon as a
+connection opens: with ``greeting`` the client reads it on each new connection
+(once per keep-alive connection) and only then sends the first request. It is
+one line, through the first newline (``greeting=LINE``), or exactly N bytes;
+more than that before the first request is an error, and so is a connection
+closed before its greeting is complete. Waiting for it counts in the first
+request's latency, as the connect does.
+
 Errors: a refused or reset connection, one closed before the reply was
 complete, a reply beginning ``HTTP/`` whose status is not 2xx or 3xx, a
 request unanswered after ``timeout`` seconds or for the whole measured window.
@@ -43,7 +51,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .loadclient import Plan, client_main, sleep_until
+from .loadclient import LINE, Plan, client_main, sleep_until  # noqa: F401 (LINE: for callers)
 
 _START_DELAY = 0.05        # seconds between forking the clients and the common start
 
@@ -95,11 +103,13 @@ def http_get(address, keepalive):
 
 
 def run_load(address, request, concurrency, duration, *, keepalive=False, processes=None, warmup=0.0,
-             timeout=2.0, reply_bytes=None, half_close=True, during=None):
+             timeout=2.0, reply_bytes=None, half_close=True, greeting=None, during=None):
     """Drive ``address`` ((host, port) or a Unix socket path) with ``concurrency`` connections
     for ``warmup`` + ``duration`` seconds; count only the last ``duration`` seconds.
 
     A request unanswered for ``timeout`` seconds, or for the whole window, is an error.
+    ``greeting`` (loadclient.LINE or a number of bytes) is what the server sends first on
+    each connection, read and checked before the first request is sent.
     ``during``, if given, is a context manager factory entered when the measured window
     opens and exited when it closes (prefork tune samples the server's CPU time with it).
     ``processes`` client processes share the connections (default: one per usable CPU).
@@ -115,7 +125,7 @@ def run_load(address, request, concurrency, duration, *, keepalive=False, proces
     window_start = start_at + warmup
     end = window_start + duration
     plan = Plan(address, family, bytes(request), keepalive, reply_bytes, half_close and not keepalive, timeout,
-                 window_start, end)
+                 window_start, end, greeting)
     children = {}
     try:
         with deferred_signals():                 # every client forked is recorded, to be reaped

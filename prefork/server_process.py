@@ -51,9 +51,9 @@ class ServerUnderTest:
     READY = re.compile(r"worker \d+ ready \(pid (\d+)")
     ERROR = re.compile(r"^prefork: error: (.*)$", re.M)
 
-    def __init__(self, handler, bind, workers, threads):
+    def __init__(self, handler, bind, workers, threads, options=()):
         self.argv = [sys.executable, "-m", "prefork", "serve", handler, "-b", bind, "-w", str(workers),
-                     "--threads", str(threads)]
+                     "--threads", str(threads), *options]
         self.workers, self.label = workers, describe_pool(workers, threads)
         self.proc = None
 

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 
 from . import __version__, loader, loadgen
 from .errors import AppLoadError, BindError, Exit
@@ -23,6 +24,7 @@ from .server_process import ServerFailed, ServerUnderTest, ServerUsage, describe
 TOLERANCE = 0.05           # a pool within 5 % of the best throughput is as good as the best
 REQUEST_TIMEOUT = 2.0      # seconds without a reply before a request counts as an error (as wrk's)
 MAX_CONCURRENCY = 10000
+MAX_GREETING = 65536       # bytes: the load client's buffer
 PLOT_FIX = "pip install 'prefork[plot]'"
 
 
@@ -71,6 +73,17 @@ def positive_number(text):
     return value
 
 
+def greeting(text):
+    """An argparse type: 'line', or a number of bytes in 1..MAX_GREETING."""
+    if text == loadgen.LINE:
+        return text
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected 'line' or a number of bytes, got {text!r}")
+    if not 1 <= int(text) <= MAX_GREETING:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_GREETING} bytes, got {int(text)}")
+    return int(text)
+
+
 def add_parser(commands):
     """Register `prefork tune` on the CLI's subparsers."""
     tune = commands.add_parser(
@@ -97,6 +110,9 @@ def add_parser(commands):
     tune.add_argument("--response-bytes", type=whole_number(1 << 30), metavar="N",
                       help="with --keepalive: each reply is exactly N bytes (default: an HTTP response "
                            "framed by Content-Length)")
+    tune.add_argument("--greeting", type=greeting, metavar="line|N",
+                      help="the server speaks first (SMTP, FTP, POP3): read its greeting, one line or exactly "
+                           "N bytes, on each new connection before the first request")
     tune.add_argument("--p99", type=positive_number, metavar="MS", help="recommend only runs with p99 at most MS")
     tune.add_argument("--timeout", type=positive_number, default=REQUEST_TIMEOUT, metavar="S",
                       help=f"a request unanswered for S seconds is an error (default: {REQUEST_TIMEOUT:g})")
@@ -123,11 +139,14 @@ def run_tune(args):
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    recommendation = recommend(results, args.p99)
+    recommendation = recommend(results, args.p99, keepalive=args.keepalive)
+    print(f"measured: {describe_mode(settings)}\n")
     print(format_table(results))
     print(f"\nrecommendation: {describe_pool(recommendation['workers'], recommendation['threads'])}"
           if recommendation["workers"] else "\nrecommendation: none")
     print(f"  {recommendation['reason']}")
+    if recommendation["note"]:
+        print(f"  note: {recommendation['note']}")
     public = {k: v for k, v in settings.items() if k not in ("request_bytes", "plt")}
     try:
         if args.json:
@@ -139,7 +158,10 @@ def run_tune(args):
     except OSError as exc:
         print(f"prefork: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return Exit.ERROR
-    return Exit.OK
+    code, why = exit_status(results, recommendation)
+    if why:
+        print(f"prefork: error: {why}", file=sys.stderr)
+    return code
 
 
 def _interrupt(signum, frame):
@@ -177,7 +199,7 @@ def _check(args):
     return {"handler": args.handler, "bind": args.bind, "workers": args.workers, "threads": args.threads,
             "concurrency": args.concurrency, "duration": args.duration, "warmup": warmup(args.duration),
             "keepalive": args.keepalive, "request": args.request or "GET / HTTP/1.1 (built in)",
-            "request_bytes": request, "response_bytes": args.response_bytes,
+            "request_bytes": request, "response_bytes": args.response_bytes, "greeting": args.greeting,
             "p99_target_ms": args.p99, "timeout": args.timeout,
             "load_processes": args.load_processes,
             "prefork": __version__, "plt": plt}
@@ -205,8 +227,9 @@ def _measure_grid(settings, results):
     seconds = total * (settings["duration"] + settings["warmup"])
     print(f"prefork tune: {plural(len(pools), 'pool')} x {plural(len(settings['concurrency']), 'concurrency level')}, "
           f"{plural(total, 'run')}, about {max(seconds, 1):.0f} s of load", file=sys.stderr, flush=True)
+    options = serve_options(settings)
     for workers, threads in pools:
-        with ServerUnderTest(settings["handler"], settings["bind"], workers, threads) as server:
+        with ServerUnderTest(settings["handler"], settings["bind"], workers, threads, options) as server:
             request = settings["request_bytes"] or loadgen.http_get(server.address, settings["keepalive"])
             for concurrency in settings["concurrency"]:
                 run += 1
@@ -215,7 +238,7 @@ def _measure_grid(settings, results):
                     server.address, request, concurrency, settings["duration"], keepalive=settings["keepalive"],
                     processes=settings["load_processes"], warmup=settings["warmup"], timeout=settings["timeout"],
                     reply_bytes=settings["response_bytes"], half_close=settings["request_bytes"] is not None,
-                    during=usage.window)
+                    greeting=settings["greeting"], during=usage.window)
                 result = {"workers": workers, "threads": threads, "concurrency": concurrency,
                           "throughput": round(load.throughput, 1), "p50_ms": _round(load.p50_ms),
                           "p99_ms": _round(load.p99_ms), "errors": load.errors, "cpu_percent": usage.cpu_percent,
@@ -223,6 +246,13 @@ def _measure_grid(settings, results):
                 results.append(result)
                 print(f"[{run}/{total}] {progress_line(result)}", file=sys.stderr, flush=True)
                 server.check_alive()
+
+
+def serve_options(settings):
+    """Flags for `prefork serve` beyond the pool. A server that speaks first must not defer accept
+    (TCP_DEFER_ACCEPT, on by default), which holds a connection in the kernel until its client
+    sends: the greeting would never come."""
+    return ["--no-defer-accept"] if settings["greeting"] is not None else []
 
 
 def _round(value, digits=3):
@@ -242,11 +272,37 @@ def _kinds(result):
 
 # -- the recommendation, the table, the report ------------------------------------------------------
 
-def recommend(results, p99_target=None, tolerance=TOLERANCE):
+def describe_mode(settings):
+    """How the runs drove the server, for the line above the table."""
+    levels = ", ".join(str(n) for n in settings["concurrency"])
+    if settings["keepalive"]:
+        mode = f"keep-alive, {levels} connections, each held for the whole run"
+    else:
+        mode = f"a new connection per request, {levels} clients at a time"
+    size = settings["greeting"]
+    if size is None:
+        return mode
+    return f"{mode}; a greeting of {'one line' if size == loadgen.LINE else plural(size, 'byte')} first"
+
+
+NEW_CONNECTION_NOTE = ("A new connection per request holds a thread for one request only: this does not measure "
+                       "how many long-lived connections a pool can serve (use --keepalive for that).")
+
+
+def recommend(results, p99_target=None, tolerance=TOLERANCE, keepalive=False):
     """The smallest pool (fewest workers x threads, then fewest workers) whose best run is within
     tolerance of the best run overall; with p99_target only runs with p99 at most that count.
     Runs with errors never count: on one machine a healthy server answers every request, and a pool
-    that starves some connections (keep-alive, more clients than threads) shows it as timeouts."""
+    that starves some connections (keep-alive, more clients than threads) shows it as timeouts.
+    Without keep-alive a recommendation carries NEW_CONNECTION_NOTE: for a long-lived protocol
+    (one connection per client for minutes) it would be far too small."""
+    chosen = _recommend(results, p99_target, tolerance)
+    chosen["mode"] = "keep-alive" if keepalive else "new connection per request"
+    chosen["note"] = NEW_CONNECTION_NOTE if chosen["workers"] and not keepalive else None
+    return chosen
+
+
+def _recommend(results, p99_target, tolerance):
     clean = [r for r in results if not r["errors"] and r["throughput"] > 0 and r["p99_ms"] is not None]
     if not clean:
         return {"workers": None, "threads": None, "met_p99": None, "reason": "Every run had errors or no "
@@ -277,6 +333,25 @@ def recommend(results, p99_target=None, tolerance=TOLERANCE):
                   f"({best['throughput']:,.0f} req/s by {_pool_of(best)} at {plural(best['concurrency'], 'client')}): "
                   f"{run}.")
     return _choice(chosen, None if p99_target is None else True, reason)
+
+
+HINTS = {"more reply bytes than expected": "is --response-bytes right, or does the server speak first (--greeting)?"}
+
+
+def exit_status(results, recommendation):
+    """Exit.OK with a recommendation. Without one no run succeeded, which a script must not take
+    for success: Exit.ERROR, and a line naming the error the runs had most often."""
+    if recommendation["workers"]:
+        return Exit.OK, None
+    kinds = Counter()
+    for r in results:
+        kinds.update(r.get("error_kinds", {}))
+    if not kinds:
+        return Exit.ERROR, "no run succeeded: no request was answered"
+    kind, count = kinds.most_common(1)[0]
+    hint = f"; {HINTS[kind]}" if kind in HINTS else ""
+    return Exit.ERROR, (f"no run succeeded; the most common error: {kind} ({count:,} of "
+                        f"{plural(kinds.total(), 'error')}){hint}")
 
 
 def _pool_of(run):

@@ -63,6 +63,15 @@ def test_http_length_reads_content_length_from_the_header_only(reply, expected):
     assert loadclient.http_length(reply) == expected
 
 
+@pytest.mark.parametrize("data, greeting, expected", [
+    (b"220 ready\r\n", "line", 11), (b"220 ready\r\nhello\n", "line", 11), (b"220 rea", "line", None),
+    (b"", "line", None), (b"\n", "line", 1),
+    (b"220 ready\r\n", 11, 11), (b"220 ready\r\n", 12, None), (b"220 ready\r\n", 5, 5),
+])
+def test_greeting_length_is_through_the_first_newline_or_a_fixed_size(data, greeting, expected):
+    assert loadclient.greeting_length(data, greeting) == expected
+
+
 def test_default_request_is_http_get_with_host():
     assert loadgen.http_get(("127.0.0.1", 8000), keepalive=True) == b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
     assert loadgen.http_get(("::1", 80), keepalive=False) == (
@@ -124,6 +133,29 @@ def test_keepalive_reassembles_replies_that_arrive_in_pieces(serve):
     assert result.errors == 0, result.error_kinds
     assert result.completed > 10
     assert result.p50_ms >= 2.0            # two 1 ms pauses inside every reply
+
+
+GREETING = "apps.loadgen_peers:Greeting"     # b"220 ready\r\n", then echo; served without deferred accept
+
+
+@pytest.mark.parametrize("keepalive, greeting", [(True, "line"), (False, 11)], ids=["keep-alive", "new-connection"])
+def test_a_greeting_is_read_before_the_first_request(serve, keepalive, greeting):
+    address = serve(GREETING, "--threads", "4", "--no-defer-accept")
+    result = run(address, b"hello\n", keepalive=keepalive, reply_bytes=6 if keepalive else None, greeting=greeting)
+    assert result.errors == 0, result.error_kinds
+    assert result.completed > 50
+
+
+def test_a_greeting_longer_than_expected_or_missing_is_an_error(serve):
+    address = serve(GREETING, "--threads", "4", "--no-defer-accept")
+    result = run(address, b"hello\n", keepalive=True, reply_bytes=6, greeting=5)
+    assert result.completed == 0
+    assert result.error_kinds.keys() == {"more greeting bytes than expected"}
+    address = serve("apps.loadgen_peers:CloseAtOnce", "--threads", "2", "--no-defer-accept")
+    result = run(address, b"hello\n", greeting="line")
+    assert result.completed == 0
+    assert set(result.error_kinds) <= {"closed before the greeting was complete", "reset"}
+    assert result.error_kinds.get("closed before the greeting was complete", 0) > 10
 
 
 def test_http_error_status_counts_as_an_error(serve):

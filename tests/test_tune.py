@@ -116,6 +116,62 @@ def test_nothing_to_recommend_when_every_run_failed():
     assert "nothing to recommend" in chosen["reason"]
 
 
+def test_the_recommendation_says_the_mode_and_warns_about_a_new_connection_per_request():
+    results = [run(1, 1, 4, 9_000, 1.0), run(2, 1, 4, 9_100, 1.0)]
+    chosen = tune.recommend(results)
+    assert (chosen["workers"], chosen["mode"]) == (1, "new connection per request")
+    assert chosen["note"] == tune.NEW_CONNECTION_NOTE and "--keepalive" in chosen["note"]
+    chosen = tune.recommend(results, keepalive=True)
+    assert (chosen["workers"], chosen["mode"], chosen["note"]) == (1, "keep-alive", None)
+    nothing = tune.recommend([run(1, 1, 4, 0, 1.0, errors=5)])
+    assert (nothing["workers"], nothing["mode"], nothing["note"]) == (None, "new connection per request", None)
+
+
+def test_the_mode_line_names_the_connections_and_the_greeting():
+    assert tune.describe_mode({"keepalive": False, "concurrency": [4, 16], "greeting": None}) == (
+        "a new connection per request, 4, 16 clients at a time")
+    assert tune.describe_mode({"keepalive": True, "concurrency": [8], "greeting": None}) == (
+        "keep-alive, 8 connections, each held for the whole run")
+    assert tune.describe_mode({"keepalive": True, "concurrency": [8], "greeting": "line"}) == (
+        "keep-alive, 8 connections, each held for the whole run; a greeting of one line first")
+    assert tune.describe_mode({"keepalive": False, "concurrency": [1], "greeting": 11}).endswith(
+        "; a greeting of 11 bytes first")
+
+
+@pytest.mark.parametrize("text, expected", [("line", "line"), ("11", 11), ("1", 1), ("65536", 65536)])
+def test_greeting_is_a_line_or_a_number_of_bytes(text, expected):
+    assert tune.greeting(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0", "must be between 1 and 65536 bytes, got 0"), ("65537", "must be between 1 and 65536 bytes, got 65537"),
+    ("lines", "expected 'line' or a number of bytes, got 'lines'"), ("-1", "got '-1'"), ("", "got ''"),
+    ("2.5", "got '2.5'"),
+])
+def test_greeting_refuses_anything_else(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        tune.greeting(text)
+
+
+def test_a_server_that_speaks_first_is_served_without_deferred_accept():
+    assert tune.serve_options({"greeting": None}) == []
+    assert tune.serve_options({"greeting": "line"}) == tune.serve_options({"greeting": 3}) == ["--no-defer-accept"]
+
+
+def test_exit_status_is_0_with_a_recommendation_else_1_naming_the_most_common_error():
+    good, bad = run(1, 1, 4, 9_000, 1.0), run(2, 1, 4, 0, 1.0, errors=90)
+    bad["error_kinds"] = {"more reply bytes than expected": 88, "reset": 2}
+    assert tune.exit_status([good, bad], tune.recommend([good, bad])) == (0, None)
+    other = dict(run(1, 1, 4, 50, 1.0, errors=3), error_kinds={"reset": 3})
+    assert tune.exit_status([bad, other], tune.recommend([bad, other])) == (
+        1, "no run succeeded; the most common error: more reply bytes than expected (88 of 93 errors); "
+           "is --response-bytes right, or does the server speak first (--greeting)?")
+    silent = run(1, 1, 4, 0, 1.0)
+    silent["p99_ms"] = None
+    assert tune.exit_status([silent], tune.recommend([silent])) == (1, "no run succeeded: no request was answered")
+    assert tune.exit_status([], tune.recommend([])) == (1, "no run succeeded: no request was answered")
+
+
 def test_table_has_a_row_per_run_in_grid_order():
     results = [run(2, 1, 4, 9_812.4, 4.1), run(1, 1, 16, 5_000, 2.0), run(1, 1, 4, 4_000, 1.0)]
     results[0]["uss_mb"] = None
@@ -148,6 +204,8 @@ HELLO = "hello"
     ([HELLO, "--request", "/nonexistent/request.bin"], "cannot read --request file /nonexistent/request.bin", 2),
     ([HELLO, "--request", "/dev/null"], "--request file /dev/null is empty", 2),
     ([HELLO, "--response-bytes", "6"], "--response-bytes applies to --keepalive only", 2),
+    ([HELLO, "--greeting", "0"], "argument --greeting: must be between 1 and 65536 bytes, got 0", 2),
+    ([HELLO, "--greeting", "banner"], "argument --greeting: expected 'line' or a number of bytes, got 'banner'", 2),
     (["no_such_module_anywhere:Handler"], "cannot import handler 'no_such_module_anywhere:Handler'", 2),
     (["prefork_workers.hello:NoSuchClass"], "module 'prefork_workers.hello' has no 'NoSuchClass'", 2),
     (["prefork_workers.hello"], "bad handler 'prefork_workers.hello': expected MODULE:CLASS", 2),
@@ -180,4 +238,4 @@ def test_help_lists_tune():
     returncode, out, _ = run_cli("--help")
     assert returncode == 0 and "tune" in out
     returncode, out, _ = run_cli("tune", "--help")
-    assert returncode == 0 and "--concurrency" in out and "--keepalive" in out
+    assert returncode == 0 and "--concurrency" in out and "--keepalive" in out and "--greeting" in out

@@ -6,6 +6,7 @@ import struct
 import time
 
 import prefork
+from prefork_workers.echo import EchoHandler
 
 _TENTH = struct.pack("ll", 0, 100_000)
 
@@ -60,3 +61,11 @@ class Silent(prefork.BaseRequestHandler):
                     return
             except BlockingIOError:
                 self.server.heartbeat()
+
+
+class Greeting(EchoHandler):
+    """Speak first, as SMTP, FTP and POP3 servers do: a greeting line, then echo lines."""
+
+    def handle(self):
+        self.request.sendall(b"220 ready\r\n")
+        super().handle()

@@ -90,6 +90,8 @@ def test_tune_measures_every_combination_reports_and_recommends(tune_cli, tmp_pa
         ("1", "4", "1", "2"), ("2", "4", "1", "8"), ("3", "4", "2", "2"), ("4", "4", "2", "8")]
     rows = [line for line in tune.out.splitlines() if re.match(r"^\|\s+\d", line)]
     assert len(rows) == 4
+    assert tune.out.startswith("measured: a new connection per request, 2, 8 clients at a time\n")
+    assert "\n  note: A new connection per request holds a thread for one request only" in tune.out
     chosen = re.search(r"^recommendation: (\d) workers? x 1 thread\n  (.+)$", tune.out, re.M)
     assert chosen and chosen.group(1) in ("1", "2"), tune.out
 
@@ -107,6 +109,7 @@ def test_tune_measures_every_combination_reports_and_recommends(tune_cli, tmp_pa
     recommendation = data["recommendation"]
     assert recommendation["workers"] == int(chosen.group(1)) and recommendation["threads"] == 1
     assert recommendation["reason"] == chosen.group(2)
+    assert recommendation["mode"] == "new connection per request" and "--keepalive" in recommendation["note"]
     best = max(r["throughput"] for r in data["results"])
     assert recommendation["throughput"] >= 0.95 * best
 
@@ -127,6 +130,45 @@ def test_tune_sends_a_request_file_to_a_line_echo(tune_cli, tmp_path, flags):
     assert tune.finish() == 0, tune.err
     tune.assert_nothing_left()
     (result,) = json.loads(report.read_text())["results"]
+    assert result["throughput"] > 100 and result["errors"] == 0, result
+    keepalive = bool(flags)
+    assert tune.out.startswith("measured: keep-alive, 2 connections" if keepalive else "measured: a new connection")
+    assert ("note:" in tune.out) is not keepalive
+
+
+def test_a_server_that_speaks_first_fails_every_run_and_exits_1_saying_why(tune_cli, tmp_path):
+    # The greeting arrives where the client expects the 6-byte echo: every reply is too long.
+    request = tmp_path / "line.txt"
+    request.write_bytes(b"hello\n")
+    report = tmp_path / "greeting.json"
+    tune = tune_cli("apps.loadgen_peers:Greeting", "--request", str(request), "--keepalive", "--response-bytes", "6",
+                    "--workers", "1", "--threads", "2", "--concurrency", "2", "--duration", "0.3",
+                    "--json", str(report))
+    assert tune.finish() == 1, tune.err
+    tune.assert_nothing_left()
+    assert tune.err.splitlines()[-1].startswith(
+        "prefork: error: no run succeeded; the most common error: more reply bytes than expected (")
+    assert tune.err.splitlines()[-1].endswith("or does the server speak first (--greeting)?")
+    assert "\nrecommendation: none\n" in tune.out
+    data = json.loads(report.read_text())
+    assert data["recommendation"]["workers"] is None and data["results"][0]["errors"] > 0
+
+
+@pytest.mark.parametrize("flags, greeting", [
+    (["--keepalive", "--response-bytes", "6", "--greeting", "line"], "line"), (["--greeting", "11"], 11),
+], ids=["keep-alive-line", "new-connection-11-bytes"])
+def test_tune_reads_the_greeting_of_a_server_that_speaks_first(tune_cli, tmp_path, flags, greeting):
+    request = tmp_path / "line.txt"
+    request.write_bytes(b"hello\n")
+    report = tmp_path / "greeting.json"
+    tune = tune_cli("apps.loadgen_peers:Greeting", "--request", str(request), "--workers", "1", "--threads", "2",
+                    "--concurrency", "2", "--duration", "0.3", "--json", str(report), *flags)
+    assert tune.finish() == 0, tune.err
+    tune.assert_nothing_left()
+    assert re.search(r"^recommendation: 1 worker x 2 threads$", tune.out, re.M), tune.out
+    data = json.loads(report.read_text())
+    assert data["settings"]["greeting"] == greeting
+    (result,) = data["results"]
     assert result["throughput"] > 100 and result["errors"] == 0, result
 
 
