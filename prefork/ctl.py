@@ -2,12 +2,14 @@
 
     prefork ctl --control /run/app.ctl status [--json]     # or: prefork ctl status --control /run/app.ctl
     prefork ctl scale 8 | scale +1 | scale -1
-    prefork ctl reload | stop [--quick] | reopen-logs | upgrade
+    prefork ctl reload [--no-wait] [--timeout S] | stop [--quick] | reopen-logs | upgrade
 
 The socket comes from --control or PREFORK_CONTROL. Each invocation sends one
 JSON request and prints the reply: a table (or JSON) for status, one line
-for the rest. Nobody listening, a refused peer, or an error from the master
-is one line on stderr and exit status 1.
+for the rest. `reload` then waits for the outcome (the master's status says
+it), so that a reload whose new code fails to load exits non-zero. Nobody
+listening, a refused peer, an error from the master or a failed reload is
+one line on stderr and exit status 1.
 """
 
 import argparse
@@ -20,6 +22,8 @@ from . import commands
 from .errors import Exit, report
 
 TIMEOUT = 10.0
+RELOAD_TIMEOUT = 60.0      # seconds `ctl reload` waits for the outcome by default
+RELOAD_POLL = 0.1
 
 
 def add_parser(subparsers):
@@ -44,13 +48,21 @@ def add_parser(subparsers):
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     scale = action("scale", "set the number of workers: N, +N or -N")
     scale.add_argument("size", metavar="N|+N|-N")
-    action("reload", "replace every worker, one at a time (re-reading the config file)")
+    reload = action("reload", "replace every worker, one at a time (re-reading the config file); wait for "
+                              "the outcome and exit 1 if the new code or a new worker fails")
+    reload.add_argument("--no-wait", action="store_true", help="return once the master has begun the reload")
+    reload.add_argument("--timeout", type=_seconds, default=RELOAD_TIMEOUT, metavar="S",
+                        help=f"seconds to wait for the outcome (default: {RELOAD_TIMEOUT:g})")
     stop = action("stop", "stop gracefully")
     stop.add_argument("--quick", action="store_true", help="stop at once, abandoning requests in hand")
     action("reopen-logs", "reopen the log file in the master and every worker")
     action("upgrade", "start a new master on the same sockets (like SIGUSR2)")
     ctl.set_defaults(run=run_ctl)
     return ctl
+
+
+class CtlError(Exception):
+    """A problem to report in one line, exit status 1."""
 
 
 def run_ctl(args):
@@ -62,23 +74,65 @@ def run_ctl(args):
     if args.action == "stop":
         request["quick"] = args.quick
     try:
-        reply = send(args.control, request)
-    except FileNotFoundError:
-        return report(f"no master is listening on {args.control} (no such socket)", Exit.ERROR)
-    except ConnectionRefusedError:
-        return report(f"no master is listening on {args.control} (connection refused)", Exit.ERROR)
-    except PermissionError:
-        return report(f"permission denied on {args.control}: run as root or as the master's user", Exit.ERROR)
-    except (OSError, ValueError) as exc:
-        return report(f"the master at {args.control} did not answer: {exc}", Exit.ERROR)
-    if not reply.get("ok"):
-        return report(reply.get("error", "the master refused the command"), Exit.ERROR)
-    result = reply.get("result")
+        before = ask(args.control, {"command": "status"}) if args.action == "reload" and not args.no_wait else None
+        result = ask(args.control, request)
+        if before is not None:
+            print(result)
+            result = wait_for_reload(args.control, _reload_number(before), args.timeout)
+    except CtlError as exc:
+        return report(exc, Exit.ERROR)
     if args.action == "status":
         print(json.dumps(result, indent=2) if args.json else status_table(result))
     else:
         print(result)
     return Exit.OK
+
+
+def ask(path, request):
+    """The result of one request, or CtlError saying why there is none."""
+    try:
+        reply = send(path, request)
+    except FileNotFoundError:
+        raise CtlError(f"no master is listening on {path} (no such socket)") from None
+    except ConnectionRefusedError:
+        raise CtlError(f"no master is listening on {path} (connection refused)") from None
+    except PermissionError:
+        raise CtlError(f"permission denied on {path}: run as root or as the master's user") from None
+    except (OSError, ValueError) as exc:
+        raise CtlError(f"the master at {path} did not answer: {exc}") from None
+    if not reply.get("ok"):
+        raise CtlError(reply.get("error", "the master refused the command"))
+    return reply.get("result")
+
+
+def wait_for_reload(path, number_before, timeout):
+    """Poll the status until the reload after number_before is done (a line) or failed (CtlError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reload = ask(path, {"command": "status"})["master"].get("reload") or {}
+        if reload.get("number", 0) > number_before:
+            if reload["state"] == "done":
+                return f"reloaded: every worker runs generation {reload['generation']}"
+            if reload["state"] == "failed":
+                raise CtlError(f"reload failed, the old workers keep serving: {reload['error']}")
+        if time.monotonic() > deadline:
+            raise CtlError(f"the reload did not finish within {timeout:g} s (state: {reload.get('state', '?')}); "
+                           f"`prefork ctl status` shows where it stands")
+        time.sleep(RELOAD_POLL)
+
+
+def _reload_number(status):
+    return (status["master"].get("reload") or {}).get("number", 0)
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 def send(path, request, timeout=TIMEOUT):

@@ -8,9 +8,10 @@ datagram handler replies through, so that a reply never blocks a worker.
 import errno
 import logging
 import os
-import select
 import socket
 import time
+
+from .signals import wait_readable
 
 log = logging.getLogger("prefork")
 
@@ -32,6 +33,10 @@ class PoolRequest:
 
     def done(self):
         self.finished += 1
+        self.record.end_request(time.monotonic(), self.finished)
+
+    def abandon(self):
+        """A quick stop (SIGQUIT) left the request unserved: not busy any more, and not counted."""
         self.record.end_request(time.monotonic(), self.finished)
 
 
@@ -68,14 +73,15 @@ def handle_one(server, pool=None):
             except Exception:
                 server.handle_error(request, client_address)
                 server.shutdown_request(request)
-            except BaseException:
-                server.shutdown_request(request)
-                raise
         else:
             server.shutdown_request(request)
-    finally:
+    except BaseException:             # a quick stop, or the handler's sys.exit(): the request is abandoned
+        server.shutdown_request(request)
         if pool is not None:
-            pool.done()
+            pool.abandon()
+        raise
+    if pool is not None:
+        pool.done()
     return True
 
 
@@ -112,8 +118,7 @@ def _has_data(sock, client_timeout):
         pass
     except OSError:            # reset
         return False
-    readable, _, _ = select.select([sock], [], [], min(DEFERRED_GRACE, client_timeout or DEFERRED_GRACE))
-    if not readable:
+    if not wait_readable(sock, min(DEFERRED_GRACE, client_timeout or DEFERRED_GRACE)):
         return False
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))

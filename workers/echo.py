@@ -5,11 +5,14 @@ Unix, UDP and Unix-datagram addresses at once with the same handler.
 
 It follows prefork's protocol for long-lived handlers: while a connection is
 quiet it calls self.server.heartbeat() every second, so the master does not
-take a quiet client for a hung worker, and it closes the connection between
-lines once self.server.stopping says a graceful stop began, or once the
-client has been quiet for the pool's client timeout (which arrives as the
-socket's timeout). The quiet second is the kernel's SO_RCVTIMEO, which costs
-nothing per recv() (settimeout() would add a poll() to each).
+take a quiet client for a hung worker. Once self.server.stopping says a
+graceful stop began, it still answers every line that has arrived, and
+closes the connection when no more is waiting: the first read of a
+connection waits for its first line (it may be on its way), later ones only
+take what is there. It also closes once the client has been quiet for the
+pool's client timeout (which arrives as the socket's timeout). The quiet
+second is the kernel's SO_RCVTIMEO, which costs nothing per recv()
+(settimeout() would add a poll() to each).
 """
 
 import socket
@@ -33,16 +36,21 @@ class EchoHandler(prefork.BaseRequestHandler):
         if client_timeout is not None:
             sock.setblocking(True)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _ONE_SECOND)
-        quiet = 0
-        while not getattr(server, "stopping", False):
+        quiet, waited = 0, False
+        while True:
+            # Stopping: take only what has arrived, after the first read.
+            flags = socket.MSG_DONTWAIT if waited and getattr(server, "stopping", False) else 0
             try:
-                data = sock.recv(65536)
-            except BlockingIOError:                # a quiet second
+                data = sock.recv(65536, flags)
+            except BlockingIOError:                # a quiet second, or nothing waiting while stopping
+                if getattr(server, "stopping", False):
+                    break
                 quiet += 1
                 if client_timeout is not None and quiet >= client_timeout:
                     break
                 heartbeat()
                 continue
+            waited = True
             if not data:
                 break
             quiet = 0

@@ -86,6 +86,7 @@ def test_every_ctl_command_against_a_running_master(serve_cli, short_tmp):
     assert code == 1 and err.strip() == "prefork: error: scale wants N, +N or -N, got 'lots'"
     code, out, _ = ctl(control, "reload")
     assert code == 0 and out.startswith("reloading 4 worker(s) one at a time (generation 1)")
+    assert out.endswith("reloaded: every worker runs generation 1\n")
     wait_for(lambda: {w["generation"] for w in status(control)["workers"]} == {1}
              and len(status(control)["workers"]) == 4, timeout=20)
     assert not first & {w["pid"] for w in status(control)["workers"]}
@@ -171,6 +172,39 @@ def test_a_reload_applies_a_changed_config_file_and_refuses_a_broken_one(serve_c
     os.kill(server.pid, signal.SIGHUP)
     server.wait_log(rf"not reloading, the settings have a problem: {re.escape(str(config))}: workers must be")
     assert len(server.workers()) == 3 and len(re.findall(r"reloading \d+ worker", server.log())) == 1
+
+
+HANGS_AT_IMPORT = "import time\ntime.sleep(3600)\n"
+BROKEN = "import no_such_module_at_all\n"
+
+
+@pytest.mark.parametrize("preload, breakage, reason", [
+    (False, BROKEN, "cannot import handler 'app:Handler': No module named 'no_such_module_at_all'"),
+    (True, BROKEN, "cannot import handler 'app:Handler': No module named 'no_such_module_at_all'"),
+    (True, HANGS_AT_IMPORT, "not ready within the boot timeout of 2.0 s"),
+])
+def test_ctl_reload_waits_for_the_outcome_and_fails_when_the_new_code_does(serve_cli, tmp_path, short_tmp,
+                                                                           preload, breakage, reason):
+    """Before: `prefork ctl reload` exited 0 when the new code failed to load; a reload whose import
+    hung (with --preload) never completed and said nothing."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    module = tmp_path / "app.py"
+    module.write_text("import prefork\nclass Handler(prefork.BaseRequestHandler):\n"
+                      "    def handle(self):\n        self.request.sendall(b'one\\n')\n")
+    server = serve_cli("app:Handler", "-w", "2", "-b", "127.0.0.1:0", "--control", control, "--boot-timeout", "2",
+                       *(["--preload"] if preload else []), cwd=str(tmp_path))
+    address = server.addresses()[0]
+    old = server.wait_workers(2)
+    assert ctl(control, "reload")[0] == 0                      # the code as it is: a reload that works
+    old = server.wait_replaced(old, 2, timeout=20)
+    module.write_text(breakage)
+    started = time.monotonic()
+    code, out, err = ctl(control, "reload", timeout=30)
+    assert code == 1 and err.strip() == f"prefork: error: reload failed, the old workers keep serving: {reason}", err
+    assert time.monotonic() - started < 15
+    assert exchange("tcp", address, b"x") == b"one\n" and set(server.wait_workers(2)) == old
+    assert ctl(control, "reload", "--no-wait")[0] == 0          # the old behaviour: do not wait
+    assert status(control)["master"]["reload"]["state"] in ("loading", "replacing", "failed")
 
 
 def test_a_reload_whose_code_fails_to_import_leaves_the_old_workers_serving(serve_cli, tmp_path):

@@ -99,3 +99,17 @@ def test_the_exit_of_a_worker_at_its_cap_reads_as_a_recycle(serve_cli):
     assert served_by(exchange("tcp", address, b"x\n")) == first
     server.wait_log(rf"worker 1 \(pid {first}\) exited \(recycle, exit code 5\)")
     assert "unexpectedly" not in server.log()
+
+
+@pytest.mark.parametrize("max_requests, requests", [(1, 30), (10, 200)])
+def test_the_built_in_echo_answers_every_request_across_recycles(serve_cli, max_requests, requests):
+    """Before: the echo handler checked server.stopping before its first read, and the worker set
+    it on accepting its last connection: with --max-requests 1 every client got b'' unanswered."""
+    server = serve(serve_cli, "echo", "-w", "2", "-b", "127.0.0.1:0", "--max-requests", str(max_requests))
+    address = server.addresses()[0]
+    server.wait_workers(2)
+    replies = [stream_exchange(socket.AF_INET, address, b"x%d\n" % n, timeout=10) for n in range(requests)]
+    assert replies == [b"x%d\n" % n for n in range(requests)]
+    wait_for(lambda: server.log().count("exited (recycle") >= requests // max_requests - 2,
+             message=server.log)
+    assert "unexpectedly" not in server.log()
