@@ -4,6 +4,7 @@ upgrades in place, systemd, pid files, privileges and log files. Real masters, r
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -420,6 +421,20 @@ def test_workers_drop_to_user_and_group_after_binding_a_privileged_port(serve_cl
     assert psutil.Process(server.pid).uids().real == 0, "the master keeps its privileges"
     code, _, err = run_cli("serve", "--user", "no-such-user-here")
     assert code == 2 and err.strip() == "prefork: error: --user: no such user 'no-such-user-here'"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@pytest.mark.parametrize("preload", [False, True])
+def test_user_without_the_capability_to_drop_names_user_and_the_capability(preload):
+    """Before: root without CAP_SETUID got exit 3 and "post_fork hook raised PermissionError"."""
+    proc = subprocess.run(["setpriv", "--bounding-set", "-setuid,-setgid", "--", sys.executable, "-m", "prefork",
+                           "serve", "-w", "1", "-b", "127.0.0.1:0", "--user", "nobody",
+                           *(["--preload"] if preload else [])], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        "prefork: error: --user and --group need the CAP_SETUID and CAP_SETGID capabilities, which this root "
+        "process lacks (a capability bounding set: systemd's CapabilityBoundingSet=, setpriv, a container)")
 
 
 def test_umask_socket_mode_and_owner_of_unix_socket_files(serve_cli, short_tmp):

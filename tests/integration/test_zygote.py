@@ -5,7 +5,10 @@ records in a file the pid of every process that imports it.
 """
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -321,3 +324,118 @@ def test_no_zombie_fd_or_process_is_left_after_100_respawns_and_10_reloads(serve
     everyone = [server.pid] + [c.pid for c in master.children(recursive=True)]
     assert server.stop() == 0
     assert all(process_gone(pid) for pid in everyone), "nothing outlives the master"
+
+
+def test_a_zygote_whose_import_hangs_is_killed_at_the_boot_timeout_then_the_master_exits_3(tmp_path):
+    """Before: the boot timeout did not apply to the zygote; the master sat with no worker, silent, for ever."""
+    write_module(tmp_path, text="import time\ntime.sleep(3600)\n")
+    started = time.monotonic()
+    returncode, _, stderr = run_cli("serve", "versioned:Handler", "-w", "1", "-b", "127.0.0.1:0", "--preload",
+                                    "--boot-timeout", "1", "--max-boot-failures", "2", cwd=str(tmp_path), timeout=30)
+    elapsed = time.monotonic() - started
+    assert returncode == 3 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "prefork: error: no worker could boot (2 attempts): not ready within the boot timeout of 1.0 s")
+    assert 2.0 <= elapsed < 15, elapsed                # two boot timeouts of 1 s, then the exit
+
+
+def test_a_log_rotation_reaches_the_zygote_and_the_workers_it_forks_later(serve_cli, tmp_path, short_tmp):
+    """Before: USR1 reached the pool's workers only: the zygote, and every worker it forked after a
+    rotation, kept writing to the rotated file until the next reload."""
+    log = tmp_path / "app.log"
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve_versioned(serve_cli, tmp_path, "-w", "1", "--log-file", str(log), "--control", control)
+    wait_for(lambda: log.exists() and "worker 1 ready" in log.read_text())
+    wait_for(lambda: len(children(server, "next worker")) == 1)
+    (old_worker,) = children(server, "worker")
+    (zygote,) = children(server, "zygote")
+    log.rename(tmp_path / "app.log.1")
+    assert run_cli("ctl", "--control", control, "reopen-logs")[0] == 0
+
+    def writes_to_the_rotated_file(pid):
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("app.log.1") for fd in os.listdir(f"/proc/{pid}/fd"))
+        except FileNotFoundError:                     # gone, or an fd closed under us
+            return True
+    wait_for(lambda: not writes_to_the_rotated_file(zygote), message="the zygote reopened its log")
+    os.kill(old_worker, signal.SIGKILL)               # the replacement is the next worker, forked before
+    new_worker = wait_for(lambda: [pid for pid in children(server, "worker") if pid != old_worker] and
+                          "worker 1 ready" in log.read_text() and children(server, "worker")[0])
+    wait_for(lambda: not writes_to_the_rotated_file(new_worker), message="the new worker reopened its log")
+    assert children(server, "zygote") == [zygote]
+
+
+EMBEDDED = '''
+import signal, sys, threading
+import prefork
+from prefork.loader import load_handler
+from prefork.servers import serve_together
+
+server = prefork.TCPServer(("127.0.0.1", 0), None, policy=prefork.Prefork(workers=1),
+                           config=prefork.Config(preload=True))
+def stop_when_serving():
+    while not [w for w in server.stats()["workers"] if w["state"] == "idle"]:
+        threading.Event().wait(0.02)
+    server.shutdown()
+threading.Thread(target=stop_when_serving, daemon=True).start()
+before = signal.getsignal(signal.SIGCHLD)
+serve_together([server], load_handler=lambda: load_handler("versioned:Handler"))   # in the main thread
+server.server_close()
+print(int(before), int(signal.getsignal(signal.SIGCHLD)))
+'''
+
+
+def test_an_embedded_pool_with_zygotes_gives_sigchld_back_as_it_found_it(tmp_path):
+    """Before: the master installed a SIGCHLD handler of its own to reap orphans and left it behind."""
+    write_module(tmp_path, "v1")
+    script = tmp_path / "embedded.py"
+    script.write_text(EMBEDDED)
+    proc = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=30, env=dict(os.environ, PREFORK_TEST_IMPORTS=str(tmp_path / "imports")))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(int(signal.SIG_DFL))] * 2, proc.stdout
+
+
+MANY_FDS = '''
+import os, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+for _ in range(1100):                          # every descriptor prefork opens from here on is past 1023
+    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+def test_a_master_whose_descriptors_are_numbered_past_1023_keeps_working(tmp_path):
+    """Before: select() on the zygote's socket, a pidfd or a deferred client raised ValueError past
+    fd 1023, out of the master's loop: the master SIGKILLed every worker."""
+    write_module(tmp_path, "v1")
+    (tmp_path / "many_fds.py").write_text(MANY_FDS)
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(tmp_path / "many_fds.py"), sys.executable, "-m", "prefork", "serve",
+             "versioned:Handler", "-w", "2", "-b", "127.0.0.1:0", "--preload", "--defer-accept"],
+            cwd=str(tmp_path), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PREFORK_TEST_IMPORTS=str(tmp_path / "imports")))
+    try:
+        port = int(wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())).group(1))
+        wait_for(lambda: log.read_text().count("ready (pid") >= 2, message=log.read_text)
+        address = ("127.0.0.1", port)
+        assert ask(address)[0] == "v1"
+        victim = ask(address)[1]
+        assert max(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")) > 1100
+        os.kill(victim, signal.SIGKILL)             # its replacement is asked of the zygote
+        wait_for(lambda: log.read_text().count("ready (pid") >= 3, message=log.read_text)
+        os.kill(proc.pid, signal.SIGHUP)            # a new zygote, new workers
+        wait_for(lambda: "generation 1 loaded" in log.read_text(), message=log.read_text)
+        assert {ask(address)[0] for _ in range(4)} == {"v1"}
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    text = log.read_text()
+    assert "Traceback" not in text and "out of range" not in text, text
+    assert text.count("[ERROR]") == 1 and f"(pid {victim}) died unexpectedly (signal SIGKILL)" in text, text
