@@ -67,9 +67,6 @@ class ControlServer:
         self._clients = {}               # socket -> _Client
         self._selector = None
 
-    def fds(self):
-        return [self.sock.fileno()]
-
     def start(self, selector):
         self._selector = selector
         if self.active:

@@ -228,7 +228,7 @@ def queued_connections(socks):
 class PoolSocketState:
     """What prepare_for_pool changed on a listening socket, to put back when the pool stops."""
 
-    def __init__(self, server, timeout, deferred):
+    def __init__(self, timeout, deferred):
         self.timeout, self.deferred = timeout, deferred
 
     def restore(self, server):
@@ -261,7 +261,7 @@ def prepare_for_pool(server, config):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and config.client_timeout and config.defer_accept:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, math.ceil(config.client_timeout)))
             server.defers_accept = deferred = True
-    return PoolSocketState(server, timeout, deferred)
+    return PoolSocketState(timeout, deferred)
 
 
 def _resolve(bind, sock_type):

@@ -15,7 +15,7 @@ import time
 
 from . import forking, planner, scoreboard
 from .errors import SpawnError, WorkerExit
-from .signals import signal_name
+from .signals import exit_text
 from .worker import Worker
 
 log = logging.getLogger("prefork")
@@ -201,7 +201,7 @@ class Pool:
         if reason != "stop":
             history.restarts += 1
             self.restarts[reason] += 1
-        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
+        how = exit_text(code)
         if not worker.ready and reason in ("boot", "timeout"):
             self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
         elif reason == "signal":

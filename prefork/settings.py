@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
-from .config import Config, check_fields, checked, kind_of, range_problem, setting
+from .config import Config, at_least, check_fields, checked, kind_of, setting
 from .errors import ConfigError
 from .policies import MAX_THREADS, MAX_WORKERS, POLICIES_BY_NAME
 
@@ -31,10 +31,6 @@ except ImportError:                  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-def between(low, most):
-    return lambda value: range_problem(value, low, most)
 
 
 @dataclass(frozen=True)
@@ -55,29 +51,29 @@ class ServeOptions:
         "request; serial: one request at a time", choices=tuple(POLICIES_BY_NAME), restart=True)
     workers: Optional[int] = setting(
         None, "--workers", "worker processes, for --policy prefork (default: one per CPU)",
-        between(1, MAX_WORKERS), "N", short="-w", kind="optional-int")
+        at_least(1, MAX_WORKERS), "N", short="-w", kind="optional-int")
     threads: int = setting(
-        1, "--threads", "accept threads in each worker, for --policy prefork and adaptive", between(1, MAX_THREADS),
+        1, "--threads", "accept threads in each worker, for --policy prefork and adaptive", at_least(1, MAX_THREADS),
         "N", restart=True)
     min_workers: int = setting(
-        1, "--min-workers", "fewest worker processes, for --policy adaptive", between(1, MAX_WORKERS), "N",
+        1, "--min-workers", "fewest worker processes, for --policy adaptive", at_least(1, MAX_WORKERS), "N",
         restart=True)
     max_workers: Optional[int] = setting(
         None, "--max-workers", "most worker processes, for --policy adaptive (default: 4 per CPU)",
-        between(1, MAX_WORKERS), "N", kind="optional-int", restart=True)
+        at_least(1, MAX_WORKERS), "N", kind="optional-int", restart=True)
     min_spare: int = setting(
         1, "--min-spare", "for --policy adaptive: fork more workers when fewer than N are idle (idle threads "
-        "with --threads), or while connections wait in a TCP accept queue", between(0, MAX_WORKERS * MAX_THREADS),
+        "with --threads), or while connections wait in a TCP accept queue", at_least(0, MAX_WORKERS * MAX_THREADS),
         "N", restart=True)
     max_spare: Optional[int] = setting(
         None, "--max-spare", "for --policy adaptive: retire idle workers, one a second, once more than N have been "
-        "idle for --scale-down-after (default: --min-spare + --threads)", between(0, MAX_WORKERS * MAX_THREADS),
+        "idle for --scale-down-after (default: --min-spare + --threads)", at_least(0, MAX_WORKERS * MAX_THREADS),
         "N", kind="optional-int", restart=True)
     scale_down_after: float = setting(
         10.0, "--scale-down-after", "for --policy adaptive: seconds the pool must have had more than --max-spare "
-        "idle workers before it retires one", between(0, None), "S", restart=True)
+        "idle workers before it retires one", at_least(0, None), "S", restart=True)
     backlog: int = setting(
-        2048, "--backlog", "listen queue length of stream sockets", between(1, 65535), "N", restart=True)
+        2048, "--backlog", "listen queue length of stream sockets", at_least(1, 65535), "N", restart=True)
     hooks: str = setting(
         "", "--hooks", "a module defining any of on_starting, pre_fork, post_fork, worker_ready, worker_exit, "
         "on_exit; each is called with the server first", metavar="MODULE", restart=True)

@@ -92,10 +92,6 @@ class SignalInbox:
         """Also install handler for signum (main thread only), to be restored with the others."""
         self._old_handlers[signum] = signal.signal(signum, handler)
 
-    @property
-    def installed(self):
-        return self._old_wakeup_fd is not None
-
     def restore(self):
         """Put back the handlers and wake-up fd that were there before install()."""
         _reset_after_fork.discard(self)
@@ -160,6 +156,11 @@ def signal_name(signum):
         return signal.Signals(signum).name
     except ValueError:            # a real-time signal without a name
         return str(signum)
+
+
+def exit_text(code):
+    """A child's exit as a person reads it: "exit code 3" or "signal SIGKILL" (code as subprocess gives it)."""
+    return f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
 
 
 def wait_readable(fd, timeout):

@@ -34,7 +34,7 @@ import time
 from . import forking, planner, zygote
 from .errors import SpawnError
 from .pool import send_signal
-from .signals import signal_name, wait_readable
+from .signals import exit_text, wait_readable
 from .snapshot import ZygoteView
 
 log = logging.getLogger("prefork")
@@ -169,7 +169,7 @@ class Zygotes:
         state = "booting" if handle.killed_loading else handle.state
         self._forget(handle)
         code = os.waitstatus_to_exitcode(status)
-        how = f"signal {signal_name(-code)}" if code < 0 else f"exit code {code}"
+        how = exit_text(code)
         meaning = planner.zygote_exit(state, handle.generation, current_generation, loading, handle.counted)
         if meaning == "expected":
             log.info("zygote %s of generation %s exited (%s)", handle.pid, handle.generation, how)
