@@ -175,6 +175,19 @@ def test_a_reload_applies_a_changed_config_file_and_refuses_a_broken_one(serve_c
     assert len(server.workers()) == 3 and len(re.findall(r"reloading \d+ worker", server.log())) == 1
 
 
+def test_a_reload_asking_for_more_workers_than_the_master_can_run_says_it_capped_them(serve_cli, tmp_path):
+    """Before: the count was capped at the scoreboard's size silently, and logged as "32 worker(s) wanted"."""
+    config = tmp_path / "prefork.toml"
+    config.write_text('workers = 1\nbind = ["127.0.0.1:0"]\n')
+    server = serve_cli("-c", str(config), cwd=str(tmp_path))
+    server.wait_workers(1)
+    config.write_text('workers = 40\nbind = ["127.0.0.1:0"]\n')
+    os.kill(server.pid, signal.SIGHUP)
+    server.wait_log(r"reload: 40 workers asked for, but this master can run at most 32 \(the scoreboard's size, "
+                    r"set at start\): 32 worker\(s\)")
+    assert "40 worker(s) wanted" not in server.log() and "32 worker(s) wanted" not in server.log()
+
+
 HANGS_AT_IMPORT = "import time\ntime.sleep(3600)\n"
 BROKEN = "import no_such_module_at_all\n"
 
