@@ -18,6 +18,12 @@ the new master exits instead (it failed, or the operator stopped it to roll
 back), the old master takes the pid file and the control socket back. When
 the old master exits after a successful upgrade it leaves the socket files in
 place: they belong to the new master now.
+
+The old master follows the new one by a pidfd, never by its pid, which may be
+another process's once the child is reaped. When the old master reaps every
+child itself (--preload, PID 1), the pool may collect the new master's exit
+first: it hands over the status (Upgrader.claim), so the roll-back still says
+how the new master ended.
 """
 
 import logging
@@ -30,6 +36,7 @@ from typing import NamedTuple
 
 from .errors import PreforkError
 from .pidfile import is_master
+from .signals import exit_text, wait_readable
 
 log = logging.getLogger("prefork")
 
@@ -117,9 +124,10 @@ class Upgrader:
     def __init__(self, servers, control=None, pidfile=None, cwd=None, activated=()):
         self.servers, self.control, self.pidfile, self.activated = servers, control, pidfile, list(activated)
         self.cwd = cwd or os.getcwd()
-        self.child = None                  # the new master, a subprocess.Popen
+        self.new_master = None             # its pid, until we have seen it exit; we follow it by _pidfd
         self.handed_over = False           # its workers are ready: it answers the control socket
         self._pidfd = self._ready = self._selector = None
+        self._reaped = None                # its wait status, when the pool's waitpid(-1) took it (claim)
 
     def start(self, selector):
         self._selector = selector
@@ -128,7 +136,7 @@ class Upgrader:
     def other_master_serves(self):
         """The new master runs (ready or still booting): were we stopped, the service goes on in it,
         on the sockets we share, so we must leave them (and their files) as they are."""
-        return self.child is not None and self.child.poll() is None
+        return self._pidfd is not None and not wait_readable(self._pidfd, 0)     # readable: it exited
 
     @property
     def main_is_elsewhere(self):
@@ -136,12 +144,12 @@ class Upgrader:
         return self.handed_over and self.other_master_serves
 
     def status(self):
-        return {"upgrade": {"new_master": self.child.pid, "ready": self.handed_over}} if self.child else {}
+        return {"upgrade": {"new_master": self.new_master, "ready": self.handed_over}} if self.new_master else {}
 
     def begin(self, master):
         """Start the new master; a text for the log and `prefork ctl upgrade`."""
-        if self.child is not None:
-            raise PreforkError(f"an upgrade is already under way (new master pid {self.child.pid}): "
+        if self.new_master is not None:
+            raise PreforkError(f"an upgrade is already under way (new master pid {self.new_master}): "
                                f"stop this master (SIGTERM) to finish it, or the new one to roll back")
         predecessor = next((s.predecessor for s in master.services
                             if isinstance(s, Successor) and s.other_master_serves), None)
@@ -167,7 +175,7 @@ class Upgrader:
             self.pidfile.move_aside()
         command = [sys.executable, *sys.orig_argv[1:]]
         try:
-            self.child = subprocess.Popen(command, cwd=self.cwd, env=env, pass_fds=passed)
+            self.new_master = start_process(command, cwd=self.cwd, env=env, pass_fds=passed)
         except OSError as exc:
             os.close(read_end)
             self._roll_back()
@@ -176,10 +184,10 @@ class Upgrader:
             os.close(write_end)
         self._ready = read_end
         self._selector.register(read_end, selectors.EVENT_READ, self)
-        self._pidfd = os.pidfd_open(self.child.pid)
+        self._pidfd = os.pidfd_open(self.new_master)      # not reaped yet: nobody reaps between the two
         self._selector.register(self._pidfd, selectors.EVENT_READ, self)
-        log.info("upgrade: started a new master, pid %s: %s", self.child.pid, " ".join(command))
-        return f"new master started, pid {self.child.pid}"
+        log.info("upgrade: started a new master, pid %s: %s", self.new_master, " ".join(command))
+        return f"new master started, pid {self.new_master}"
 
     def on_event(self, master, fileobj, mask):
         if fileobj == self._ready:
@@ -187,21 +195,43 @@ class Upgrader:
             self._selector.unregister(self._ready)
             os.close(self._ready)
             self._ready = None
-            if message.startswith(b"ready") and self.child.poll() is None:
+            if message.startswith(b"ready") and self.other_master_serves:
                 self.handed_over = True
                 if self.control is not None:
                     self.control.pause()
                 log.info("upgrade: the new master (pid %s) is serving; stop this one (pid %s) with SIGTERM, "
-                         "or stop the new one to roll back", self.child.pid, os.getpid())
+                         "or stop the new one to roll back", self.new_master, os.getpid())
         elif fileobj == self._pidfd:
-            code = self.child.wait()
+            code = self._reaped_code()
             self._selector.unregister(self._pidfd)
             os.close(self._pidfd)
-            self._pidfd = None
-            log.warning("upgrade rolled back: the new master (pid %s) exited with %s; this one carries on",
-                        self.child.pid, code)
-            self.child = None
+            log.warning("upgrade rolled back: the new master (pid %s) exited (%s); this one carries on",
+                        self.new_master, "its status was lost" if code is None else exit_text(code))
+            self.new_master = self._pidfd = self._reaped = None
             self._roll_back()
+
+    def claim(self, pid, status):
+        """The pool reaped pid with waitpid(-1) (it reaps every child with --preload, or as PID 1): if
+        it is the new master, keep its exit status for our pidfd event, which then has none to wait for.
+
+        Comparing pids is safe here: until it is reaped (now), no other process can have its pid."""
+        if pid != self.new_master:
+            return False
+        self._reaped = status
+        return True
+
+    def _reaped_code(self):
+        """The exited new master's exit code (negative: killed by that signal), whoever reaped it;
+        None if something reaped it without telling us: the log must not make up a status."""
+        if self._reaped is not None:
+            return os.waitstatus_to_exitcode(self._reaped)
+        try:
+            info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            info = None
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def on_pass(self, master, now):
         return None
@@ -222,6 +252,19 @@ class Upgrader:
             return
         if self.other_master_serves:
             release_files(self.servers, self.control)       # the new master serves on them
+
+
+def start_process(command, **popen_arguments):
+    """Start command as our child; its pid.
+
+    Popen does the starting (pass_fds, cwd, an exec error raised here), and nothing else: we follow
+    the child by a pidfd. Popen's poll() and wait() go by pid: they take a child the pool reaped
+    (waitpid(-1)) for one that exited with 0, and wait on whatever process has that pid by then, as
+    its __del__ would. Setting returncode tells Popen there is nothing left to wait for.
+    """
+    process = subprocess.Popen(command, **popen_arguments)
+    process.returncode = 0
+    return process.pid
 
 
 def release_files(servers, control):

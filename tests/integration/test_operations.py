@@ -592,6 +592,37 @@ def test_a_second_upgrade_waits_until_the_first_is_finished(serve_cli, short_tmp
     wait_for(lambda: process_gone(new), timeout=15)
 
 
+def new_master_of(old, control):
+    """The pid of the new master an upgrade of old started, once ctl status tells it: the old master
+    names it until the new one is ready, then the new one answers on the control socket itself."""
+    master = status(control)["master"]
+    return master.get("upgrade", {}).get("new_master") or (master["pid"] if master["pid"] != old else None)
+
+
+@pytest.mark.parametrize("preload", [("--preload",), ()], ids=["the pool reaps it", "the upgrade reaps it"])
+def test_a_rolled_back_upgrade_says_how_the_new_master_really_ended(serve_cli, short_tmp, preload):
+    """With --preload the old master reaps every child with waitpid(-1): when that takes the new
+    master's exit before the upgrade sees it, the roll-back must still say how it really ended."""
+    control, pidfile, kill = (os.path.join(short_tmp, name) for name in ("ctl.sock", "p.pid", "kill"))
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", *preload, "--control", control, "--pid", pidfile,
+                       "--hooks", "apps.upgrade_hooks", cwd=TESTS, env={"PREFORK_TEST_KILL": kill})
+    address = server.addresses()[0]
+    (worker,) = server.wait_workers(1, timeout=15)
+    os.kill(server.pid, signal.SIGUSR2)
+    new = wait_for(lambda: new_master_of(server.pid, control), timeout=15)
+    with open(kill, "w") as f:
+        f.write(str(new))
+    os.kill(worker, signal.SIGKILL)      # its worker_exit hook kills the new master, for the pool to reap
+    log = server.wait_log(rf"upgrade rolled back: the new master \(pid {new}\)", timeout=15)
+    assert not os.path.exists(kill), "the hook ran in the old master"
+    assert re.search(rf"the new master \(pid {new}\) exited \(signal SIGKILL\)", log), log
+    server.wait_replaced({worker}, 1, timeout=15)
+    assert exchange("tcp", address) == b"hello\n"
+    wait_for(lambda: status(control)["master"]["pid"] == server.pid and read_pid(pidfile) == server.pid)
+    assert "upgrade" not in status(control)["master"]
+    assert server.stop() == 0
+
+
 def test_nothing_a_control_client_sends_takes_the_master_down(serve_cli, short_tmp, tmp_path):
     control = os.path.join(short_tmp, "ctl.sock")
     config = tmp_path / "prefork.toml"
