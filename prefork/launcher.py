@@ -119,7 +119,7 @@ def run_serve(resolved, re_resolve):
         if options.pid:
             pidfile = PidFile(options.pid)
             pidfile.create()
-        services = _services(launch, servers, activated, inherited.control, inherited.ready, pidfile)
+        services = _services(launch, servers, activated, inherited, pidfile)
     except (BindError, OSError) as exc:
         for service in services:
             service.close()
@@ -171,9 +171,10 @@ def _set_socket_files(servers, mode, owner):
             os.chown(path, *owner)
 
 
-def _services(launch, servers, activated, control_socket, ready_fd, pidfile):
+def _services(launch, servers, activated, inherited, pidfile):
     """What the master looks after beside its workers, for `prefork serve`."""
     services = []
+    control_socket, ready_fd = inherited.control, inherited.ready
     options = launch.options
     control = None
     if control_socket is not None:           # an old master's: ours to answer once our pool is ready
@@ -189,7 +190,7 @@ def _services(launch, servers, activated, control_socket, ready_fd, pidfile):
     if launch.policy.pooled:
         services.append(upgrade.Upgrader(servers, control, pidfile, activated=activated))
     if ready_fd is not None:
-        services.append(upgrade.Successor(ready_fd, servers, control))
+        services.append(upgrade.Successor(ready_fd, servers, control, inherited.predecessor))
     return services
 
 

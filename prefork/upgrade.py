@@ -19,11 +19,13 @@ back), the old master takes the pid file and the control socket back. When
 the old master exits after a successful upgrade it leaves the socket files in
 place: they belong to the new master now.
 
-The old master follows the new one by a pidfd, never by its pid, which may be
-another process's once the child is reaped. When the old master reaps every
-child itself (--preload, PID 1), the pool may collect the new master's exit
-first: it hands over the status (Upgrader.claim), so the roll-back still says
-how the new master ended.
+Each master follows the other by a pidfd, never by its pid, which may be
+another process's once the first is gone. The new master opens one on its
+parent, the old master named by PREFORK_PREDECESSOR, if that is still its
+parent (one that died is replaced by a reaper). When the old master reaps
+every child itself (--preload, PID 1), the pool may collect the new master's
+exit first: it hands over the status (Upgrader.claim), so the roll-back still
+says how the new master ended.
 """
 
 import logging
@@ -35,13 +37,12 @@ import sys
 from typing import NamedTuple
 
 from .errors import PreforkError
-from .pidfile import is_master
 from .signals import exit_text, wait_readable
 
 log = logging.getLogger("prefork")
 
 FDS_VARIABLE, CONTROL_VARIABLE, READY_VARIABLE = "PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"
-SYSTEMD_VARIABLE = "PREFORK_SYSTEMD_FDS"
+SYSTEMD_VARIABLE, PREDECESSOR_VARIABLE = "PREFORK_SYSTEMD_FDS", "PREFORK_PREDECESSOR"
 
 
 # -- the new master's side ------------------------------------------------------------------
@@ -53,6 +54,7 @@ class Inherited(NamedTuple):
     activated: list           #: [(socket, name)] systemd passed the first master, as systemd.listen_fds()
     control: object           #: the control socket, or None
     ready: object             #: the fd to say "ready" on, or None
+    predecessor: object       #: the old master's pid, or None (none, or one that did not say)
 
 
 def inherited(environ=None):
@@ -68,8 +70,9 @@ def inherited(environ=None):
             activated.append((listeners.pop(int(fd)), name))
     control = environ.pop(CONTROL_VARIABLE, "")
     ready = environ.pop(READY_VARIABLE, "")
+    predecessor = environ.pop(PREDECESSOR_VARIABLE, "")
     return Inherited(list(listeners.values()), activated, socket.socket(fileno=int(control)) if control else None,
-                     int(ready) if ready else None)
+                     int(ready) if ready else None, int(predecessor) if predecessor else None)
 
 
 class Successor:
@@ -79,14 +82,23 @@ class Successor:
     Until then `prefork ctl` keeps talking to the old master, so that an answer from the new one
     means its workers are ready (a script may then stop the old one)."""
 
-    def __init__(self, fd, servers, control=None):
+    def __init__(self, fd, servers, control=None, predecessor=None):
+        """predecessor: the old master's pid, as it said (an older one does not: then our parent's)."""
         self.fd, self.servers, self.control = fd, servers, control
-        self.predecessor = os.getppid()
+        self.predecessor = predecessor or os.getppid()       # for messages: we follow it by _pidfd
+        self._pidfd = open_parent_pidfd(self.predecessor)
+        self._predecessor_runs = self._pidfd is not None
 
     @property
     def other_master_serves(self):
-        """The old master still runs: if we stop now, it is a roll-back and it serves on."""
-        return is_master(self.predecessor)
+        """The old master still runs: if we stop now, it is a roll-back and it serves on.
+
+        Asked of its pidfd (readable: it exited), never of its pid, which may be another process's
+        once it is gone. After close(), the answer close() had."""
+        if self._pidfd is not None and wait_readable(self._pidfd, 0):
+            self._predecessor_runs = False
+            self._close_pidfd()
+        return self._predecessor_runs
 
     def start(self, selector):
         pass
@@ -112,6 +124,29 @@ class Successor:
             self.fd = None
         if not in_child and self.other_master_serves:
             release_files(self.servers, self.control)
+        self._close_pidfd()
+
+    def _close_pidfd(self):
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def open_parent_pidfd(pid):
+    """A pidfd on our parent, pid; None if pid is no longer our parent (it died, and a reaper took us).
+
+    getppid() before and after: the pid of a parent that died may be another process's by the time
+    we open it, but while getppid() says pid, pid is our parent, alive."""
+    if os.getppid() != pid:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if os.getppid() != pid:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 # -- the old master's side ------------------------------------------------------------------
@@ -160,7 +195,8 @@ class Upgrader:
             raise PreforkError("the master is stopping")
         read_end, write_end = os.pipe()
         listeners = [server.socket.fileno() for server in self.servers]
-        env = dict(os.environ, **{FDS_VARIABLE: ",".join(map(str, listeners)), READY_VARIABLE: str(write_end)})
+        env = dict(os.environ, **{FDS_VARIABLE: ",".join(map(str, listeners)), READY_VARIABLE: str(write_end),
+                                  PREDECESSOR_VARIABLE: str(os.getpid())})
         if self.activated:
             env[SYSTEMD_VARIABLE] = ":".join(f"{sock.fileno()}={name}" for sock, name in self.activated)
         passed = [*listeners, write_end]
