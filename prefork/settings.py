@@ -234,7 +234,8 @@ def resolve(command_line, environ=None, config_file=None, cwd=None):
 
 
 # Read by the parts of prefork that are not settings: an upgrade's inherited descriptors.
-_OTHER_VARIABLES = {"PREFORK_FDS", "PREFORK_SYSTEMD_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"}
+_OTHER_VARIABLES = {"PREFORK_FDS", "PREFORK_SYSTEMD_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD",
+                    "PREFORK_PREDECESSOR"}
 
 
 def misspelled_variables(environ=None):
