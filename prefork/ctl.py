@@ -19,6 +19,7 @@ import socket
 import time
 
 from . import commands
+from .arguments import positive_number
 from .errors import Exit, report
 
 TIMEOUT = 10.0
@@ -51,7 +52,7 @@ def add_parser(subparsers):
     reload = action("reload", "replace every worker, one at a time (re-reading the config file); wait for "
                               "the outcome and exit 1 if the new code or a new worker fails")
     reload.add_argument("--no-wait", action="store_true", help="return once the master has begun the reload")
-    reload.add_argument("--timeout", type=_seconds, default=RELOAD_TIMEOUT, metavar="S",
+    reload.add_argument("--timeout", type=positive_number, default=RELOAD_TIMEOUT, metavar="S",
                         help=f"seconds to wait for the outcome (default: {RELOAD_TIMEOUT:g})")
     stop = action("stop", "stop gracefully")
     stop.add_argument("--quick", action="store_true", help="stop at once, abandoning requests in hand")
@@ -123,16 +124,6 @@ def wait_for_reload(path, number_before, timeout):
 
 def _reload_number(status):
     return (status["master"].get("reload") or {}).get("number", 0)
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
 
 
 def send(path, request, timeout=TIMEOUT):

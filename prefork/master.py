@@ -361,35 +361,6 @@ class Master(Operations):
                 pool.signal(worker, signal.SIGKILL)
                 worker.kill_at = None
 
-    def _log_retire(self, worker, action):
-        by = f" by pid {action.successor}" if action.successor else ""
-        detail = f": {action.detail}" if action.detail else ""
-        if action.reason == "memory":
-            log.warning("worker %s (pid %s) %s: replacing it%s", worker.slot, worker.pid, action.detail, by)
-        elif action.reason == "stop" and action.detail:
-            log.info("worker %s (pid %s) retired (%s): stopping it gracefully", worker.slot, worker.pid, action.detail)
-        elif action.reason in ("recycle", "reload") or action.detail:
-            log.info("worker %s (pid %s) replaced%s (%s%s): stopping it gracefully", worker.slot, worker.pid, by,
-                     action.reason, detail)
-
-    def _reload_failed(self, why, message):
-        """A reload's zygote went without loading the code: the old generation goes on."""
-        if self.loading is not None:
-            self.reload.failed(self.loading, message)
-        self.loading = None
-
-    def _report_stop(self):
-        """How many requests the stop served, and what it left in the accept queues (TCP listeners)."""
-        served, why = self.pool.total_requests() - self.stop_began[0], self.stop_began[1]
-        if self.another_master_serves():          # the queue goes on being served by the other master
-            log.info("master %s: %s request(s) served during the stop (%s)", os.getpid(), served, why)
-            return
-        left = queued_connections(server.socket for server in self.servers)
-        dropped = ("" if left is None else "; the accept queues are empty" if not left
-                   else f"; {left} connection(s) left in the accept queues are dropped")
-        (log.warning if left else log.info)("master %s: %s request(s) served during the stop (%s)%s",
-                                            os.getpid(), served, why, dropped)
-
     def _close_in_child(self):
         """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell's write end).
 

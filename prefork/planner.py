@@ -5,8 +5,8 @@
 The master's loop gathers what it knows (snapshot.py) and carries out what
 plan() returns (actions.py), then asks again until the plan is empty. Nothing
 here reads a clock or makes a system call, so every situation is a row of a
-table in tests/test_planner.py. What an exit means (exit_reason,
-zygote_exit) and how long to back off after failed boots are decided here too.
+table in tests/test_planner.py. What an exit means and how long to back off
+after failed boots are decided by exits.py, as purely.
 
 The rules, in the order plan() applies them:
 
@@ -45,13 +45,13 @@ import signal
 from . import actions as act
 from . import scoreboard
 from .actions import Plan
-from .errors import WorkerExit, WorkerSignal
+from .errors import WorkerSignal
+from .exits import backoff_delay
 from .policies import Candidate, PoolLoad, Sizing, idle_then_oldest
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
 DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL
 SPARE_REFILL_DELAY = 0.05    # seconds between activating a spare and forking the next one
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 
 # Why a worker is replaced, in the order a successor is given: one near its request cap
 # will stop by itself soon, so it goes first.
@@ -244,43 +244,6 @@ def next_deadline(snapshot, config, now):
     if interval:
         deadlines.append(now + interval)
     return min(deadlines) if deadlines else None
-
-
-# -- what exits mean, and the backoff ----------------------------------------------------
-
-def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
-    """Why a worker went, from its exit status and what the master knew of it.
-
-    Only a worker that reached its request cap exits for a recycle by itself:
-    the same status from a handler's sys.exit(5) is a crash.
-    """
-    if stop_reason:
-        return stop_reason
-    if pool_stopping:
-        return "stop"
-    if not ready:
-        return "boot"
-    if exhausted and code == WorkerExit.RECYCLE:
-        return "recycle"
-    return "signal" if code < 0 else "crash"
-
-
-def zygote_exit(state, generation, current_generation, loading, already_counted):
-    """What a zygote's exit means: "expected", "reload failed", "boot failure", "died" or "counted"."""
-    if state == "stopping" or (state == "ready" and generation < current_generation):
-        return "expected"
-    if already_counted:
-        return "counted"
-    if state == "booting" and loading is not None and generation == loading:
-        return "reload failed"
-    if state == "booting":
-        return "boot failure"
-    return "died"
-
-
-def backoff_delay(failed_boots):
-    """Seconds to wait before the next boot after failed_boots failures in a row: 0.1 s, doubling, up to 10 s."""
-    return min(BACKOFF_FIRST * 2 ** (failed_boots - 1), BACKOFF_MAX) if failed_boots else 0.0
 
 
 def spawn_after(snapshot):

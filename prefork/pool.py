@@ -1,7 +1,7 @@
 """The master's worker table: forking workers, watching and reaping them, and recording their exits.
 
 It decides nothing: it carries out "fork a worker for slot 3" and "signal
-that one", and records each exit with the reason planner.exit_reason() gives
+that one", and records each exit with the reason exits.exit_reason() gives
 it, as a log line, a count in stats() and, for a worker that never became
 ready, a boot failure (the planner backs off from those).
 """
@@ -13,7 +13,7 @@ import selectors
 import signal
 import time
 
-from . import forking, planner, scoreboard
+from . import exits, forking, scoreboard
 from .errors import SpawnError, WorkerExit
 from .signals import exit_text
 from .worker import Worker
@@ -194,7 +194,7 @@ class Pool:
         boot_message = self.board.message(worker.index)
         self.requests_of_the_gone += view.requests
         self.forget(worker)
-        reason = planner.exit_reason(code, worker.stop_reason, bool(stopping), worker.ready,
+        reason = exits.exit_reason(code, worker.stop_reason, bool(stopping), worker.ready,
                                      view.retire == scoreboard.EXHAUSTED)
         history = self.history[worker.slot]
         history.last_exit_reason = reason
@@ -223,12 +223,12 @@ class Pool:
         self.count_failure(message, generation)
 
     def count_failure(self, message, generation):
-        """Count a boot failure: the planner backs off from the next fork (planner.backoff_delay)."""
+        """Count a boot failure: the planner backs off from the next fork (exits.backoff_delay)."""
         self.boot_failures += 1
         self.failed_boots_in_a_row += 1
         self.last_boot_failure = message
         self.last_boot_failure_at = time.monotonic()
-        log.debug("next boot attempt in %.1f s", planner.backoff_delay(self.failed_boots_in_a_row))
+        log.debug("next boot attempt in %.1f s", exits.backoff_delay(self.failed_boots_in_a_row))
         if self.on_boot_failure is not None:
             self.on_boot_failure(generation, message)
 

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 
 from . import __version__, loader, loadgen
+from .arguments import count_list, positive_number, whole_number  # noqa: F401 (tests use them here)
 from .errors import AppLoadError, BindError, Exit
 from .listeners import parse_bind
 from .policies import MAX_THREADS, MAX_WORKERS
@@ -37,41 +38,6 @@ class TuneError(Exception):
 
 
 # -- the command line ---------------------------------------------------------------------
-
-def count_list(most):
-    """An argparse type: '1,2,4' to a sorted list of distinct whole numbers in 1..most."""
-    def parse(text):
-        values = set()
-        for item in text.split(","):
-            item = item.strip()
-            if not (item.isascii() and item.isdigit()):
-                raise argparse.ArgumentTypeError(f"{item!r} is not a whole number (expected a list such as 1,2,4)")
-            if not 1 <= int(item) <= most:
-                raise argparse.ArgumentTypeError(f"must be between 1 and {most}, got {int(item)}")
-            values.add(int(item))
-        return sorted(values)
-    return parse
-
-
-def whole_number(most):
-    """An argparse type: a whole number in 1..most."""
-    def parse(text):
-        values = count_list(most)(text)
-        if "," in text:
-            raise argparse.ArgumentTypeError(f"expected one whole number, got {text!r}")
-        return values[0]
-    return parse
-
-
-def positive_number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
 
 def greeting(text):
     """An argparse type: 'line', or a number of bytes in 1..MAX_GREETING."""

@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 
-from . import forking, planner, zygote
+from . import exits, forking, zygote
 from .errors import SpawnError
 from .pool import send_signal
 from .signals import exit_text, wait_readable
@@ -170,7 +170,7 @@ class Zygotes:
         self._forget(handle)
         code = os.waitstatus_to_exitcode(status)
         how = exit_text(code)
-        meaning = planner.zygote_exit(state, handle.generation, current_generation, loading, handle.counted)
+        meaning = exits.zygote_exit(state, handle.generation, current_generation, loading, handle.counted)
         if meaning == "expected":
             log.info("zygote %s of generation %s exited (%s)", handle.pid, handle.generation, how)
         elif meaning == "reload failed":

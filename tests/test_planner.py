@@ -8,9 +8,8 @@ import pytest
 
 from prefork import Adaptive, Config, Prefork
 from prefork.actions import Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote
-from prefork.planner import (
-    DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, backoff_delay, exit_reason, next_deadline, plan, zygote_exit,
-)
+from prefork.exits import backoff_delay, exit_reason, zygote_exit
+from prefork.planner import DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, next_deadline, plan
 from prefork.policies import Candidate, Sizing
 from prefork.snapshot import Snapshot, WorkerView, ZygoteView
 from prefork.errors import WorkerSignal

@@ -1,0 +1,45 @@
+"""What a child's exit means to the master, and how long to wait after failed boots: pure functions.
+
+The pool and the zygotes record facts (an exit status, what the scoreboard
+said); these functions decide what the facts mean, and are tested as tables
+in tests/test_planner.py.
+"""
+
+from .errors import WorkerExit
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
+
+
+def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
+    """Why a worker went, from its exit status and what the master knew of it.
+
+    Only a worker that reached its request cap exits for a recycle by itself:
+    the same status from a handler's sys.exit(5) is a crash.
+    """
+    if stop_reason:
+        return stop_reason
+    if pool_stopping:
+        return "stop"
+    if not ready:
+        return "boot"
+    if exhausted and code == WorkerExit.RECYCLE:
+        return "recycle"
+    return "signal" if code < 0 else "crash"
+
+
+def zygote_exit(state, generation, current_generation, loading, already_counted):
+    """What a zygote's exit means: "expected", "reload failed", "boot failure", "died" or "counted"."""
+    if state == "stopping" or (state == "ready" and generation < current_generation):
+        return "expected"
+    if already_counted:
+        return "counted"
+    if state == "booting" and loading is not None and generation == loading:
+        return "reload failed"
+    if state == "booting":
+        return "boot failure"
+    return "died"
+
+
+def backoff_delay(failed_boots):
+    """Seconds to wait before the next boot after failed_boots failures in a row: 0.1 s, doubling, up to 10 s."""
+    return min(BACKOFF_FIRST * 2 ** (failed_boots - 1), BACKOFF_MAX) if failed_boots else 0.0
