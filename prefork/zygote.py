@@ -143,6 +143,9 @@ class Zygote:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGCONT, signal.SIG_DFL)
         setproctitle.setproctitle(f"prefork: zygote [{self.setup.name}]")
+        # The code may be newer than the master's view of the directories. Done as root: on 3.13 it
+        # imports importlib.metadata, which the --user may not be allowed to read.
+        importlib.invalidate_caches()
         if self.setup.credentials is not None:
             self.setup.credentials.drop()             # before any of the application's code runs
         # Our parent is the master's thread that forked us: die with it (set after the drop, which
@@ -175,7 +178,6 @@ class Zygote:
     def _load_handler(self):
         """Import the handler for every server, then freeze the heap; False (and the master told why) if not."""
         setup = self.setup
-        importlib.invalidate_caches()     # the code may be newer than the master's view of the directories
         try:
             handler = setup.load_handler()
         except AppLoadError as exc:

@@ -6,6 +6,8 @@ import time
 
 import prefork
 
+IMPORTED_AS = (os.getuid(), os.getgid())     # who ran this module's import-time code
+
 
 def _reply(handler, make_reply):
     """Answer one request on any socket kind: a line on streams, a datagram on datagrams."""
@@ -207,7 +209,9 @@ class AsyncioThenLogLine(LogLine):
 
 
 class Identity(prefork.BaseRequestHandler):
-    """Answer the uid, gid and supplementary groups the worker runs with."""
+    """Answer the uid, gid and supplementary groups the worker runs with, and the uid and gid that imported
+    this module."""
 
     def handle(self):
-        _reply(self, lambda data: f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())}\n".encode())
+        _reply(self, lambda data: f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())} "
+                                  f"imported as {IMPORTED_AS[0]} {IMPORTED_AS[1]}\n".encode())

@@ -430,7 +430,8 @@ def test_workers_drop_to_user_and_group_after_binding_a_privileged_port(serve_cl
     server = serve_cli("apps.handlers:Identity", "-w", "1", "-b", "127.0.0.1:81", "--user", "nobody", "--preload",
                        "--group", "nogroup", "--log-file", log, cwd=TESTS)
     wait_for(lambda: "worker 1 ready" in open(log).read() if os.path.exists(log) else False)
-    assert exchange("tcp", ("127.0.0.1", 81), b"?\n") == b"65534 65534 [65534]\n"
+    # The worker runs as nobody, and with --preload the handler's import-time code ran as nobody too.
+    assert exchange("tcp", ("127.0.0.1", 81), b"?\n") == b"65534 65534 [65534] imported as 65534 65534\n"
     assert psutil.Process(server.pid).uids().real == 0, "the master keeps its privileges"
     code, _, err = run_cli("serve", "--user", "no-such-user-here")
     assert code == 2 and err.strip() == "prefork: error: --user: no such user 'no-such-user-here'"
