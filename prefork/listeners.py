@@ -246,12 +246,12 @@ def prepare_for_pool(server, config):
 
     Stream sockets become non-blocking: a worker that loses the race for a
     connection gets EAGAIN instead of blocking in accept(). Datagram sockets
-    stay blocking, as handlers reply on them (reads use MSG_DONTWAIT). A TCP
-    socket gets TCP_DEFER_ACCEPT for the client timeout, so a client that
-    connects and says nothing waits in the kernel, not in a worker; the
-    worker drops such a connection if the kernel hands it over empty at the
-    end of the period (config.defer_accept=False turns this off, for
-    protocols where the server speaks first).
+    stay blocking, as handlers reply on them (reads use MSG_DONTWAIT). With
+    config.defer_accept (off by default: it breaks protocols where the server
+    speaks first), a TCP socket gets TCP_DEFER_ACCEPT for the client timeout,
+    so a client that connects and says nothing waits in the kernel, not in a
+    worker; the worker drops such a connection if the kernel hands it over
+    empty at the end of the period.
     """
     sock = server.socket
     timeout = sock.gettimeout()
