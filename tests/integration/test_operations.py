@@ -549,27 +549,34 @@ def test_systemd_hears_one_service_across_an_upgrade_and_a_roll_back(serve_cli, 
 
 # -- what the independent review found --------------------------------------------------------
 
-SLOW_IMPORT = "import time, prefork\ntime.sleep(2)\nclass Handler(prefork.BaseRequestHandler):\n" \
-              "    def handle(self):\n        self.request.sendall(self.request.recv(100))\n"
+GATED_IMPORT = ("import os, time, prefork\n"
+                "until = time.monotonic() + 60               # a failed test leaves no process behind for long\n"
+                "while os.path.exists('closed.gate') and time.monotonic() < until:   # opened once the test looked\n"
+                "    time.sleep(0.02)\n"
+                "class Handler(prefork.BaseRequestHandler):\n"
+                "    def handle(self):\n        self.request.sendall(self.request.recv(100))\n")
 
 
 def test_stopping_the_old_master_before_the_new_one_is_ready_keeps_the_service(serve_cli, short_tmp, tmp_path):
     """The old master stopped while the new one still boots must leave the shared listeners, the
     socket files and the control socket to it; and ctl must not hear the new master before it serves."""
-    (tmp_path / "slow.py").write_text(SLOW_IMPORT)
+    (tmp_path / "slow.py").write_text(GATED_IMPORT)
+    gate = tmp_path / "closed.gate"
     control, unix = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "app.sock")
     server = serve_cli("slow:Handler", "-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
                        "--defer-accept", cwd=str(tmp_path))
     address = server.addresses()[0]
     server.wait_workers(1, timeout=15)
     old = server.pid
+    gate.touch()                                    # the new master's import waits until the test says
     os.kill(old, signal.SIGUSR2)
     new = wait_for(lambda: next((c.pid for c in psutil.Process(old).children()
                                  if "prefork: master" in " ".join(c.cmdline())), None))
     assert all(status(control)["master"]["pid"] == old for _ in range(3)), "the new master answers only once ready"
-    os.kill(old, signal.SIGTERM)                    # too early: the new master's workers still import
+    os.kill(old, signal.SIGTERM)                    # too early: the new master still imports
     assert server.proc.wait(15) == 0
     assert os.path.exists(unix) and os.path.exists(control)
+    gate.unlink()
     wait_for(lambda: status(control)["master"]["pid"] == new, timeout=15)
     assert exchange("unix", unix, b"x\n") == b"x\n"
     assert_listeners_unchanged(new, address)

@@ -72,7 +72,7 @@ def test_a_graceful_stop_serves_every_queued_connection_first(serve_cli):
     address = server.addresses()[0]
     server.wait_workers(2)
     clients = Clients(address)
-    clients.send(b"0.5\n", 2)
+    clients.send(b"1\n", 2)
     wait_for(lambda: busy_workers(server) == 2, message="both workers busy")
     clients.send(b"0.1\n", 12)
     os.kill(server.pid, signal.SIGTERM)
@@ -80,8 +80,11 @@ def test_a_graceful_stop_serves_every_queued_connection_first(serve_cli):
     answers = clients.join()
     assert len(answers) == 14 and all(a.startswith(b"done") for a in answers), answers
     log = server.log()
-    assert re.search(r"graceful stop of 2 worker\(s\) \(SIGTERM\), 1[0-2] connection\(s\) queued", log), log
-    assert served_and_left(log) == (14, 0), log
+    queued = int(re.search(r"graceful stop of 2 worker\(s\) \(SIGTERM\), (\d+) connection\(s\) queued", log)[1])
+    served, left = served_and_left(log)
+    # Every queued connection, and the requests in hand, were served during the stop. (On a loaded
+    # machine a worker may finish its first request, and take one of the twelve, before the SIGTERM.)
+    assert 10 <= queued <= 12 and queued + 2 == served <= 14 and left == 0, log
     assert "the accept queues are empty" in log
 
 
@@ -100,7 +103,8 @@ def test_the_graceful_timeout_bounds_the_drain_and_the_report_counts_what_was_dr
     answers = clients.join()
     answered = sum(1 for a in answers if a.startswith(b"done"))
     served, left = served_and_left(server.log())
-    assert served == answered and 1 <= served <= 2, (answers, server.log())
+    # The first request may end just before the SIGTERM on a loaded machine: answered, not during the stop.
+    assert answered - 1 <= served <= answered and 1 <= answered <= 2, (answers, server.log())
     assert 3 <= left <= 4 and served + left <= 6, server.log()       # one more may die mid-request
     assert "still alive after its graceful timeout: SIGKILL" in server.log() or served + left == 6
 
