@@ -97,10 +97,10 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(serve_cli):
     address = server.addresses()[0]
     workers = server.wait_workers(2)
     results = []
-    client = send_later(address, b"1\n", results)
+    client = send_later(address, b"3\n", results)          # long enough to be seen in hand on a busy machine
     wait_for(lambda: request_in_hand(*workers), message="request in hand")
     assert server.stop(signal.SIGTERM) == 0
-    client.join(5)
+    client.join(10)
     assert results[0].startswith(b"done ")
     assert all(process_gone(pid) for pid in workers)
     with pytest.raises(ConnectionRefusedError):

@@ -72,7 +72,7 @@ def test_a_graceful_stop_serves_every_queued_connection_first(serve_cli):
     address = server.addresses()[0]
     server.wait_workers(2)
     clients = Clients(address)
-    clients.send(b"1\n", 2)
+    clients.send(b"2\n", 2)
     wait_for(lambda: busy_workers(server) == 2, message="both workers busy")
     clients.send(b"0.1\n", 12)
     os.kill(server.pid, signal.SIGTERM)
@@ -94,7 +94,8 @@ def test_the_graceful_timeout_bounds_the_drain_and_the_report_counts_what_was_dr
     server.wait_workers(1)
     clients = Clients(address)
     clients.send(b"0.6\n")
-    wait_for(lambda: busy_workers(server) == 1, message="the worker busy")
+    # On a busy machine the request may be over before it is seen in hand: go on then too.
+    wait_for(lambda: busy_workers(server) == 1 or clients.answers, message="the worker busy")
     clients.send(b"0.6\n", 5)
     stopped_at = time.monotonic()
     os.kill(server.pid, signal.SIGTERM)
