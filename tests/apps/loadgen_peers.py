@@ -50,6 +50,13 @@ class CloseAtOnce(prefork.BaseRequestHandler):
         pass
 
 
+class ReadThenClose(prefork.StreamRequestHandler):
+    """Read the request line, and close without a word: a clean end of the stream, never a reset."""
+
+    def handle(self):
+        self.rfile.readline()
+
+
 class Silent(prefork.BaseRequestHandler):
     """Read the request, never answer; leave when the client does or the worker stops."""
 
