@@ -100,7 +100,8 @@ class Master(Operations):
         self.inbox = SignalInbox(self.doorbell)
         self.pool = None
         self.zygotes = None                   # with --preload and a handler to load: zygotes.py
-        self._table = ()                      # the workers as a tuple, for stats() from other threads
+        # For stats() from other threads: workers and restart counters of one pass, in one assignment.
+        self._published = ((), None, 0)
         self._reaps_orphans = False
         self._deadline = None
         self._problems_said = set()
@@ -199,7 +200,7 @@ class Master(Operations):
                 state.restore(server)
         if self._old_title is not None:
             setproctitle.setproctitle(self._old_title)
-        self._table = ()
+        self._published = ((), *self._published[1:])      # no workers; the counts stay
         self.state = "stopped"
         if self.selector is not None:
             self.selector.close()
@@ -221,8 +222,9 @@ class Master(Operations):
         self.notice_workers(now)
         self.carry_out_plan(now)
         self.reload.check(self.generation, self.settled())
-        self._table = tuple(self.pool)
-        views = [(w, self.board.view(w.index)) for w in self._table]
+        workers = tuple(self.pool)
+        self._published = (workers, dict(self.pool.restarts), self.pool.boot_failures)
+        views = [(w, self.board.view(w.index)) for w in workers]
         wake_at = [self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)]
         wake_at += [service.on_pass(self, now) for service in self.services]
         self.sleep(now, wake_at)

@@ -60,7 +60,8 @@ class Operations:
 
     def stats(self):
         """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
-        board, table, sizing, pool, now = self.board, self._table, self.sizing, self.pool, time.monotonic()
+        board, sizing, pool, now = self.board, self.sizing, self.pool, time.monotonic()
+        table, restarts, boot_failures = self._published
         history = pool.history if pool else {}
         return {
             "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
@@ -70,8 +71,8 @@ class Operations:
                        "threads": self.policy.threads, "generation": self.generation,
                        "reload": self.reload.as_dict()},
             "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
-            "restarts": dict(pool.restarts) if pool else dict.fromkeys(RESTART_REASONS, 0),
-            "boot_failures": pool.boot_failures if pool else 0,
+            "restarts": dict(restarts) if restarts is not None else dict.fromkeys(RESTART_REASONS, 0),
+            "boot_failures": boot_failures,
             "zygotes": self.zygotes.stats(self.generation) if self.zygotes else [],
         }
 
