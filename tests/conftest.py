@@ -102,6 +102,15 @@ def serving(server, workers=None, poll_interval=0.5):
     wait_for(lambda: not children_of_this_process(), message="no child processes left")
 
 
+def title(process):
+    """A process's title (setproctitle's, in its cmdline); "" once it has exited, zombie or gone: the
+    tests look at children that a pool replaces while they look."""
+    try:
+        return " ".join(process.cmdline()).strip()
+    except psutil.NoSuchProcess:                  # ZombieProcess included
+        return ""
+
+
 def ready_workers(server):
     return sum(1 for w in server.stats()["workers"] if w["state"] in ("idle", "busy"))
 
@@ -165,14 +174,7 @@ class ServerProcess:
             children = psutil.Process(self.master_pid).children()
         except psutil.NoSuchProcess:
             return []
-        alive = []
-        for child in children:
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE and "prefork: worker" in " ".join(child.cmdline()):
-                    alive.append(child)
-            except psutil.NoSuchProcess:
-                pass
-        return alive
+        return [child for child in children if "prefork: worker" in title(child)]
 
     def wait_workers(self, count, timeout=10.0):
         """Wait for exactly count live workers that all logged ready; return their pids."""

@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, exchange, process_gone, run_cli, wait_for
+from conftest import REPO, exchange, process_gone, run_cli, title, wait_for
 from prefork.pidfile import read_pid
 
 TESTS = os.path.join(REPO, "tests")
@@ -571,7 +571,7 @@ def test_stopping_the_old_master_before_the_new_one_is_ready_keeps_the_service(s
     gate.touch()                                    # the new master's import waits until the test says
     os.kill(old, signal.SIGUSR2)
     new = wait_for(lambda: next((c.pid for c in psutil.Process(old).children()
-                                 if "prefork: master" in " ".join(c.cmdline())), None))
+                                 if "prefork: master" in title(c)), None))
     assert all(status(control)["master"]["pid"] == old for _ in range(3)), "the new master answers only once ready"
     os.kill(old, signal.SIGTERM)                    # too early: the new master still imports
     assert server.proc.wait(15) == 0

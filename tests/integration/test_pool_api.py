@@ -14,7 +14,7 @@ import pytest
 
 import prefork
 from apps.handlers import PidEcho, Sleepy
-from conftest import REPO, exchange, process_gone, ready_workers, serving, stream_exchange, wait_for
+from conftest import REPO, exchange, process_gone, ready_workers, serving, stream_exchange, title, wait_for
 
 FAST_MONITOR = prefork.Config(monitor_interval=0.05)
 
@@ -172,7 +172,7 @@ def test_signals_reach_a_master_run_from_the_api(signum, finishes):
         port = int(proc.stdout.readline())
         # A new worker names itself a moment after fork: wait for the titles too.
         workers = wait_for(lambda: (lambda titled: titled if len(titled) == 2 else None)(
-            [c.pid for c in psutil.Process(proc.pid).children() if "prefork: worker" in " ".join(c.cmdline())]))
+            [c.pid for c in psutil.Process(proc.pid).children() if "prefork: worker" in title(c)]))
         assert len(psutil.Process(proc.pid).children()) == 2
         result = []
         client = threading.Thread(target=lambda: result.append(

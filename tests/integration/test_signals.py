@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, exchange, process_gone, wait_for
+from conftest import REPO, exchange, process_gone, title, wait_for
 
 TESTS = os.path.join(REPO, "tests")
 
@@ -63,7 +63,7 @@ def test_programs_a_worker_starts_inherit_no_ignored_or_blocked_signal(serve_cli
     wait_for(lambda: len(server.workers()) == 2 and server.log().count("ready (pid") == 2)
     ignored, blocked = exchange("tcp", address, b"?\n").split()
     assert int(ignored, 16) & SETTABLE == 0 and int(blocked, 16) & SETTABLE == 0, (ignored, blocked)
-    serving = [w.pid for w in server.workers() if "(spare)" not in " ".join(w.cmdline())]
+    serving = [w.pid for w in server.workers() if "(spare)" not in title(w)]
     os.kill(serving[0], signal.SIGKILL)            # the spare takes over: check it too
     server.wait_log("now serving as worker 1")
     ignored, blocked = exchange("tcp", address, b"?\n").split()

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from conftest import REPO, exchange, process_gone, run_cli, stream_exchange, wait_for
+from conftest import REPO, exchange, process_gone, run_cli, stream_exchange, title, wait_for
 
 TESTS = os.path.join(REPO, "tests")
 
@@ -328,7 +328,7 @@ def test_handler_raising_on_every_request_leaks_no_fd_in_the_worker(serve_cli):
 # -- spare workers ----------------------------------------------------------------------
 
 def titles(server):
-    return {w.pid: " ".join(w.cmdline()).strip() for w in server.workers()}
+    return {w.pid: title(w) for w in server.workers()}
 
 
 def spare_and_serving(server, serving_count):
