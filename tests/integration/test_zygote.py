@@ -17,7 +17,7 @@ import pytest
 
 import prefork
 from apps.handlers import ImportReport
-from conftest import REPO, exchange, process_gone, run_cli, serving, wait_for
+from conftest import REPO, exchange, process_gone, run_cli, serving, title, wait_for
 from prefork.loader import load_handler
 from prefork.servers import serve_together
 
@@ -59,10 +59,10 @@ def ask(address):
     return version, int(pid), int(frozen)
 
 
-def children(server, title=""):
-    """The master's live children whose process title starts with "prefork: TITLE"."""
+def children(server, kind=""):
+    """The master's live children whose process title starts with "prefork: KIND"."""
     return [pid for pid, state, cmdline in _children(server)
-            if state != psutil.STATUS_ZOMBIE and cmdline.startswith(f"prefork: {title}")]
+            if state != psutil.STATUS_ZOMBIE and cmdline.startswith(f"prefork: {kind}")]
 
 
 def zombies(server):
@@ -70,11 +70,12 @@ def zombies(server):
 
 
 def _children(server):
-    """(pid, status, title) of each child of the master; one that went meanwhile is left out."""
+    """(pid, status, title) of each child of the master; one that went meanwhile is left out. A zombie
+    stays in, titled "" (psutil cannot read its cmdline): zombies() would see none otherwise."""
     found = []
     for child in psutil.Process(server.pid).children():
         try:
-            found.append((child.pid, child.status(), " ".join(child.cmdline())))
+            found.append((child.pid, child.status(), title(child)))
         except psutil.NoSuchProcess:
             pass
     return found
