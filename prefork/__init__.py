@@ -12,11 +12,11 @@ settings and the errors.
 
 from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 
-from .config import Config
-from .errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
-from .master import Master
-from .policies import Adaptive, ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
-from .servers import (
+from prefork.supervision import Config
+from prefork.errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
+from prefork.pool.master import Master
+from prefork.policies import Adaptive, ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
+from prefork.servers import (
     BaseServer,
     ForkingMixIn,
     ForkingTCPServer,

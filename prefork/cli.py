@@ -14,10 +14,14 @@ import argparse
 import os
 import sys
 
-from . import __version__, ctl, tune
-from .errors import ConfigError, Exit, PreforkError, report
-from .launcher import run_serve, validate
-from .settings import SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown
+from prefork import __version__
+
+from prefork.serve import control_client
+
+from prefork.tune import tuner
+from prefork.errors import ConfigError, Exit, PreforkError, report
+from prefork.serve.launch import run_serve, validate
+from prefork.serve.settings import SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,8 +50,8 @@ def build_parser():
     check.set_defaults(run=_check_config)
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
-    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": ctl.add_parser(commands),
-                       "tune": tune.add_parser(commands)}
+    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": control_client.add_parser(commands),
+                       "tune": tuner.add_parser(commands)}
     return parser
 
 

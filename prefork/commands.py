@@ -22,7 +22,7 @@ import signal
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Tuple
 
-from .errors import ConfigError
+from prefork.errors import ConfigError
 
 
 class Argument(NamedTuple):

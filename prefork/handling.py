@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from .signals import wait_readable
+from prefork.signals import wait_readable
 
 log = logging.getLogger("prefork")
 

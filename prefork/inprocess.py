@@ -22,10 +22,10 @@ import signal
 
 import setproctitle
 
-from . import commands, logs
-from .listeners import describe_socket
-from .signals import Doorbell, SignalInbox
-from .handling import handle_one
+from prefork import commands, logs
+from prefork.listeners import describe_socket
+from prefork.signals import Doorbell, SignalInbox
+from prefork.handling import handle_one
 
 log = logging.getLogger("prefork")
 

@@ -21,7 +21,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from .errors import BindError
+from prefork.errors import BindError
 
 STREAM_KINDS = ("tcp", "unix")
 _FORMS = "HOST:PORT, [IPV6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:PATH or unix-dgram:PATH"

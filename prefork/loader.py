@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import socketserver
 
-from .errors import AppLoadError
+from prefork.errors import AppLoadError
 
 
 # The ready-made handlers of the repository's workers/ folder, installed as prefork_workers, by name.

@@ -35,13 +35,13 @@ import sys
 import threading
 import warnings
 
-from . import commands
-from .config import Config
-from .handling import ReplySocket
-from .inprocess import RequestLoop
-from .listeners import UnixPathOwner
-from .master import Master
-from .policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
+from prefork import commands
+from prefork.supervision import Config
+from prefork.handling import ReplySocket
+from prefork.inprocess import RequestLoop
+from prefork.listeners import UnixPathOwner
+from prefork.pool.master import Master
+from prefork.policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
 
 log = logging.getLogger("prefork")
 # A client that reset, abandoned or stalled its connection: routine, not a fault of the handler.

@@ -6,7 +6,7 @@ Why it looks like this:
 
 - The operations are done the way an operator does them: `prefork ctl reload` as a command,
   signals to the pid in the pid file. Only the polling for "settled" speaks the control protocol
-  in-process (prefork.ctl.send), because a Python start-up per poll would be the slowest part.
+  in-process (prefork.serve.control_client.send), because a Python start-up per poll would be the slowest part.
 - An upgrade makes the new master a child of the old one; once the old one exits, the new one
   would go to init, beyond our reach. So the scripts become a child subreaper: orphaned masters
   come to us, we reap them, and at the end we can say that nothing is left.
@@ -35,10 +35,10 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from prefork import loadgen  # noqa: E402
-from prefork.ctl import send  # noqa: E402
-from prefork.pidfile import read_pid  # noqa: E402
-from prefork.server_process import connect_address, machine  # noqa: E402
+from prefork.tune import loadgen  # noqa: E402
+from prefork.serve.control_client import send  # noqa: E402
+from prefork.serve.pidfile import read_pid  # noqa: E402
+from prefork.tune.server_under_test import connect_address, machine  # noqa: E402
 
 PY = sys.executable
 SETTLE_TIMEOUT = 30.0        # seconds an operation may take before it counts as failed
@@ -46,7 +46,7 @@ START_TIMEOUT = 30.0         # seconds for a new instance to have every worker r
 STOP_TIMEOUT = 20.0          # seconds for a master to exit after SIGTERM
 _PR_SET_CHILD_SUBREAPER = 36
 
-# How the load generator names what went wrong (prefork/loadclient.py), by the columns we report.
+# How the load generator names what went wrong (prefork/tune/client_process.py), by the columns we report.
 REFUSED_KINDS = {"refused", "no such socket"}
 RESET_KINDS = {"reset", "broken pipe"}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Is prefork's load generator (prefork/loadgen.py, used by `prefork tune`) the bottleneck?
+"""Is prefork's load generator (prefork/tune/loadgen.py, used by `prefork tune`) the bottleneck?
 
 Runs it side by side with wrk against the same `prefork serve workers.hello:HelloHandler`
 pool, same concurrency, same duration, in interleaved rounds (the order alternates),
@@ -30,8 +30,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from prefork import loadgen  # noqa: E402
-from prefork.server_process import ServerUnderTest, machine  # noqa: E402
+from prefork.tune import loadgen  # noqa: E402
+from prefork.tune.server_under_test import ServerUnderTest, machine  # noqa: E402
 
 HANDLER = "hello"
 CASES = [  # name, workers, threads, connections, keepalive

@@ -5,9 +5,9 @@ import random
 import pytest
 
 from prefork import Adaptive, Config, ConfigError
-from prefork.actions import Retire, Spawn
-from prefork.planner import next_deadline, plan
-from prefork.snapshot import Snapshot, WorkerView
+from prefork.pool.actions import Retire, Spawn
+from prefork.pool.planner import next_deadline, plan
+from prefork.pool.snapshot import Snapshot, WorkerView
 from prefork.policies import (
     CHECK_INTERVAL, CHECK_INTERVAL_AT_REST, MAX_SPAWN_RATE, AdaptiveState, Candidate, PoolLoad, cpu_count,
 )

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from prefork import cli
-from prefork.settings import SETTINGS
+from prefork.serve.settings import SETTINGS
 
 BOOLEANS = [item for item in SETTINGS if item.kind == "bool"]
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from prefork import Config, ConfigError
-from prefork.settings import settings_markdown
+from prefork.serve.settings import settings_markdown
 
 from conftest import REPO
 

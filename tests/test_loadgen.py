@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from conftest import REPO
-from prefork import loadclient, loadgen
+from prefork.tune import client_process, loadgen
 
 TESTS = os.path.join(REPO, "tests")
 SHORT = 0.3            # seconds per measured run: long enough for hundreds of requests
@@ -60,7 +60,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n"
     (b"HTTP/1.1 200 OK\r\nX: 1\r\n\r\nContent-Length: 5\r\n", -1),     # not a header: in the body
 ])
 def test_http_length_reads_content_length_from_the_header_only(reply, expected):
-    assert loadclient.http_length(reply) == expected
+    assert client_process.http_length(reply) == expected
 
 
 @pytest.mark.parametrize("data, greeting, expected", [
@@ -69,7 +69,7 @@ def test_http_length_reads_content_length_from_the_header_only(reply, expected):
     (b"220 ready\r\n", 11, 11), (b"220 ready\r\n", 12, None), (b"220 ready\r\n", 5, 5),
 ])
 def test_greeting_length_is_through_the_first_newline_or_a_fixed_size(data, greeting, expected):
-    assert loadclient.greeting_length(data, greeting) == expected
+    assert client_process.greeting_length(data, greeting) == expected
 
 
 def test_default_request_is_http_get_with_host():

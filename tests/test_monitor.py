@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from prefork.monitor import Monitor
+from prefork.pool.monitor import Monitor
 
 
 def test_samples_a_live_process_and_returns_none_once_it_is_gone():
@@ -38,7 +38,7 @@ def test_a_round_of_slow_samples_is_spread_over_passes(monkeypatch):
     import time
     from types import SimpleNamespace
 
-    from prefork import monitor as monitor_module
+    from prefork.pool import monitor as monitor_module
 
     def slow_sample(self, pid):
         time.sleep(0.002)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from prefork.errors import BindError
-from prefork.pidfile import PidFile, read_pid
+from prefork.serve.pidfile import PidFile, read_pid
 
 
 class RaceWinner:
@@ -101,7 +101,7 @@ def read_pid_in_a_child(path):
     ends fails the test, instead of hanging it or eating the machine's memory."""
     def cap_memory():
         resource.setrlimit(resource.RLIMIT_AS, (256 << 20, 256 << 20))
-    code = f"from prefork.pidfile import read_pid; print(read_pid({str(path)!r}))"
+    code = f"from prefork.serve.pidfile import read_pid; print(read_pid({str(path)!r}))"
     try:
         child = subprocess.run([sys.executable, "-c", code], preexec_fn=cap_memory, capture_output=True,
                                text=True, timeout=10)

@@ -7,13 +7,13 @@ import signal
 import pytest
 
 from prefork import Adaptive, Config, Prefork
-from prefork.actions import Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote
-from prefork.exits import backoff_delay, exit_reason, zygote_exit
-from prefork.planner import DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, next_deadline, plan
+from prefork.pool.actions import Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote
+from prefork.pool.exits import backoff_delay, exit_reason, zygote_exit
+from prefork.pool.planner import DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, next_deadline, plan
 from prefork.policies import Candidate, Sizing
-from prefork.snapshot import Snapshot, WorkerView, ZygoteView
+from prefork.pool.snapshot import Snapshot, WorkerView, ZygoteView
 from prefork.errors import WorkerSignal
-from prefork.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
+from prefork.pool.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
 
 DUMP = WorkerSignal.DUMP_STACKS
 NOW = 1000.0

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import REPO
 from prefork.errors import ConfigError
-from prefork.privileges import Credentials, resolve
+from prefork.serve.privileges import Credentials, resolve
 
-DROP = ("from prefork.privileges import Credentials\n"
+DROP = ("from prefork.serve.privileges import Credentials\n"
         "Credentials('nobody', 65534, 65534, (65534,)).drop()\n")
 
 

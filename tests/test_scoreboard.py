@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from prefork import scoreboard
-from prefork.scoreboard import MESSAGE_SIZE, Scoreboard
+from prefork.pool import scoreboard
+from prefork.pool.scoreboard import MESSAGE_SIZE, Scoreboard
 
 
 def test_a_forked_child_writes_what_the_parent_reads():

@@ -5,8 +5,8 @@ import os
 import signal
 import socket
 
-from prefork import pidfile, upgrade
-from prefork.upgrade import Successor, inherited
+from prefork.serve import pidfile, upgrade
+from prefork.serve.upgrade import Successor, inherited
 
 
 def test_systemds_sockets_come_back_as_activated_with_their_names_and_the_variables_go():

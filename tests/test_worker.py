@@ -14,13 +14,13 @@ import pytest
 
 import prefork
 from conftest import wait_for
-from prefork import scoreboard
-from prefork.config import Config
+from prefork.pool import scoreboard
+from prefork.supervision import Config
 from prefork.errors import WorkerExit
 from prefork.listeners import prepare_for_pool
-from prefork.pool import fork_here
-from prefork.worker import PoolSetup, Worker
-from prefork.worker_process import _jittered, successor_threshold
+from prefork.pool.worker_table import fork_here
+from prefork.pool.worker import PoolSetup, Worker
+from prefork.pool.worker_process import _jittered, successor_threshold
 
 
 class PidLine(prefork.StreamRequestHandler):

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import REPO, exchange, process_gone, run_cli, title, wait_for
-from prefork.pidfile import read_pid
+from prefork.serve.pidfile import read_pid
 
 TESTS = os.path.join(REPO, "tests")
 
@@ -142,7 +142,7 @@ def test_a_control_socket_another_master_listens_on_is_refused_in_one_clear_line
 
 
 def test_the_control_socket_is_0600_from_the_start_not_chmodded_after(short_tmp, monkeypatch):
-    from prefork.control import open_control_socket
+    from prefork.serve.control_server import open_control_socket
 
     def no_chmod(*args, **kwargs):
         raise AssertionError("chmod after bind leaves a window when anyone can connect")
@@ -637,7 +637,7 @@ def test_nothing_a_control_client_sends_takes_the_master_down(serve_cli, short_t
     config.write_text('workers = 1\nbind = ["127.0.0.1:0"]\n')
     server = serve_cli("-c", str(config), "--control", control, cwd=str(tmp_path))
     server.wait_workers(1)
-    from prefork.ctl import send
+    from prefork.serve.control_client import send
     reply = send(control, {"command": "status"} and "[" * 60000)      # nested past the recursion limit
     assert not reply["ok"] and "not a JSON request object" in reply["error"]
     config.write_bytes(b"workers = 1\n# caf\xe9\n")                  # not UTF-8
@@ -651,7 +651,7 @@ def test_a_request_of_the_wrong_types_is_refused_naming_the_key_and_never_acted_
     control = os.path.join(short_tmp, "ctl.sock")
     server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "--control", control)
     workers = server.wait_workers(1)
-    from prefork.ctl import send
+    from prefork.serve.control_client import send
     for request, named in (({"command": "stop", "quick": "false"}, '"quick" must be true or false'),
                            ({"command": "stop", "quick": 1}, '"quick" must be true or false'),
                            ({"command": "stop", "graceful": True}, 'unknown key "graceful"'),

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import REPO, process_gone, wait_for
-from prefork.pidfile import read_pid
+from prefork.serve.pidfile import read_pid
 
 SCRIPTS = os.path.join(REPO, "scripts")
 sys.path.insert(0, SCRIPTS)

@@ -18,9 +18,9 @@ import os
 import socket
 import time
 
-from . import commands
-from .arguments import positive_number
-from .errors import Exit, report
+from prefork import commands
+from prefork.arguments import positive_number
+from prefork.errors import Exit, report
 
 TIMEOUT = 10.0
 RELOAD_TIMEOUT = 60.0      # seconds `ctl reload` waits for the outcome by default

@@ -5,7 +5,7 @@ said); these functions decide what the facts mean, and are tested as tables
 in tests/test_planner.py.
 """
 
-from .errors import WorkerExit
+from prefork.errors import WorkerExit
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 

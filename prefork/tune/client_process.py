@@ -1,11 +1,11 @@
-"""One client process of the load generator (prefork.loadgen): an epoll loop over its connections.
+"""One client process of the load generator (prefork.tune.loadgen): an epoll loop over its connections.
 
 The loop is written for its own cost, since it shares the machine's cores with
 the server it measures: epoll without the selectors layer, recv_into a reused
 buffer without keep-alive, no objects per request but the socket and its
 record, and no parsing of a keep-alive reply identical to the last one. The
 rules it follows (when a reply is complete, what is an error) are in
-prefork.loadgen's docstring.
+prefork.tune.loadgen's docstring.
 """
 
 import array

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 
-from .errors import BindError
+from prefork.errors import BindError
 
 log = logging.getLogger("prefork")
 

@@ -15,10 +15,10 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
-from . import logs
-from .errors import PreforkError
-from .listeners import queued_connections
-from .pool import RESTART_REASONS, worker_stats
+from prefork import logs
+from prefork.errors import PreforkError
+from prefork.listeners import queued_connections
+from prefork.pool.worker_table import RESTART_REASONS, worker_stats
 
 log = logging.getLogger("prefork")
 

@@ -27,20 +27,22 @@ import time
 
 import setproctitle
 
-from . import commands, planner, scoreboard
-from .actions import (
+from prefork import commands
+
+from prefork.pool import planner, scoreboard
+from prefork.pool.actions import (
     Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote,
 )
-from .errors import HaltServer, PreforkError, WorkerSignal
-from .listeners import describe_socket, prepare_for_pool, queued_connections
-from .monitor import Monitor
-from .operations import Operations
-from .pool import RESTART_REASONS, Pool
-from .reloads import ReloadProgress
-from .signals import Doorbell, SignalInbox, default_sigchld
-from .snapshot import Snapshot, WorkerView
-from .worker import PoolSetup
-from .zygotes import Zygotes
+from prefork.errors import HaltServer, PreforkError, WorkerSignal
+from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
+from prefork.pool.monitor import Monitor
+from prefork.pool.master_commands import Operations
+from prefork.pool.worker_table import RESTART_REASONS, Pool
+from prefork.pool.reloads import ReloadProgress
+from prefork.signals import Doorbell, SignalInbox, default_sigchld
+from prefork.pool.snapshot import Snapshot, WorkerView
+from prefork.pool.worker import PoolSetup
+from prefork.pool.zygote import Zygotes
 
 log = logging.getLogger("prefork")
 

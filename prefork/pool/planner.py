@@ -42,12 +42,12 @@ The rules, in the order plan() applies them:
 
 import signal
 
-from . import actions as act
-from . import scoreboard
-from .actions import Plan
-from .errors import WorkerSignal
-from .exits import backoff_delay
-from .policies import Candidate, PoolLoad, Sizing, idle_then_oldest
+from prefork.pool import actions as act
+from prefork.pool import scoreboard
+from prefork.pool.actions import Plan
+from prefork.errors import WorkerSignal
+from prefork.pool.exits import backoff_delay
+from prefork.policies import Candidate, PoolLoad, Sizing, idle_then_oldest
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
 DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL

@@ -1,6 +1,6 @@
 """A closed-loop load generator for stream servers, for `prefork tune`.
 
-Client processes (prefork/loadclient.py) each drive their share of the
+Client processes (prefork/tune/client_process.py) each drive their share of the
 connections from one epoll loop; each connection sends a request, waits for
 the whole reply, and sends the next at once (closed loop: concurrency is the
 number of connections). This module forks them and merges what they measured.
@@ -51,7 +51,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .loadclient import LINE, Plan, client_main, sleep_until  # noqa: F401 (LINE: for callers)
+from prefork.tune.client_process import LINE, Plan, client_main, sleep_until  # noqa: F401 (LINE: for callers)
 
 _START_DELAY = 0.05        # seconds between forking the clients and the common start
 
@@ -108,7 +108,7 @@ def run_load(address, request, concurrency, duration, *, keepalive=False, proces
     for ``warmup`` + ``duration`` seconds; count only the last ``duration`` seconds.
 
     A request unanswered for ``timeout`` seconds, or for the whole window, is an error.
-    ``greeting`` (loadclient.LINE or a number of bytes) is what the server sends first on
+    ``greeting`` (client_process.LINE or a number of bytes) is what the server sends first on
     each connection, read and checked before the first request is sent.
     ``during``, if given, is a context manager factory entered when the measured window
     opens and exited when it closes (prefork tune samples the server's CPU time with it).

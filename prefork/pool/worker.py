@@ -9,9 +9,9 @@ os._exit: a child never returns into the master's stack.
 import logging
 import time
 
-from .errors import WorkerExit
-from .forking import exit_child, exit_code
-from .worker_process import WorkerProcess
+from prefork.errors import WorkerExit
+from prefork.pool.forking import exit_child, exit_code
+from prefork.pool.worker_process import WorkerProcess
 
 log = logging.getLogger("prefork")
 

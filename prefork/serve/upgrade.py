@@ -36,8 +36,8 @@ import subprocess
 import sys
 from typing import NamedTuple
 
-from .errors import PreforkError
-from .signals import exit_text, wait_readable
+from prefork.errors import PreforkError
+from prefork.signals import exit_text, wait_readable
 
 log = logging.getLogger("prefork")
 

@@ -67,11 +67,13 @@ import time
 
 import setproctitle
 
-from . import forking, logs, scoreboard
-from .errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
-from .forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, exit_child, prctl
-from .signals import wait_readable
-from .worker import Worker
+from prefork.pool import forking, scoreboard
+
+from prefork import logs
+from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, exit_child, prctl
+from prefork.signals import wait_readable
+from prefork.pool.worker import Worker
 
 log = logging.getLogger("prefork")
 

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from prefork.errors import ConfigError
 
 
 def setting(default, flag, help, check=None, metavar=None, short=None, kind=None, choices=None, restart=False):

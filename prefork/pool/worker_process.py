@@ -33,11 +33,13 @@ import time
 
 import setproctitle
 
-from . import forking, logs, scoreboard
-from .errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
-from .forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
-from .handling import PoolRequest, handle_one
-from .signals import ring, run_pending_handlers
+from prefork.pool import forking, scoreboard
+
+from prefork import logs
+from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
+from prefork.handling import PoolRequest, handle_one
+from prefork.signals import ring, run_pending_handlers
 
 log = logging.getLogger("prefork")
 

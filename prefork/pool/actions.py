@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
-from .policies import Sizing
+from prefork.policies import Sizing
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 import pwd
 from typing import NamedTuple, Tuple
 
-from .errors import ConfigError, PreforkError
+from prefork.errors import ConfigError, PreforkError
 
 CAP_SETGID, CAP_SETUID = 6, 7
 

@@ -7,7 +7,7 @@ scoreboard, psutil samples and its zygotes; nothing here makes a system call.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from . import scoreboard
+from prefork.pool import scoreboard
 
 
 @dataclass(frozen=True)

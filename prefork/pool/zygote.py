@@ -31,11 +31,11 @@ import signal
 import socket
 import time
 
-from . import exits, forking, zygote
-from .errors import SpawnError
-from .pool import send_signal
-from .signals import exit_text, wait_readable
-from .snapshot import ZygoteView
+from prefork.pool import exits, forking, zygote_process
+from prefork.errors import SpawnError
+from prefork.pool.worker_table import send_signal
+from prefork.signals import exit_text, wait_readable
+from prefork.pool.snapshot import ZygoteView
 
 log = logging.getLogger("prefork")
 
@@ -88,7 +88,7 @@ class Zygotes:
 
         def child():
             ours.close()
-            zygote.run(theirs, setup, generation, self.close_master_fds)    # never returns
+            zygote_process.run(theirs, setup, generation, self.close_master_fds)    # never returns
         try:
             pid = forking.fork(child)
         except OSError as exc:
@@ -305,7 +305,7 @@ def _reap_adopted():
 def _receive(sock):
     """One message from a zygote: None if none is there yet, b"" if its end is closed or broken."""
     try:
-        return sock.recv(zygote.MESSAGE_SIZE)
+        return sock.recv(zygote_process.MESSAGE_SIZE)
     except BlockingIOError:
         return None
     except OSError:

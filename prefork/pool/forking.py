@@ -15,7 +15,7 @@ import signal
 import sys
 import warnings
 
-from .errors import WorkerSignal
+from prefork.errors import WorkerSignal
 
 # Blocked across fork; a child unblocks them once its handlers are in place, before user code runs.
 FORK_BLOCKED_SIGNALS = frozenset({

@@ -13,10 +13,10 @@ import selectors
 import signal
 import time
 
-from . import exits, forking, scoreboard
-from .errors import SpawnError, WorkerExit
-from .signals import exit_text
-from .worker import Worker
+from prefork.pool import exits, forking, scoreboard
+from prefork.errors import SpawnError, WorkerExit
+from prefork.signals import exit_text
+from prefork.pool.worker import Worker
 
 log = logging.getLogger("prefork")
 

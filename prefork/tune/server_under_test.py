@@ -19,8 +19,8 @@ import time
 
 import psutil
 
-from .errors import Exit
-from .loadgen import deferred_signals
+from prefork.errors import Exit
+from prefork.tune.loadgen import deferred_signals
 
 READY_TIMEOUT = 30.0       # seconds for a server to log every worker ready
 STOP_TIMEOUT = 10.0        # seconds for a server to stop after SIGTERM before it is killed

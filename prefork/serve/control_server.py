@@ -27,9 +27,9 @@ import socket
 import struct
 import time
 
-from . import commands
-from .errors import BindError, ConfigError, PreforkError
-from .listeners import UnixPathOwner, remove_stale_unix_socket
+from prefork import commands
+from prefork.errors import BindError, ConfigError, PreforkError
+from prefork.listeners import UnixPathOwner, remove_stale_unix_socket
 
 log = logging.getLogger("prefork")
 

@@ -10,8 +10,8 @@ do; if the new master goes away, the old one moves it back.
 import os
 import tempfile
 
-from .errors import BindError
-from .logs import open_regular
+from prefork.errors import BindError
+from prefork.logs import open_regular
 
 MASTER_TITLE = "prefork: master"
 PID_BYTES = 32                   #: more than a pid and its newline ("4194304\n" at most on Linux)

@@ -13,16 +13,18 @@ import re
 import sys
 from typing import NamedTuple
 
-from . import loader, logs, privileges, systemd, upgrade
-from .config import Config
-from .control import ControlServer, open_control_socket
-from .errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
-from .listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
-from .operations import Reconfiguration
-from .pidfile import PidFile
-from .policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
-from .servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
-from .settings import SETTINGS
+from prefork import loader, logs
+
+from prefork.serve import privileges, systemd, upgrade
+from prefork.supervision import Config
+from prefork.serve.control_server import ControlServer, open_control_socket
+from prefork.errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
+from prefork.listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
+from prefork.pool.master_commands import Reconfiguration
+from prefork.serve.pidfile import PidFile
+from prefork.policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
+from prefork.servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
+from prefork.serve.settings import SETTINGS
 
 log = logging.getLogger("prefork")
 

@@ -1,7 +1,7 @@
 """`prefork tune`: measure a handler under load at several pool sizes, and recommend one.
 
 For each pool (workers x threads) it starts `prefork serve` as a real
-subprocess, drives it at each concurrency with prefork.loadgen, samples the
+subprocess, drives it at each concurrency with prefork.tune.loadgen, samples the
 server's CPU time and its workers' unique memory, and stops it with SIGTERM.
 The recommendation is a pure function of the results (recommend()), so it can
 be tested with made-up tables.
@@ -15,12 +15,14 @@ import signal
 import sys
 from collections import Counter
 
-from . import __version__, loader, loadgen
-from .arguments import count_list, positive_number, whole_number  # noqa: F401 (tests use them here)
-from .errors import AppLoadError, BindError, Exit
-from .listeners import parse_bind
-from .policies import MAX_THREADS, MAX_WORKERS
-from .server_process import ServerFailed, ServerUnderTest, ServerUsage, describe_pool, machine, plural
+from prefork import __version__, loader
+
+from prefork.tune import loadgen
+from prefork.arguments import count_list, positive_number, whole_number  # noqa: F401 (tests use them here)
+from prefork.errors import AppLoadError, BindError, Exit
+from prefork.listeners import parse_bind
+from prefork.policies import MAX_THREADS, MAX_WORKERS
+from prefork.tune.server_under_test import ServerFailed, ServerUnderTest, ServerUsage, describe_pool, machine, plural
 
 TOLERANCE = 0.05           # a pool within 5 % of the best throughput is as good as the best
 REQUEST_TIMEOUT = 2.0      # seconds without a reply before a request counts as an error (as wrk's)
