@@ -6,6 +6,7 @@ in tests/test_planner.py.
 """
 
 from prefork.errors import WorkerExit
+from prefork.pool.states import Reason, ZygoteExit, ZygoteState
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 
@@ -19,25 +20,25 @@ def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
     if stop_reason:
         return stop_reason
     if pool_stopping:
-        return "stop"
+        return Reason.STOP
     if not ready:
-        return "boot"
+        return Reason.BOOT
     if exhausted and code == WorkerExit.RECYCLE:
-        return "recycle"
-    return "signal" if code < 0 else "crash"
+        return Reason.RECYCLE
+    return Reason.SIGNAL if code < 0 else Reason.CRASH
 
 
 def zygote_exit(state, generation, current_generation, loading, already_counted):
-    """What a zygote's exit means: "expected", "reload failed", "boot failure", "died" or "counted"."""
-    if state == "stopping" or (state == "ready" and generation < current_generation):
-        return "expected"
+    """What a zygote's exit means (a ZygoteExit), from its state when it went."""
+    if state == ZygoteState.STOPPING or (state == ZygoteState.READY and generation < current_generation):
+        return ZygoteExit.EXPECTED
     if already_counted:
-        return "counted"
-    if state == "booting" and loading is not None and generation == loading:
-        return "reload failed"
-    if state == "booting":
-        return "boot failure"
-    return "died"
+        return ZygoteExit.COUNTED
+    if state == ZygoteState.BOOTING and loading is not None and generation == loading:
+        return ZygoteExit.RELOAD_FAILED
+    if state == ZygoteState.BOOTING:
+        return ZygoteExit.BOOT_FAILURE
+    return ZygoteExit.DIED
 
 
 def backoff_delay(failed_boots):

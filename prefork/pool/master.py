@@ -36,13 +36,14 @@ from prefork.pool.actions import (
 from prefork.errors import HaltServer, PreforkError, WorkerSignal
 from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
 from prefork.pool.monitor import Monitor
-from prefork.pool.master_commands import Operations
-from prefork.pool.worker_table import RESTART_REASONS, Pool
+from prefork.pool.master_commands import MasterCommands
+from prefork.pool.worker_table import Pool
 from prefork.pool.reloads import ReloadProgress
 from prefork.signals import Doorbell, SignalInbox, default_sigchld
 from prefork.pool.snapshot import Snapshot, WorkerView
 from prefork.pool.worker import PoolSetup
 from prefork.pool.zygote import Zygotes
+from prefork.pool.states import MasterState, Reason
 
 log = logging.getLogger("prefork")
 
@@ -50,10 +51,9 @@ AWAY_THRESHOLD = 1.0         # seconds: a select() this late means the master it
 MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
-EXIT_REASONS = RESTART_REASONS     # the keys of stats()["restarts"]
 
 
-class Master(Operations):
+class Master(MasterCommands):
     """Runs a pool of worker processes serving ``servers`` until stopped.
 
     Methods for the caller:
@@ -77,14 +77,14 @@ class Master(Operations):
         self.hooks = hooks or first
         self.load_handler = load_handler
         self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
-        self.services = list(services)        # see operations.Service: the control socket, systemd, an upgrade
+        self.services = list(services)        # pool.service.Service: the control socket, systemd, an upgrade
         self.credentials = credentials        # --user/--group, dropped in each child (privileges.py)
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
         self.max_size = getattr(self.policy, "max_workers", None) or max(32, 4 * self.policy.workers)
         self.capacity = 2 * self.max_size + 4 * self.config.spare_workers + 2
-        self.state = None                     # "running", "stopping", "stopped"
-        self.stopping = None                  # None, "graceful" or "quick"
+        self.state = None                     # a MasterState once run() began
+        self.stopping = None                  # a StopMode once a stop began
         self.interrupted = False              # a Ctrl-C stop: run() raises KeyboardInterrupt
         self.halt_reason = None
         self.generation = 0                   # bumped by each reload: older workers get replaced
@@ -141,7 +141,7 @@ class Master(Operations):
     # -- start and finish --------------------------------------------------
 
     def _start(self):
-        self.state = "running"
+        self.state = MasterState.RUNNING
         self.started_at = time.time()
         self._old_title = setproctitle.getproctitle()
         setproctitle.setproctitle(f"prefork: master [{self.name}]")
@@ -203,7 +203,7 @@ class Master(Operations):
         if self._old_title is not None:
             setproctitle.setproctitle(self._old_title)
         self._published = ((), *self._published[1:])      # no workers; the counts stay
-        self.state = "stopped"
+        self.state = MasterState.STOPPED
         if self.selector is not None:
             self.selector.close()
         self.doorbell.close()
@@ -352,7 +352,7 @@ class Master(Operations):
                     self.board.writer(worker.index).set(scoreboard.ALONE, 1)
                 pool.signal(worker, signal.SIGTERM, action.reason, action.deadline)
             case Stop(_, reason, signum, deadline, detail):
-                if reason == "timeout":
+                if reason == Reason.TIMEOUT:
                     log.error("worker %s (pid %s) %s: dumping its stacks (below), then SIGKILL",
                               worker.slot, worker.pid, detail)
                 pool.signal(worker, signum, reason, deadline)

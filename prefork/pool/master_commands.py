@@ -13,50 +13,21 @@ import os
 import signal
 import threading
 import time
-from typing import NamedTuple, Optional
 
 from prefork import logs
 from prefork.errors import PreforkError
 from prefork.listeners import queued_connections
-from prefork.pool.worker_table import RESTART_REASONS, worker_stats
+from prefork.pool.worker_table import worker_stats
+from prefork.pool.states import RESTART_REASONS, MasterState, Reason, StopMode
 
 log = logging.getLogger("prefork")
 
 
-class Reconfiguration(NamedTuple):
-    """What a reload changes besides the code: the settings read again (the CLI's config file)."""
+class MasterCommands:
+    """The half of Master (master.py) that carries out commands and reports: a command's target.
 
-    config: object                     #: the new Config
-    workers: Optional[int] = None      #: the new pool size, if the policy has one
-    load_handler: object = None        #: how new workers load the (perhaps renamed) handler
-    restart: tuple = ()                #: settings that changed but need a new master
-
-
-class Service:
-    """What else the master's loop looks after, beside its workers: the control socket, systemd's
-    notifications, an upgrade in progress. The loop calls each from its own thread, never blocking:
-
-    - start(selector)             # register fds, with the service as the key's data
-    - on_event(master, fileobj, mask)    # one of its fds is ready
-    - on_pass(master, now) -> deadline or None   # once per pass, after the plan was carried out
-    - close(in_child=False)       # at the end; in a new worker, only release fds
+    Its methods read and set the loop's attributes, which Master.__init__ defines.
     """
-
-    def start(self, selector):
-        pass
-
-    def on_event(self, master, fileobj, mask):
-        pass
-
-    def on_pass(self, master, now):
-        return None
-
-    def close(self, in_child=False):
-        pass
-
-
-class Operations:
-    """Mixed into Master: the command target (see commands.py), and what it reports."""
 
     def stats(self):
         """A snapshot of the pool: the master, each live worker, restarts by reason. Never raises."""
@@ -64,7 +35,7 @@ class Operations:
         table, restarts, boot_failures = self._published
         history = pool.history if pool else {}
         return {
-            "master": {"pid": os.getpid(), "name": self.name, "state": self.state or "stopped",
+            "master": {"pid": os.getpid(), "name": self.name, "state": (self.state or MasterState.STOPPED).value,
                        "started_at": self.started_at, "policy": self.policy.name,
                        "target_workers": sizing.target if sizing else None,
                        "target_reason": sizing.reason if sizing else None,
@@ -91,10 +62,10 @@ class Operations:
     def begin_stop(self, graceful, why, interrupt=False):
         """Stop every worker: SIGTERM and the graceful timeout, or SIGQUIT and a second (the planner's rule 4)."""
         self.interrupted = self.interrupted or interrupt
-        if self.stopping == "quick" or (self.stopping and graceful):
+        if self.stopping == StopMode.QUICK or (self.stopping and graceful):
             return f"already stopping ({self.stopping})"
-        self.stopping = "graceful" if graceful else "quick"
-        self.state = "stopping"
+        self.stopping = StopMode.GRACEFUL if graceful else StopMode.QUICK
+        self.state = MasterState.STOPPING
         self.stop_began = (self.pool.total_requests(), why)
         queued = queued_connections(server.socket for server in self.servers)
         waiting = "" if queued is None else f", {queued} connection(s) queued"
@@ -236,11 +207,11 @@ class Operations:
     def _log_retire(self, worker, action):
         by = f" by pid {action.successor}" if action.successor else ""
         detail = f": {action.detail}" if action.detail else ""
-        if action.reason == "memory":
+        if action.reason == Reason.MEMORY:
             log.warning("worker %s (pid %s) %s: replacing it%s", worker.slot, worker.pid, action.detail, by)
-        elif action.reason == "stop" and action.detail:
+        elif action.reason == Reason.STOP and action.detail:
             log.info("worker %s (pid %s) retired (%s): stopping it gracefully", worker.slot, worker.pid, action.detail)
-        elif action.reason in ("recycle", "reload") or action.detail:
+        elif action.reason in (Reason.RECYCLE, Reason.RELOAD) or action.detail:
             log.info("worker %s (pid %s) replaced%s (%s%s): stopping it gracefully", worker.slot, worker.pid, by,
                      action.reason, detail)
 

@@ -48,14 +48,11 @@ from prefork.pool.actions import Plan
 from prefork.errors import WorkerSignal
 from prefork.pool.exits import backoff_delay
 from prefork.policies import Candidate, PoolLoad, Sizing, idle_then_oldest
+from prefork.pool.states import DUE_ORDER, Reason, StopMode, ZygoteState
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
 DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL
 SPARE_REFILL_DELAY = 0.05    # seconds between activating a spare and forking the next one
-
-# Why a worker is replaced, in the order a successor is given: one near its request cap
-# will stop by itself soon, so it goes first.
-DUE_ORDER = ("recycle", "memory", "reload")
 
 
 # -- the plan ---------------------------------------------------------------------
@@ -63,7 +60,7 @@ DUE_ORDER = ("recycle", "memory", "reload")
 def plan(snapshot, config, now):
     """What the master should do now; see the module docstring for the rules."""
     actions, problems = [], []
-    actions += [act.Kill(w.pid, w.stop_reason or "stop") for w in snapshot.workers
+    actions += [act.Kill(w.pid, w.stop_reason or Reason.STOP) for w in snapshot.workers
                 if w.kill_at is not None and now >= w.kill_at]
     timeouts = _timeouts(snapshot, config, now)
     actions += timeouts
@@ -93,7 +90,7 @@ def _fill_the_pool(snapshot, config, now, stopped, problems):
     spares = [w for w in live if w.spare]
     for spare in spares:
         if spare.generation < snapshot.generation:
-            actions.append(act.Retire(spare.pid, "reload", now + config.graceful_timeout))
+            actions.append(act.Retire(spare.pid, Reason.RELOAD, now + config.graceful_timeout))
     spares = [w for w in spares if w.generation >= snapshot.generation]
     exhausted = [w for w in live if not w.spare and w.exhausted]
     serving = [w for w in live if not w.spare and not w.exhausted]
@@ -138,7 +135,7 @@ def _fill_the_pool(snapshot, config, now, stopped, problems):
                                   _due_detail(worker, reason, config), successor=successors.get(worker.slot)))
     if ready_count - len(retiring) >= target:
         for worker in exhausted:
-            actions.append(act.Retire(worker.pid, "recycle", now + config.graceful_timeout,
+            actions.append(act.Retire(worker.pid, Reason.RECYCLE, now + config.graceful_timeout,
                                       f"served its --max-requests ({worker.requests} requests)",
                                       successor=successors.get(worker.slot)))
 
@@ -160,7 +157,7 @@ def _shrink(snapshot, fresh, activated, target, now, config, problems):
         if worker is None:
             break
         candidates.remove(worker)
-        actions.append(act.Retire(worker.pid, "stop", now + config.graceful_timeout, "the pool shrinks"))
+        actions.append(act.Retire(worker.pid, Reason.STOP, now + config.graceful_timeout, "the pool shrinks"))
         excess -= 1
     return actions
 
@@ -197,17 +194,17 @@ def _tend_zygotes(snapshot, config, now):
     actions, zygotes = [], snapshot.zygotes
     generation = snapshot.generation
     loading = [z for z in zygotes if snapshot.loading is not None and z.generation == snapshot.loading
-               and z.state != "stopping"]
-    if any(z.state == "ready" and z.born >= snapshot.loading_since for z in loading):
+               and z.state != ZygoteState.STOPPING]
+    if any(z.state == ZygoteState.READY and z.born >= snapshot.loading_since for z in loading):
         actions.append(act.AdoptGeneration(snapshot.loading))
         generation = snapshot.loading
     for zygote in zygotes:
-        if zygote.state == "booting" and zygote in loading and zygote.born < snapshot.loading_since:
+        if zygote.state == ZygoteState.BOOTING and zygote in loading and zygote.born < snapshot.loading_since:
             actions.append(act.StopZygote(zygote.pid, signal.SIGKILL, "a newer reload replaces it"))
-        elif zygote.state == "booting" and _zygote_overdue(zygote, snapshot, config, now):
+        elif zygote.state == ZygoteState.BOOTING and _zygote_overdue(zygote, snapshot, config, now):
             limit = f"not ready within the boot timeout of {float(config.boot_timeout)} s"
             actions.append(act.StopZygote(zygote.pid, signal.SIGKILL, limit, failure=limit))
-        elif zygote.state == "ready" and zygote.generation < generation and not any(
+        elif zygote.state == ZygoteState.READY and zygote.generation < generation and not any(
                 w.generation == zygote.generation for w in snapshot.workers):
             actions.append(act.StopZygote(zygote.pid, signal.SIGTERM, "its last worker is gone"))
     # A zygote that is going (killed for a timeout, or by a failed request) is reaped first: its exit
@@ -216,7 +213,7 @@ def _tend_zygotes(snapshot, config, now):
         actions.append(act.StartZygote(generation))
     if (snapshot.loading is not None and snapshot.loading > generation
             and not any(z.generation == snapshot.loading and z.born >= snapshot.loading_since for z in zygotes)):
-        actions.append(act.StartZygote(snapshot.loading, "reload"))
+        actions.append(act.StartZygote(snapshot.loading, Reason.RELOAD))
     return actions
 
 
@@ -232,7 +229,7 @@ def next_deadline(snapshot, config, now):
                 deadlines.append(since + limit)
     if snapshot.stopping is None and config.boot_timeout:
         deadlines += [max(z.born, snapshot.resumed_at) + config.boot_timeout
-                      for z in snapshot.zygotes or () if z.state == "booting"]
+                      for z in snapshot.zygotes or () if z.state == ZygoteState.BOOTING]
     backoff_end = spawn_after(snapshot)
     if backoff_end > now:
         deadlines.append(backoff_end)
@@ -265,7 +262,7 @@ def _may_fork(snapshot, now):
         return False
     if snapshot.zygotes is None:
         return True
-    return any(z.generation == snapshot.generation and z.state == "ready" for z in snapshot.zygotes)
+    return any(z.generation == snapshot.generation and z.state == ZygoteState.READY for z in snapshot.zygotes)
 
 
 def _timeouts(snapshot, config, now):
@@ -274,7 +271,7 @@ def _timeouts(snapshot, config, now):
         if worker.stop_reason is None:
             overdue = _overdue(worker, snapshot, config, now)
             if overdue:
-                found.append(act.Stop(worker.pid, "timeout", WorkerSignal.DUMP_STACKS, now + DUMP_GRACE, overdue))
+                found.append(act.Stop(worker.pid, Reason.TIMEOUT, WorkerSignal.DUMP_STACKS, now + DUMP_GRACE, overdue))
     return found
 
 
@@ -300,18 +297,18 @@ def _zygote_overdue(zygote, snapshot, config, now):
 
 def _stop_everyone(snapshot, config, now, stopped):
     actions = []
-    quick = snapshot.stopping == "quick"
+    quick = snapshot.stopping == StopMode.QUICK
     for worker in snapshot.workers:
-        if worker.pid in stopped or worker.stop_reason == "timeout":
+        if worker.pid in stopped or worker.stop_reason == Reason.TIMEOUT:
             continue                      # a kill for a timeout keeps its deadline and reason
         if not quick:
             if worker.stop_reason is None:
-                actions.append(act.Retire(worker.pid, "stop", now + config.graceful_timeout, drain=True))
+                actions.append(act.Retire(worker.pid, Reason.STOP, now + config.graceful_timeout, drain=True))
         elif worker.stop_signal != signal.SIGQUIT:
             deadline = now + KILL_GRACE
             if worker.kill_at is not None:
                 deadline = min(deadline, worker.kill_at)
-            actions.append(act.Stop(worker.pid, worker.stop_reason or "stop", signal.SIGQUIT, deadline))
+            actions.append(act.Stop(worker.pid, worker.stop_reason or Reason.STOP, signal.SIGQUIT, deadline))
     return actions
 
 
@@ -334,20 +331,20 @@ def _size(snapshot, fresh, now, problems):
 
 def _due_reason(worker, snapshot, config, now):
     if worker.retire == scoreboard.WANTS_SUCCESSOR:
-        return "recycle"
+        return Reason.RECYCLE
     limit = config.max_worker_memory * 1024 * 1024
     if (limit and worker.uss is not None and worker.uss > limit
             and now - worker.born >= config.min_worker_lifetime):
-        return "memory"
+        return Reason.MEMORY
     if worker.generation < snapshot.generation:
-        return "reload"
+        return Reason.RELOAD
     return ""
 
 
 def _due_detail(worker, reason, config):
-    if reason == "memory":
+    if reason == Reason.MEMORY:
         return (f"uses {worker.uss / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
-    if reason == "recycle":
+    if reason == Reason.RECYCLE:
         return f"served {worker.requests} requests, near --max-requests {config.max_requests}"
     return ""
 

@@ -1,4 +1,4 @@
-"""The outcome of the latest reload, as the master follows it: for stats() and `prefork ctl reload`.
+"""Runs in the master: what a reload changes, and its outcome, for stats() and `prefork ctl reload`.
 
 A reload goes loading (with a zygote: the new code is being imported) ->
 replacing (workers of the new generation are being started) -> done (every
@@ -8,35 +8,46 @@ master keeps retrying those with its backoff; the old workers keep serving).
 """
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
+
+from prefork.pool.states import ReloadState
+
+
+class Reconfiguration(NamedTuple):
+    """What a reload changes besides the code: the settings read again (the CLI's config file)."""
+
+    config: object                     #: the new Config
+    workers: Optional[int] = None      #: the new pool size, if the policy has one
+    load_handler: object = None        #: how new workers load the (perhaps renamed) handler
+    restart: tuple = ()                #: settings that changed but need a new master
 
 
 @dataclass
 class ReloadProgress:
     number: int = 0                   #: how many reloads were asked for; 0: none yet
     generation: int = 0               #: the generation this reload moves the pool to
-    state: str = "none"               #: "none", "loading", "replacing", "done" or "failed"
+    state: ReloadState = ReloadState.NONE
     error: Optional[str] = None
     why: str = ""
 
     def begin(self, generation, why, loading):
         self.number += 1
         self.generation, self.why, self.error = generation, why, None
-        self.state = "loading" if loading else "replacing"
+        self.state = ReloadState.LOADING if loading else ReloadState.REPLACING
 
     def loaded(self, generation):
         """Its zygote is ready: workers of generation are forked from now on."""
-        if self.state == "loading" and generation == self.generation:
-            self.state = "replacing"
+        if self.state == ReloadState.LOADING and generation == self.generation:
+            self.state = ReloadState.REPLACING
 
     def failed(self, generation, message):
-        if self.state in ("loading", "replacing") and generation == self.generation:
-            self.state, self.error = "failed", message
+        if self.state in (ReloadState.LOADING, ReloadState.REPLACING) and generation == self.generation:
+            self.state, self.error = ReloadState.FAILED, message
 
     def check(self, generation, settled):
         """Each pass: done once the pool has settled on this reload's generation."""
-        if self.state == "replacing" and generation >= self.generation and settled:
-            self.state = "done"
+        if self.state == ReloadState.REPLACING and generation >= self.generation and settled:
+            self.state = ReloadState.DONE
 
     def as_dict(self):
-        return asdict(self)
+        return {**asdict(self), "state": self.state.value}

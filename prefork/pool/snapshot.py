@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from prefork.pool import scoreboard
+from prefork.pool.states import StopMode, ZygoteState
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ZygoteView:
 
     pid: int
     generation: int
-    state: str = "booting"            #: "booting" (importing), "ready" or "stopping"
+    state: ZygoteState = ZygoteState.BOOTING
     born: float = 0.0                 #: monotonic time of its fork
 
 
@@ -56,7 +57,7 @@ class Snapshot:
     policy_state: object = None       #: what the policy returned last time
     requested_size: Optional[int] = None   #: set by scale commands (SIGTTIN, SIGTTOU, ctl scale)
     generation: int = 0               #: the code workers are forked with; moved on by each reload
-    stopping: Optional[str] = None    #: None, "graceful" or "quick"
+    stopping: Optional[StopMode] = None   #: set once the pool stops
     resumed_at: float = 0.0           #: when the master came back from being stopped
     failed_boots: int = 0             #: in a row, since a worker was last ready
     last_boot_failure_at: float = 0.0  #: monotonic time of the latest boot failure

@@ -17,12 +17,12 @@ from prefork.pool import exits, forking, scoreboard
 from prefork.errors import SpawnError, WorkerExit
 from prefork.signals import exit_text
 from prefork.pool.worker import Worker
+from prefork.pool.states import RESTART_REASONS, Reason
 
 log = logging.getLogger("prefork")
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
 # Why workers went, as counted by stats()["restarts"]; a stop of the pool is not a restart.
-RESTART_REASONS = ("timeout", "recycle", "memory", "reload", "boot", "crash", "signal")
 
 
 class SlotHistory:
@@ -198,15 +198,15 @@ class Pool:
                                      view.retire == scoreboard.EXHAUSTED)
         history = self.history[worker.slot]
         history.last_exit_reason = reason
-        if reason != "stop":
+        if reason != Reason.STOP:
             history.restarts += 1
             self.restarts[reason] += 1
         how = exit_text(code)
-        if not worker.ready and reason in ("boot", "timeout"):
+        if not worker.ready and reason in (Reason.BOOT, Reason.TIMEOUT):
             self._boot_failed(worker, boot_message or _boot_failure_text(code, how, worker.stop_reason))
-        elif reason == "signal":
+        elif reason == Reason.SIGNAL:
             log.error("worker %s (pid %s) died unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
-        elif reason == "crash":
+        elif reason == Reason.CRASH:
             log.error("worker %s (pid %s) exited unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
         else:
             log.info("worker %s (pid %s) exited (%s, %s)", worker.slot, worker.pid, reason, how)
@@ -281,7 +281,7 @@ def worker_stats(worker, board, history, now):
 
 
 def _boot_failure_text(code, how, stop_reason):
-    if stop_reason == "timeout":
+    if stop_reason == Reason.TIMEOUT:
         return "not ready within the boot timeout"
     if code == WorkerExit.APP_LOAD_ERROR:
         return "the handler could not be loaded"

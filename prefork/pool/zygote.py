@@ -36,6 +36,7 @@ from prefork.errors import SpawnError
 from prefork.pool.worker_table import send_signal
 from prefork.signals import exit_text, wait_readable
 from prefork.pool.snapshot import ZygoteView
+from prefork.pool.states import ZygoteExit, ZygoteState
 
 log = logging.getLogger("prefork")
 
@@ -51,7 +52,7 @@ class ZygoteHandle:
         self.generation = generation
         self.sock = sock                   # our end; None once it closed
         self.pidfd = None
-        self.state = "booting"             # "booting", "ready" or "stopping"
+        self.state = ZygoteState.BOOTING
         self.why = why                     # the reload that asked for it, or ""
         self.failure = None                # why it failed to load: what it said, or the planner's kill
         self.counted = False               # its failure was counted already (a request it left unanswered)
@@ -116,7 +117,7 @@ class Zygotes:
         if handle is None:
             return
         if failure:
-            handle.failure, handle.killed_loading = failure, handle.state == "booting"
+            handle.failure, handle.killed_loading = failure, handle.state == ZygoteState.BOOTING
             log.warning("zygote %s of generation %s %s: killing it", pid, handle.generation, failure)
         else:
             log.info("zygote %s of generation %s: %s, stopping it", pid, handle.generation, detail)
@@ -154,8 +155,8 @@ class Zygotes:
                 self._close_socket(handle)
                 return
             word, _, rest = data.decode("utf-8", "replace").partition(" ")
-            if word == "ready" and handle.state == "booting":
-                handle.state = "ready"
+            if word == "ready" and handle.state == ZygoteState.BOOTING:
+                handle.state = ZygoteState.READY
                 log.info("zygote %s ready: generation %s loaded in %.0f ms", handle.pid, handle.generation,
                          (time.monotonic() - handle.born) * 1000)
             elif word == "failed":
@@ -166,22 +167,22 @@ class Zygotes:
     def _exited(self, handle, status, current_generation, loading):
         if handle.sock is not None:
             self._read(handle)            # a "failed" it sent just before it went
-        state = "booting" if handle.killed_loading else handle.state
+        state = ZygoteState.BOOTING if handle.killed_loading else handle.state
         self._forget(handle)
         code = os.waitstatus_to_exitcode(status)
         how = exit_text(code)
         meaning = exits.zygote_exit(state, handle.generation, current_generation, loading, handle.counted)
-        if meaning == "expected":
+        if meaning == ZygoteExit.EXPECTED:
             log.info("zygote %s of generation %s exited (%s)", handle.pid, handle.generation, how)
-        elif meaning == "reload failed":
+        elif meaning == ZygoteExit.RELOAD_FAILED:
             message = handle.failure or f"the zygote died while importing it ({how})"
             log.error("%s: not reloading, the new code failed to load, the old workers keep serving: %s",
                       handle.why or "reload", message)
             self.on_reload_failed(handle.why, message)
-        elif meaning == "boot failure":
+        elif meaning == ZygoteExit.BOOT_FAILURE:
             self.pool.boot_failed("zygote", handle.failure or f"the zygote died while importing the handler "
                                             f"({how})", handle.generation)
-        elif meaning == "died":
+        elif meaning == ZygoteExit.DIED:
             log.error("zygote %s of generation %s died unexpectedly (%s); its workers keep serving, another "
                       "zygote follows", handle.pid, handle.generation, how)
             self.pool.count_failure(f"the zygote died ({how})", handle.generation)
@@ -190,7 +191,7 @@ class Zygotes:
 
     def fork_worker(self, worker, close_master_fds):
         """Ask the zygote of worker's generation for it (pool.spawn's fork); its pid, or SpawnError."""
-        handle = next((h for h in self.zygotes if h.generation == worker.generation and h.state == "ready"
+        handle = next((h for h in self.zygotes if h.generation == worker.generation and h.state == ZygoteState.READY
                        and h.sock is not None), None)
         if handle is None:
             raise SpawnError(f"no zygote of generation {worker.generation} is ready")
@@ -231,7 +232,7 @@ class Zygotes:
     # -- the rest ---------------------------------------------------------------------
 
     def _stop(self, handle, signum):
-        handle.state = "stopping"
+        handle.state = ZygoteState.STOPPING
         self._close_socket(handle)        # the end of its socket tells it to go, with its next worker
         send_signal(handle.pid, handle.pidfd, signum)
 
@@ -253,13 +254,13 @@ class Zygotes:
     def signal_all(self, signum):
         """Send every zygote a signal (SIGUSR1: reopen the log, and pass it on to the next worker)."""
         for handle in self.zygotes:
-            if handle.state != "stopping":
+            if handle.state != ZygoteState.STOPPING:
                 send_signal(handle.pid, handle.pidfd, signum)
 
     def stats(self, current_generation):
         """stats()["zygotes"]: each zygote's pid, generation, state and start time."""
         def state(h):
-            return "retiring" if h.state == "ready" and h.generation < current_generation else h.state
+            return "retiring" if h.state == ZygoteState.READY and h.generation < current_generation else h.state.value
         return [{"pid": h.pid, "generation": h.generation, "state": state(h), "started_at": h.started_at}
                 for h in list(self.zygotes)]
 
@@ -274,7 +275,7 @@ class Zygotes:
     def close(self):
         """The master is finishing: every zygote goes (with its next worker), and nothing is left to reap."""
         for handle in list(self.zygotes):
-            if handle.state != "stopping":
+            if handle.state != ZygoteState.STOPPING:
                 self._stop(handle, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         for handle in list(self.zygotes):

@@ -30,6 +30,7 @@ import time
 from prefork import commands
 from prefork.errors import BindError, ConfigError, PreforkError
 from prefork.listeners import UnixPathOwner, remove_stale_unix_socket
+from prefork.pool.service import Service
 
 log = logging.getLogger("prefork")
 
@@ -56,7 +57,7 @@ def open_control_socket(path):
     return sock
 
 
-class ControlServer:
+class ControlServer(Service):
     """A master service (see Master.services): accepts control connections and answers them."""
 
     def __init__(self, sock, owned=True, active=True):

@@ -18,6 +18,7 @@ import os
 import socket
 
 from prefork.errors import BindError
+from prefork.pool.service import Service
 
 log = logging.getLogger("prefork")
 
@@ -47,8 +48,8 @@ def listen_fds(environ=None):
     return found
 
 
-class Notifier:
-    """A master service (see operations.Service) that keeps systemd informed, when NOTIFY_SOCKET is set."""
+class Notifier(Service):
+    """A master service (pool.service.Service) that keeps systemd informed, when NOTIFY_SOCKET is set."""
 
     def __init__(self, environ=None):
         environ = os.environ if environ is None else environ

@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 from prefork.errors import PreforkError
 from prefork.signals import exit_text, wait_readable
+from prefork.pool.service import Service
 
 log = logging.getLogger("prefork")
 
@@ -75,7 +76,7 @@ def inherited(environ=None):
                      int(ready) if ready else None, int(predecessor) if predecessor else None)
 
 
-class Successor:
+class Successor(Service):
     """A new master's service: once our pool is ready, takes over the control socket and tells the
     old master; should we exit while the old master still runs (a roll-back), leaves it everything.
 
@@ -151,7 +152,7 @@ def open_parent_pidfd(pid):
 
 # -- the old master's side ------------------------------------------------------------------
 
-class Upgrader:
+class Upgrader(Service):
     """An old master's service: starts the new master on SIGUSR2 and follows it.
 
     activated: [(socket, name)], those of the servers' sockets that came from systemd."""

@@ -40,7 +40,7 @@ def test_stats_reports_each_worker_with_psutil_figures():
             assert 0 < w["uss"] <= w["rss"] and w["cpu_percent"] >= 0 and w["num_fds"] > 0
             assert abs(w["started_at"] - time.time()) < 60
             assert w["restarts"] == 0 and w["last_exit_reason"] is None
-        assert stats["restarts"] == dict.fromkeys(prefork.pool.master.EXIT_REASONS, 0)
+        assert stats["restarts"] == dict.fromkeys(prefork.pool.states.RESTART_REASONS, 0)
         assert stats["boot_failures"] == 0
 
 
@@ -277,7 +277,7 @@ def test_a_poll_interval_of_none_serves_with_a_spare():
     with serving(server, workers=1, poll_interval=None):
         wait_for(lambda: sorted(w["state"] for w in server.stats()["workers"]) == ["idle", "spare"])
         assert exchange("tcp", server.server_address).endswith(b"|hello\n")
-        assert server.stats()["restarts"] == dict.fromkeys(prefork.pool.master.EXIT_REASONS, 0)
+        assert server.stats()["restarts"] == dict.fromkeys(prefork.pool.states.RESTART_REASONS, 0)
 
 
 def test_stats_never_raises_from_another_thread_while_the_server_closes():
