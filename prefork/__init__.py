@@ -12,10 +12,10 @@ settings and the errors.
 
 from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 
-from prefork.supervision import Config
 from prefork.errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
-from prefork.pool.master import Master
 from prefork.policies import Adaptive, ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
+from prefork.pool.master import Master
+from prefork.supervision import Config
 from prefork.servers import (
     BaseServer,
     ForkingMixIn,

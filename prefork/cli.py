@@ -15,13 +15,11 @@ import os
 import sys
 
 from prefork import __version__
-
-from prefork.serve import control_client
-
-from prefork.tune import tuner
 from prefork.errors import ConfigError, Exit, PreforkError, report
+from prefork.serve import control_client
 from prefork.serve.launch import run_serve, validate
 from prefork.serve.settings import SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown
+from prefork.tune import tuner
 
 
 class _Parser(argparse.ArgumentParser):

@@ -23,9 +23,9 @@ import signal
 import setproctitle
 
 from prefork import commands, logs
+from prefork.handling import handle_one
 from prefork.listeners import describe_socket
 from prefork.signals import Doorbell, SignalInbox
-from prefork.handling import handle_one
 
 log = logging.getLogger("prefork")
 

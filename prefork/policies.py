@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Optional, Sequence
 
-from prefork.supervision import whole_number_problem
 from prefork.errors import ConfigError
+from prefork.supervision import whole_number_problem
 
 
 def cpu_count():

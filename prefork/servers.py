@@ -36,12 +36,12 @@ import threading
 import warnings
 
 from prefork import commands
-from prefork.supervision import Config
 from prefork.handling import ReplySocket
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
-from prefork.pool.master import Master
 from prefork.policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
+from prefork.pool.master import Master
+from prefork.supervision import Config
 
 log = logging.getLogger("prefork")
 # A client that reset, abandoned or stalled its connection: routine, not a fault of the handler.

@@ -28,22 +28,21 @@ import time
 import setproctitle
 
 from prefork import commands
-
+from prefork.errors import HaltServer, PreforkError, WorkerSignal
+from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
 from prefork.pool import planner, scoreboard
 from prefork.pool.actions import (
     Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote,
 )
-from prefork.errors import HaltServer, PreforkError, WorkerSignal
-from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
-from prefork.pool.monitor import Monitor
 from prefork.pool.master_commands import MasterCommands
-from prefork.pool.worker_table import Pool
+from prefork.pool.monitor import Monitor
 from prefork.pool.reloads import ReloadProgress
-from prefork.signals import Doorbell, SignalInbox, default_sigchld
 from prefork.pool.snapshot import Snapshot, WorkerView
-from prefork.pool.worker import PoolSetup
-from prefork.pool.zygote import Zygotes
 from prefork.pool.states import MasterState, Reason
+from prefork.pool.worker import PoolSetup
+from prefork.pool.worker_table import Pool
+from prefork.pool.zygote import Zygotes
+from prefork.signals import Doorbell, SignalInbox, default_sigchld
 
 log = logging.getLogger("prefork")
 

@@ -17,8 +17,8 @@ import time
 from prefork import logs
 from prefork.errors import PreforkError
 from prefork.listeners import queued_connections
-from prefork.pool.worker_table import worker_stats
 from prefork.pool.states import RESTART_REASONS, MasterState, Reason, StopMode
+from prefork.pool.worker_table import worker_stats
 
 log = logging.getLogger("prefork")
 

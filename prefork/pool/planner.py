@@ -42,12 +42,12 @@ The rules, in the order plan() applies them:
 
 import signal
 
+from prefork.errors import WorkerSignal
+from prefork.policies import Candidate, PoolLoad, Sizing, idle_then_oldest
 from prefork.pool import actions as act
 from prefork.pool import scoreboard
 from prefork.pool.actions import Plan
-from prefork.errors import WorkerSignal
 from prefork.pool.exits import backoff_delay
-from prefork.policies import Candidate, PoolLoad, Sizing, idle_then_oldest
 from prefork.pool.states import DUE_ORDER, Reason, StopMode, ZygoteState
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop

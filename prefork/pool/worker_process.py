@@ -33,12 +33,11 @@ import time
 
 import setproctitle
 
-from prefork.pool import forking, scoreboard
-
 from prefork import logs
 from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
-from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
 from prefork.handling import PoolRequest, handle_one
+from prefork.pool import forking, scoreboard
+from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
 from prefork.signals import ring, run_pending_handlers
 
 log = logging.getLogger("prefork")

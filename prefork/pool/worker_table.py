@@ -13,11 +13,11 @@ import selectors
 import signal
 import time
 
-from prefork.pool import exits, forking, scoreboard
 from prefork.errors import SpawnError, WorkerExit
-from prefork.signals import exit_text
-from prefork.pool.worker import Worker
+from prefork.pool import exits, forking, scoreboard
 from prefork.pool.states import RESTART_REASONS, Reason
+from prefork.pool.worker import Worker
+from prefork.signals import exit_text
 
 log = logging.getLogger("prefork")
 

@@ -31,12 +31,12 @@ import signal
 import socket
 import time
 
-from prefork.pool import exits, forking, zygote_process
 from prefork.errors import SpawnError
-from prefork.pool.worker_table import send_signal
-from prefork.signals import exit_text, wait_readable
+from prefork.pool import exits, forking, zygote_process
 from prefork.pool.snapshot import ZygoteView
 from prefork.pool.states import ZygoteExit, ZygoteState
+from prefork.pool.worker_table import send_signal
+from prefork.signals import exit_text, wait_readable
 
 log = logging.getLogger("prefork")
 

@@ -67,13 +67,12 @@ import time
 
 import setproctitle
 
-from prefork.pool import forking, scoreboard
-
 from prefork import logs
 from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from prefork.pool import forking, scoreboard
 from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, exit_child, prctl
-from prefork.signals import wait_readable
 from prefork.pool.worker import Worker
+from prefork.signals import wait_readable
 
 log = logging.getLogger("prefork")
 

@@ -14,17 +14,16 @@ import sys
 from typing import NamedTuple
 
 from prefork import loader, logs
-
-from prefork.serve import privileges, systemd, upgrade
-from prefork.supervision import Config
-from prefork.serve.control_server import ControlServer, open_control_socket
 from prefork.errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
 from prefork.listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
-from prefork.pool.reloads import Reconfiguration
-from prefork.serve.pidfile import PidFile
 from prefork.policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
-from prefork.servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
+from prefork.pool.reloads import Reconfiguration
+from prefork.serve import privileges, systemd, upgrade
+from prefork.serve.control_server import ControlServer, open_control_socket
+from prefork.serve.pidfile import PidFile
 from prefork.serve.settings import SETTINGS
+from prefork.servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
+from prefork.supervision import Config
 
 log = logging.getLogger("prefork")
 

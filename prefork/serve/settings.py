@@ -21,9 +21,9 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
-from prefork.supervision import Config, at_least, check_fields, checked, kind_of, setting
 from prefork.errors import ConfigError
 from prefork.policies import MAX_THREADS, MAX_WORKERS, POLICIES_BY_NAME
+from prefork.supervision import Config, at_least, check_fields, checked, kind_of, setting
 
 try:
     import tomllib

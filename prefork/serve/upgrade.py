@@ -37,8 +37,8 @@ import sys
 from typing import NamedTuple
 
 from prefork.errors import PreforkError
-from prefork.signals import exit_text, wait_readable
 from prefork.pool.service import Service
+from prefork.signals import exit_text, wait_readable
 
 log = logging.getLogger("prefork")
 

@@ -16,7 +16,6 @@ import sys
 from collections import Counter
 
 from prefork import __version__, loader
-
 from prefork.tune import loadgen
 from prefork.arguments import count_list, positive_number, whole_number  # noqa: F401 (tests use them here)
 from prefork.errors import AppLoadError, BindError, Exit
