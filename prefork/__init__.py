@@ -1,4 +1,4 @@
-"""prefork: a prefork server framework, and a drop-in for socketserver.
+"""prefork: a prefork server framework, and a drop-in for socketserver. Runs in the user's program.
 
     import prefork as socketserver      # existing code keeps working
 

@@ -1,4 +1,4 @@
-"""`python -m prefork` is the `prefork` command."""
+"""Runs in the `prefork` command's process: `python -m prefork` is the `prefork` command."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""argparse value types shared by the commands that are not settings (`prefork tune`, `prefork ctl`).
+"""Runs in the `prefork` command's process: argparse value types for `prefork tune` and `prefork ctl`.
 
 Each turns text into a value or raises argparse.ArgumentTypeError with the
 problem, which the parser reports in one line with exit status 2.

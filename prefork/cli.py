@@ -1,4 +1,4 @@
-"""The `prefork` command: `prefork serve`, `check-config`, `settings`, `ctl` and `tune`.
+"""Runs in the `prefork` command's process: `prefork serve`, `check-config`, `settings`, `ctl` and `tune`.
 
 Bad input never shows a traceback: every problem becomes one line on stderr,
 ``prefork: error: ...``, and an exit status from errors.Exit (2 for what the
@@ -18,7 +18,9 @@ from prefork import __version__
 from prefork.errors import ConfigError, Exit, PreforkError, report
 from prefork.serve import control_client
 from prefork.serve.launch import run_serve, validate
-from prefork.serve.settings import SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown
+from prefork.serve.settings import (
+    SETTINGS, effective_table, misspelled_variables, parse_text, resolve, settings_markdown,
+)
 from prefork.tune import tuner
 
 
@@ -48,8 +50,8 @@ def build_parser():
     check.set_defaults(run=_check_config)
     settings = commands.add_parser("settings", help="print the table of settings (docs/settings.md)")
     settings.set_defaults(run=lambda args: print(settings_markdown(), end="") or Exit.OK)
-    parser.commands = {"serve": serve, "check-config": check, "settings": settings, "ctl": control_client.add_parser(commands),
-                       "tune": tuner.add_parser(commands)}
+    parser.commands = {"serve": serve, "check-config": check, "settings": settings,
+                       "ctl": control_client.add_parser(commands), "tune": tuner.add_parser(commands)}
     return parser
 
 

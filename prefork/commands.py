@@ -1,4 +1,4 @@
-"""Named commands: what a signal, an API call or a control request asks of a running server.
+"""Runs in the serving process: named commands, what a signal, an API call or a control request asks.
 
 One table for all three. A signal is looked up in SIGNAL_COMMANDS; an API
 call (``server.scale(4)``) builds the same object; the control socket parses
@@ -20,7 +20,7 @@ reload) says so in its log: every command has a defined meaning everywhere.
 import json
 import signal
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple, Tuple
+from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Protocol, Tuple, Union, cast
 
 from prefork.errors import ConfigError
 
@@ -32,17 +32,37 @@ class Argument(NamedTuple):
     wanted: str                  #: for the error: "true or false (a JSON boolean)"
 
 
+class Target(Protocol):
+    """What a command runs on: the master of a pool, or the request loop of an in-process policy."""
+
+    def begin_stop(self, graceful: bool, why: str, interrupt: bool = False) -> Optional[str]: ...
+
+    def begin_reload(self, why: str) -> Optional[str]: ...
+
+    def set_size(self, size: int, relative: bool, why: str) -> Optional[str]: ...
+
+    def reopen_logs(self, why: str) -> Optional[str]: ...
+
+    def begin_upgrade(self, why: str) -> Optional[str]: ...
+
+    def resume(self, why: str) -> Optional[str]: ...
+
+    def ignore(self, why: str) -> Optional[str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Command:
     name: ClassVar[str] = ""
-    arguments: ClassVar[dict] = {}      #: key -> Argument: what a control request may add to "command"
+    arguments: ClassVar[dict[str, Argument]] = {}   #: key -> Argument: what a control request may add to "command"
     why: str = ""
 
-    def run(self, target):
+    def run(self, target: Target) -> Union[str, dict[str, Any], None]:
         raise NotImplementedError
 
     @classmethod
-    def from_arguments(cls, arguments, why):
+    def from_arguments(cls, arguments: Mapping[str, Any], why: str) -> "Command":
         """The command, from a control request's other keys (already checked against cls.arguments)."""
         return cls(why=why)
 
@@ -53,7 +73,7 @@ class Status(Command):
 
     name: ClassVar[str] = "status"
 
-    def run(self, target):
+    def run(self, target: Target) -> dict[str, Any]:
         return target.status()
 
 
@@ -63,15 +83,15 @@ class Stop(Command):
     quick: stop at once, abandoning requests in hand."""
 
     name: ClassVar[str] = "stop"
-    arguments: ClassVar[dict] = {"quick": Argument((bool,), "true or false (a JSON boolean)")}
+    arguments: ClassVar[dict[str, Argument]] = {"quick": Argument((bool,), "true or false (a JSON boolean)")}
     quick: bool = False
     interrupt: bool = False      #: a Ctrl-C: serve_forever() raises KeyboardInterrupt once stopped
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.begin_stop(graceful=not self.quick, why=self.why or self.name, interrupt=self.interrupt)
 
     @classmethod
-    def from_arguments(cls, arguments, why):
+    def from_arguments(cls, arguments: Mapping[str, Any], why: str) -> "Stop":
         return cls(why=why, quick=arguments.get("quick", False))
 
 
@@ -81,7 +101,7 @@ class Reload(Command):
 
     name: ClassVar[str] = "reload"
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.begin_reload(why=self.why or self.name)
 
 
@@ -90,21 +110,22 @@ class Scale(Command):
     """Scale: set the number of workers to N, or change it by +N / -N (never below one)."""
 
     name: ClassVar[str] = "scale"
-    arguments: ClassVar[dict] = {"size": Argument((str, int), 'text such as "8", "+1", "-1", or a whole number')}
+    arguments: ClassVar[dict[str, Argument]] = {
+        "size": Argument((str, int), 'text such as "8", "+1", "-1", or a whole number')}
     size: int = 0
     relative: bool = False
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.set_size(self.size, self.relative, why=self.why or self.name)
 
     @classmethod
-    def from_arguments(cls, arguments, why):
+    def from_arguments(cls, arguments: Mapping[str, Any], why: str) -> "Scale":
         if "size" not in arguments:
             raise ConfigError(f'{cls.name}: "size" is missing; give N, +N or -N')
         return cls.parse(arguments["size"], why=why)
 
     @classmethod
-    def parse(cls, text, why=""):
+    def parse(cls, text: Union[str, int], why: str = "") -> "Scale":
         """'8', '+1' or '-2' as a Scale command, or ConfigError."""
         text = str(text).strip()
         relative = text[:1] in ("+", "-")
@@ -123,7 +144,7 @@ class ReopenLogs(Command):
 
     name: ClassVar[str] = "reopen-logs"
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.reopen_logs(why=self.why or self.name)
 
 
@@ -133,7 +154,7 @@ class Upgrade(Command):
 
     name: ClassVar[str] = "upgrade"
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.begin_upgrade(why=self.why or self.name)
 
 
@@ -143,7 +164,7 @@ class Resume(Command):
 
     name: ClassVar[str] = "resume"
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.resume(why=self.why or self.name)
 
 
@@ -153,12 +174,12 @@ class Ignore(Command):
 
     name: ClassVar[str] = "ignore"
 
-    def run(self, target):
+    def run(self, target: Target) -> Optional[str]:
         return target.ignore(why=self.why)
 
 
 # What each signal means to a running server (the README's table says the same).
-SIGNAL_COMMANDS = {
+SIGNAL_COMMANDS: dict[int, Command] = {
     signal.SIGTERM: Stop(why="SIGTERM"),
     signal.SIGINT: Stop(why="SIGINT", quick=True, interrupt=True),
     signal.SIGQUIT: Stop(why="SIGQUIT", quick=True),
@@ -178,7 +199,7 @@ _JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a num
                bool: "a boolean", type(None): "null"}
 
 
-def from_request(request, origin):
+def from_request(request: object, origin: str) -> Command:
     """A command from a decoded control request ({"command": "scale", "size": "+1"}), or ConfigError
     naming the key that is unknown or of the wrong type. Its why is origin and the command's name."""
     if not isinstance(request, dict):
@@ -200,10 +221,11 @@ def from_request(request, origin):
     return cls.from_arguments(arguments, why=f"{origin} {name}")
 
 
-def help_lines():
+def help_lines() -> list[str]:
     """One line per command, from its docstring: for `prefork ctl --help`."""
-    return [f"{name:<12} {cls.__doc__.split(':', 1)[1].strip().splitlines()[0]}" for name, cls in COMMANDS.items()]
+    return [f"{name:<12} {cast(str, cls.__doc__).split(':', 1)[1].strip().splitlines()[0]}"    # every command has one
+            for name, cls in COMMANDS.items()]
 
 
-def for_signal(signum):
+def for_signal(signum: int) -> Command:
     return SIGNAL_COMMANDS.get(signum) or Ignore(why=f"signal {signum}")

@@ -1,4 +1,4 @@
-"""Exception types; the exit codes and signals the master and its workers use with each other.
+"""Runs in any process: exception types; the exit codes and signals the master and its workers share.
 
 Library code raises these and never calls sys.exit: only the CLI turns an
 error into a message and an exit status.

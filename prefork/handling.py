@@ -1,4 +1,4 @@
-"""Taking one request: socketserver's steps, plus what a pool worker keeps track of.
+"""Runs in each worker (and an in-process server): one request, socketserver's steps plus the bookkeeping.
 
 handle_one() is the body of every accept loop, in pool workers (worker_process.py)
 and in the in-process request loop (inprocess.py). ReplySocket is what a

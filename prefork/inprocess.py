@@ -1,4 +1,4 @@
-"""serve_forever() for the in-process policies: Serial, ForkPerRequest, ThreadPerRequest.
+"""Runs in the serving process: serve_forever() for the in-process policies: Serial, ForkPerRequest, ThreadPerRequest.
 
 One loop over one server or several at once. It waits on every server's
 socket plus the doorbell (signals.py), so shutdown() returns at once, and

@@ -1,4 +1,4 @@
-"""Listening addresses: parse bind strings, open and bind sockets, clean up Unix paths.
+"""Runs in the serving process (the master): parse bind strings, open and bind sockets, clean up Unix paths.
 
 Accepted forms (``prefork serve -b``):
 

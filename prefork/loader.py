@@ -1,7 +1,7 @@
-"""Turn ``module:Object`` strings into request handler classes and hook modules.
+"""Runs in whichever process imports the handler: ``module:Object`` strings to handler classes and hook modules.
 
 Used by the CLI: in each worker after fork, or with --preload once in a
-zygote that forks the workers (zygote.py); either way new workers pick up
+zygote that forks the workers (pool/zygote_process.py); either way new workers pick up
 new code (SIGHUP) and the master never runs the application's import-time
 code. The in-process policies (serial, fork, thread) import it in the server.
 """

@@ -1,4 +1,4 @@
-"""Where `prefork serve` logs: stderr, or a file that can be reopened after logrotate moved it.
+"""Runs in any process of `prefork serve`: logging to stderr, or to a file reopened after logrotate moved it.
 
 The master opens the file before forking, so every worker inherits the
 handler. SIGUSR1 (or `prefork ctl reopen-logs`) makes the master reopen it and

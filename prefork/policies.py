@@ -1,4 +1,4 @@
-"""Pool policies: how requests get concurrency.
+"""Runs in the serving process (the master's planner): pool policies, how requests get concurrency.
 
 socketserver's ForkingMixIn and ThreadingMixIn become two policies among
 several. A policy is a small frozen value with no system calls: the server
@@ -20,13 +20,13 @@ go first?" (choose_retire).
 import math
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple, Optional, Sequence
+from typing import ClassVar, NamedTuple, Optional, Protocol, Sequence, cast
 
 from prefork.errors import ConfigError
 from prefork.supervision import whole_number_problem
 
 
-def cpu_count():
+def cpu_count() -> int:
     """CPUs this process may run on (respects taskset and container CPU sets)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -69,10 +69,23 @@ class Policy:
     pooled: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
-    def check_interval(self, state) -> Optional[float]:
+    def check_interval(self, state: object) -> Optional[float]:
         """Seconds until the master must look at the load again, though nothing woke it (a worker
         taking a request wakes nobody); None: only when something happens (an exit, a signal)."""
         return None
+
+
+class PooledPolicy(Protocol):
+    """What the master's planner asks of a pooled policy (Prefork, Adaptive, or a user's own subclass)."""
+
+    workers: int
+    threads: int
+
+    def size(self, load: PoolLoad, state: object = None) -> Sizing: ...
+
+    def choose_retire(self, candidates: Sequence[Candidate]) -> Optional[Candidate]: ...
+
+    def check_interval(self, state: object) -> Optional[float]: ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ MAX_WORKERS = 4096
 MAX_THREADS = 1024
 
 
-def _check_count(what, value, most):
+def _check_count(what: str, value: object, most: int) -> None:
     problem = whole_number_problem(value, 1, most)
     if problem:
         raise ConfigError.about(what, problem, value)
@@ -128,11 +141,11 @@ class Prefork(Policy):
     pooled: ClassVar[bool] = True
     name: ClassVar[str] = "prefork"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_count("workers", self.workers, MAX_WORKERS)
         _check_count("threads", self.threads, MAX_THREADS)
 
-    def size(self, load: PoolLoad, state=None) -> Sizing:
+    def size(self, load: PoolLoad, state: object = None) -> Sizing:
         """How many workers the pool should have now: ``workers``, or what an operator asked for."""
         if load.requested is not None:
             return Sizing(load.requested, f"{load.requested} worker(s), as scaled by the operator")
@@ -203,13 +216,13 @@ class Adaptive(Policy):
     min_workers: int = 1
     max_workers: int = field(default_factory=lambda: 4 * cpu_count())
     min_spare: int = 1
-    max_spare: Optional[int] = None     #: default: min_spare + threads
+    max_spare: Optional[int] = None     #: default: min_spare + threads (an int once __post_init__ has run)
     threads: int = 1
     scale_down_after: float = 10.0
     pooled: ClassVar[bool] = True
     name: ClassVar[str] = "adaptive"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_count("min_workers", self.min_workers, MAX_WORKERS)
         _check_count("max_workers", self.max_workers, MAX_WORKERS)
         _check_count("threads", self.threads, MAX_THREADS)
@@ -228,25 +241,26 @@ class Adaptive(Policy):
             raise ConfigError.about("min_spare", "must not be above max_workers x threads "
                                     f"({self.max_workers * self.threads}), the most a pool can hold",
                                     self.min_spare)
-        if self.threads == 1 and self.max_spare < self.min_spare:
+        if self.threads == 1 and cast(int, self.max_spare) < self.min_spare:
             raise ConfigError.about("max_spare", f"must not be below min_spare ({self.min_spare})", self.max_spare)
-        if self.max_spare < self.min_spare + self.threads - 1:
+        if cast(int, self.max_spare) < self.min_spare + self.threads - 1:
             raise ConfigError.about(
                 "max_spare", f"must be at least min_spare + threads - 1 ({self.min_spare + self.threads - 1}), "
                 "or retiring an idle worker would leave fewer than min_spare idle", self.max_spare)
 
     @property
-    def workers(self):
+    def workers(self) -> int:
         """How many workers the pool starts with: min_workers, or enough for min_spare."""
         return self._minimum(None)
 
-    def size(self, load: PoolLoad, state=None) -> Sizing:
+    def size(self, load: PoolLoad, state: object = None) -> Sizing:
         """The target for this pass, why, and the state to give back next time."""
         sizing = self._decide(load, _next_window(state, load.now))
-        at_rest = sizing.target == load.workers == load.idle and not load.backlog and sizing.state.idle_since is None
-        return sizing._replace(state=sizing.state._replace(at_rest=at_rest))
+        kept = cast(AdaptiveState, sizing.state)        # what _decide puts in a Sizing
+        at_rest = sizing.target == load.workers == load.idle and not load.backlog and kept.idle_since is None
+        return sizing._replace(state=kept._replace(at_rest=at_rest))
 
-    def _decide(self, load, state):
+    def _decide(self, load: PoolLoad, state: AdaptiveState) -> Sizing:
         minimum, threads, backlog = self._minimum(load.requested), self.threads, load.backlog or 0
         busy_threads = max(load.busy_threads, load.busy)
         booting = load.workers - load.idle - load.busy
@@ -262,14 +276,14 @@ class Adaptive(Policy):
                           state._replace(idle_since=None))
         if spare < self.min_spare + backlog:
             return self._grow(load, state, self.min_spare + backlog - spare, facts, backlog)
-        if idle > self.max_spare and load.workers > minimum:
+        if idle > cast(int, self.max_spare) and load.workers > minimum:
             return self._shrink(load, state, facts)
-        within = "at the minimum" if idle > self.max_spare else \
+        within = "at the minimum" if idle > cast(int, self.max_spare) else \
             f"min_spare {self.min_spare}..max_spare {self.max_spare}"
         return Sizing(load.workers, f"{facts}{f', backlog {backlog}' if backlog else ''}, {within}: "
                                     f"holding {load.workers}", state._replace(idle_since=None))
 
-    def check_interval(self, state):
+    def check_interval(self, state: object) -> float:
         """Look at the load often while it moves, less often at rest (see CHECK_INTERVAL)."""
         return CHECK_INTERVAL_AT_REST if isinstance(state, AdaptiveState) and state.at_rest else CHECK_INTERVAL
 
@@ -282,12 +296,12 @@ class Adaptive(Policy):
         """
         return min((c for c in candidates if not c.busy), key=lambda c: c.age, default=None)
 
-    def _minimum(self, requested):
+    def _minimum(self, requested: Optional[int]) -> int:
         """The fewest workers: min_workers (or the operator's size), and enough for min_spare at rest."""
         floor = self.min_workers if requested is None else max(self.min_workers, requested)
         return min(max(floor, math.ceil(self.min_spare / self.threads)), self.max_workers)
 
-    def _grow(self, load, state, shortfall, facts, backlog):
+    def _grow(self, load: PoolLoad, state: AdaptiveState, shortfall: int, facts: str, backlog: int) -> Sizing:
         need = math.ceil(shortfall / self.threads)
         room = self.max_workers - load.workers
         budget = state.rate - state.spawned
@@ -304,7 +318,7 @@ class Adaptive(Policy):
             action = f"waiting: {state.rate} fork(s) this second already"
         return Sizing(load.workers + grow, f"{why}: {action}", state)
 
-    def _shrink(self, load, state, facts):
+    def _shrink(self, load: PoolLoad, state: AdaptiveState, facts: str) -> Sizing:
         now = load.now
         since = now if state.idle_since is None else state.idle_since
         state = state._replace(idle_since=since)
@@ -315,7 +329,7 @@ class Adaptive(Policy):
                                     f"{load.workers}", state)
 
 
-def _next_window(state, now):
+def _next_window(state: object, now: float) -> AdaptiveState:
     """The state for a pass at now: a new one-second window, with a new rate, once the last is over.
 
     The rate doubles after a window whose growth it held back, stays while
@@ -330,7 +344,7 @@ def _next_window(state, now):
     return state._replace(window_start=now, rate=rate, spawned=0, short=False, throttled=False)
 
 
-def _check_whole(what, value, low):
+def _check_whole(what: str, value: object, low: int) -> None:
     problem = whole_number_problem(value, low, MAX_WORKERS * MAX_THREADS)
     if problem:
         raise ConfigError.about(what, problem, value)

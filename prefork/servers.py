@@ -1,4 +1,4 @@
-"""socketserver-compatible servers whose concurrency is a pool policy.
+"""Runs in the serving process: socketserver-compatible servers whose concurrency is a pool policy.
 
 Every class here *is* a subclass of its socketserver namesake, so every hook
 a user overrides (verify_request, handle_error, finish_request,

@@ -1,4 +1,4 @@
-"""How a loop asleep on a selector learns that something happened: the doorbell and the inbox.
+"""Runs in any process with a loop: how a loop asleep on a selector learns that something happened.
 
 The **doorbell** is a non-blocking socketpair the loop sleeps on. Whoever has
 news rings it: a signal handler (through ``signal.set_wakeup_fd``), a worker
@@ -12,12 +12,9 @@ append the signal number and nothing else (no logging, no reaping, no
 locks: a handler runs between two bytecodes of whatever the main thread was
 doing); other threads append command objects. deque.append is atomic.
 
-We weighed signalfd, which needs the signals blocked in every thread (an
-embedding program's threads would still take them), and a self-pipe per
-signal, which is what set_wakeup_fd already gives with one fd; asyncio makes
-the same choice. Handlers can only be installed from the main thread: a loop
-run from another thread gets no signals, and the program's main thread
-decides (see the README's rule for embedded pools).
+Handlers can only be installed from the main thread: a loop run from another
+thread gets no signals (the README's rule for embedded pools). Why not
+signalfd: docs/design.md, "Signals".
 """
 
 import collections

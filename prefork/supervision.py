@@ -1,4 +1,4 @@
-"""The pool's supervision settings: one frozen dataclass whose field table says everything.
+"""Runs in the serving process: Config, the pool's supervision settings, declared once in a field table.
 
 Each field is declared once with setting(): its default, its `prefork serve`
 flag, its help, its check and its kind. That one declaration drives
@@ -14,42 +14,51 @@ to the CLI, while an API user gives them to the server objects and the policy.
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar, cast
 
 from prefork.errors import ConfigError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-def setting(default, flag, help, check=None, metavar=None, short=None, kind=None, choices=None, restart=False):
+_T = TypeVar("_T")
+
+
+def setting(default: _T, flag: str, help: str, check: Optional[Callable[[Any], Optional[str]]] = None,
+            metavar: Optional[str] = None, short: Optional[str] = None, kind: Optional[str] = None,
+            choices: Optional[Sequence[str]] = None, restart: bool = False) -> _T:
     """Declare one setting.
 
     kind is how its values are checked and parsed from text (str, int, float,
     bool, list, octal, optional-int); by default the field's type. restart:
     changing it needs a new master (a reload cannot apply it).
     """
+    # A Field, typed as its default (as dataclasses.field() is), so that `name: str = setting("", ...)` checks.
     return field(default=default, metadata={"flag": flag, "short": short, "help": help, "check": check,
                                             "metavar": metavar, "kind": kind, "choices": choices,
                                             "restart": restart})
 
 
-def range_problem(value, low, most=None):
+def range_problem(value: float, low: float, most: Optional[float] = None) -> Optional[str]:
     """Why value is outside low..most, or None. The one range check of the API, the CLI and policies."""
     if value < low or (most is not None and value > most):
         return f"must be at least {low}" if most is None else f"must be between {low} and {most}"
     return None
 
 
-def whole_number_problem(value, low, most=None):
+def whole_number_problem(value: object, low: int, most: Optional[int] = None) -> Optional[str]:
     """Why value is not a whole number in low..most, or None."""
     if isinstance(value, bool) or not isinstance(value, int):
         return "must be a whole number"
     return range_problem(value, low, most)
 
 
-def at_least(low, most=None):
+def at_least(low: float, most: Optional[float] = None) -> Callable[[float], Optional[str]]:
     return lambda value: range_problem(value, low, most)
 
 
-def above(low):
-    def check(value):
+def above(low: float) -> Callable[[float], Optional[str]]:
+    def check(value: float) -> Optional[str]:
         return None if value > low else f"must be greater than {low}"
     return check
 
@@ -119,27 +128,27 @@ class Config:
         "code in a new zygote",
         restart=True)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_fields(self)
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> "Config":
         """A copy with some settings changed (validated like the original)."""
         return dataclasses.replace(self, **changes)
 
 
-def kind_of(f):
+def kind_of(f: dataclasses.Field[Any]) -> str:
     """A field's kind: declared, or from its type."""
-    return f.metadata.get("kind") or getattr(f.type, "__name__", f.type)
+    return cast(str, f.metadata.get("kind") or getattr(f.type, "__name__", f.type))   # mypy: "Any | None"
 
 
-def check_fields(instance):
+def check_fields(instance: "DataclassInstance") -> None:
     """Validate every field of a settings dataclass; normalize ints given for floats, lists to tuples,
     choices to their declared spelling."""
     for f in dataclasses.fields(instance):
         object.__setattr__(instance, f.name, checked(f, getattr(instance, f.name)))
 
 
-def checked(f, value, name=None):
+def checked(f: dataclasses.Field[Any], value: object, name: Optional[str] = None) -> Any:
     """value, normalized, if it fits the field (kind, check, choices); else ConfigError naming it.
 
     The one check of a setting, whether it comes from the API, the command
@@ -158,7 +167,7 @@ def checked(f, value, name=None):
     return normalized
 
 
-def value_problem(f, value):
+def value_problem(f: dataclasses.Field[Any], value: object) -> tuple[Optional[str], Any]:
     """(why value does not fit the field's kind or None, the value normalized)."""
     kind = kind_of(f)
     if kind == "bool":

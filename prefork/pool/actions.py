@@ -1,4 +1,4 @@
-"""What the planner can decide (planner.py), as immutable values the master's loop carries out."""
+"""Runs in the master: what the planner can decide, as immutable values the loop carries out."""
 
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union

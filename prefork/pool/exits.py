@@ -1,9 +1,11 @@
-"""What a child's exit means to the master, and how long to wait after failed boots: pure functions.
+"""Runs in the master: what a child's exit means, and how long to wait after failed boots; pure.
 
 The pool and the zygotes record facts (an exit status, what the scoreboard
 said); these functions decide what the facts mean, and are tested as tables
 in tests/test_planner.py.
 """
+
+from typing import Optional
 
 from prefork.errors import WorkerExit
 from prefork.pool.states import Reason, ZygoteExit, ZygoteState
@@ -11,7 +13,7 @@ from prefork.pool.states import Reason, ZygoteExit, ZygoteState
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0   # seconds between boot attempts after failures: doubling, capped
 
 
-def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
+def exit_reason(code: int, stop_reason: Optional[str], pool_stopping: bool, ready: bool, exhausted: bool) -> str:
     """Why a worker went, from its exit status and what the master knew of it.
 
     Only a worker that reached its request cap exits for a recycle by itself:
@@ -28,7 +30,8 @@ def exit_reason(code, stop_reason, pool_stopping, ready, exhausted):
     return Reason.SIGNAL if code < 0 else Reason.CRASH
 
 
-def zygote_exit(state, generation, current_generation, loading, already_counted):
+def zygote_exit(state: ZygoteState, generation: int, current_generation: int, loading: Optional[int],
+                already_counted: bool) -> ZygoteExit:
     """What a zygote's exit means (a ZygoteExit), from its state when it went."""
     if state == ZygoteState.STOPPING or (state == ZygoteState.READY and generation < current_generation):
         return ZygoteExit.EXPECTED
@@ -41,6 +44,6 @@ def zygote_exit(state, generation, current_generation, loading, already_counted)
     return ZygoteExit.DIED
 
 
-def backoff_delay(failed_boots):
+def backoff_delay(failed_boots: int) -> float:
     """Seconds to wait before the next boot after failed_boots failures in a row: 0.1 s, doubling, up to 10 s."""
     return min(BACKOFF_FIRST * 2 ** (failed_boots - 1), BACKOFF_MAX) if failed_boots else 0.0

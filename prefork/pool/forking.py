@@ -1,4 +1,4 @@
-"""Fork mechanics, written once: used by the master (workers, zygotes) and by a zygote (its workers).
+"""Runs in the master and the zygote: fork mechanics, written once.
 
 - Signals a child handles are blocked across fork(); the child unblocks
   them once its own handlers are in place. A stop sent to a new worker in

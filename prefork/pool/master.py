@@ -1,7 +1,7 @@
-"""The parent side of the pool: the loop that gathers facts, asks the planner, and acts.
+"""Runs in the master: the loop that gathers facts, asks the planner, and acts.
 
 One thread, no locks. The loop gathers facts and acts; planner.py decides,
-pool.py keeps the worker table. Each pass:
+worker_table.py keeps the worker table. Each pass:
 
     take_commands   signals, API calls and control requests, queued in the inbox
     reap            collect every exited worker (exit status, reason, boot failures)
@@ -100,7 +100,7 @@ class Master(MasterCommands):
         self.doorbell = Doorbell()
         self.inbox = SignalInbox(self.doorbell)
         self.pool = None
-        self.zygotes = None                   # with --preload and a handler to load: zygotes.py
+        self.zygotes = None                   # with --preload and a handler to load: zygote.py
         # For stats() from other threads: workers and restart counters of one pass, in one assignment.
         self._published = ((), None, 0)
         self._reaps_orphans = False

@@ -1,4 +1,4 @@
-"""What each named command (commands.py) means to a pool's master.
+"""Runs in the master: what each named command (prefork.commands) does to the pool.
 
 The master's loop runs these in its own thread, for a signal, an API call or
 a control request alike. Each returns a short text saying what it did (a

@@ -1,16 +1,11 @@
-"""psutil sampling of worker processes into plain records, a little at a time.
+"""Runs in the master: psutil samples of the workers into plain records, a little at a time.
 
-The master samples every worker that served since its last sample once per
-monitor_interval, and every idle one at least every IDLE_RESAMPLE seconds.
-USS (the memory only this process holds) is what memory limits use: RSS also
-counts pages shared copy-on-write with the master and siblings, so a
-preloaded pool would look N times bigger than it is.
-
-Reading a worker's USS makes the kernel walk its page tables: about a
-millisecond for a small worker, tens of milliseconds for one of several GB.
-So a round is spread over passes of the master's loop: each pass samples
-until SAMPLE_BUDGET seconds have gone (at least one worker), and the loop
-comes back at once for the rest, with signals and exits handled in between.
+A worker that served since its last sample is sampled once per
+monitor_interval, an idle one at least every IDLE_RESAMPLE seconds. Memory
+limits use USS (the memory only that process holds): RSS counts pages shared
+copy-on-write, so a preloaded pool would look N times bigger than it is.
+Reading USS walks the page tables, which takes long for a big worker, so each
+pass of the master's loop samples for at most SAMPLE_BUDGET seconds.
 """
 
 import collections

@@ -1,4 +1,4 @@
-"""The master's decisions: pure functions over an immutable snapshot of the pool.
+"""Runs in the master: its decisions, pure functions over an immutable snapshot of the pool.
 
     plan(snapshot, config, now) -> Plan(actions, sizing, problems)
 
@@ -41,14 +41,18 @@ The rules, in the order plan() applies them:
 """
 
 import signal
+from collections.abc import Iterator
+from typing import Optional, cast
 
 from prefork.errors import WorkerSignal
-from prefork.policies import Candidate, PoolLoad, Sizing, idle_then_oldest
+from prefork.policies import Candidate, PooledPolicy, PoolLoad, Sizing, idle_then_oldest
 from prefork.pool import actions as act
 from prefork.pool import scoreboard
 from prefork.pool.actions import Plan
 from prefork.pool.exits import backoff_delay
+from prefork.pool.snapshot import Snapshot, WorkerView, ZygoteView
 from prefork.pool.states import DUE_ORDER, Reason, StopMode, ZygoteState
+from prefork.supervision import Config
 
 KILL_GRACE = 1.0             # seconds between SIGQUIT and SIGKILL, in a quick stop
 DUMP_GRACE = 0.2             # seconds a hung worker gets to write its stacks before SIGKILL
@@ -57,9 +61,10 @@ SPARE_REFILL_DELAY = 0.05    # seconds between activating a spare and forking th
 
 # -- the plan ---------------------------------------------------------------------
 
-def plan(snapshot, config, now):
+def plan(snapshot: Snapshot, config: Config, now: float) -> Plan:
     """What the master should do now; see the module docstring for the rules."""
-    actions, problems = [], []
+    actions: list[act.Action] = []
+    problems: list[str] = []
     actions += [act.Kill(w.pid, w.stop_reason or Reason.STOP) for w in snapshot.workers
                 if w.kill_at is not None and now >= w.kill_at]
     timeouts = _timeouts(snapshot, config, now)
@@ -83,9 +88,10 @@ def plan(snapshot, config, now):
     return Plan(tuple(actions + fill), sizing, tuple(problems))
 
 
-def _fill_the_pool(snapshot, config, now, stopped, problems):
+def _fill_the_pool(snapshot: Snapshot, config: Config, now: float, stopped: set[int],
+                   problems: list[str]) -> tuple[Sizing, list[act.Action]]:
     """Rules 7 to 10: the target, successors, retirements, shrinking and spares."""
-    actions = []
+    actions: list[act.Action] = []
     live = [w for w in snapshot.workers if w.stop_reason is None and w.pid not in stopped]
     spares = [w for w in live if w.spare]
     for spare in spares:
@@ -144,7 +150,8 @@ def _fill_the_pool(snapshot, config, now, stopped, problems):
     return sizing, actions
 
 
-def _shrink(snapshot, fresh, activated, target, now, config, problems):
+def _shrink(snapshot: Snapshot, fresh: list[WorkerView], activated: list[WorkerView], target: int, now: float,
+            config: Config, problems: list[str]) -> list[act.Retire]:
     """Retire serving workers beyond the target, the highest slots first, as the policy chooses."""
     actions = []
     excess = len(fresh) + len(activated) - target
@@ -162,22 +169,24 @@ def _shrink(snapshot, fresh, activated, target, now, config, problems):
     return actions
 
 
-def _choose(policy, workers, now, problems):
+def _choose(policy: Optional[PooledPolicy], workers: list[WorkerView], now: float,
+            problems: list[str]) -> Optional[WorkerView]:
     """The worker the policy retires among workers, or None; a bad answer is reported and not followed."""
     if not workers:
         return None
     offered = [_candidate(w, now) for w in workers]
-    chosen = policy.choose_retire(offered)
+    chosen = cast(PooledPolicy, policy).choose_retire(offered)   # a pool's snapshot has its policy
     if chosen is None:
         return None
     if chosen not in offered:
         problems.append(f"policy {type(policy).__name__}.choose_retire() returned {chosen!r}, which is not one "
                         f"of the workers offered; retiring the idlest, oldest one instead")
         chosen = idle_then_oldest(offered)
-    return workers[offered.index(chosen)]
+    return workers[offered.index(cast(Candidate, chosen))]   # idle_then_oldest(): None only if offered is empty
 
 
-def _top_up_spares(snapshot, config, spares, activated, target, may_fork, now):
+def _top_up_spares(snapshot: Snapshot, config: Config, spares: list[WorkerView], activated: list[WorkerView],
+                   target: int, may_fork: bool, now: float) -> list[act.Spawn]:
     """Spares up to spare_workers, a moment after an activation, never while boots fail."""
     spares_wanted = config.spare_workers - (len(spares) - len(activated))
     if (spares_wanted <= 0 or activated or snapshot.failed_boots or not may_fork
@@ -189,15 +198,16 @@ def _top_up_spares(snapshot, config, spares, activated, target, may_fork, now):
     return [act.Spawn(next(slots), spare=True) for _ in range(spares_wanted)]
 
 
-def _tend_zygotes(snapshot, config, now):
+def _tend_zygotes(snapshot: Snapshot, config: Config, now: float) -> list[act.Action]:
     """Rule 6: the zygotes of the current generation and of a reload in progress."""
-    actions, zygotes = [], snapshot.zygotes
+    actions: list[act.Action] = []
+    zygotes = cast("tuple[ZygoteView, ...]", snapshot.zygotes)     # plan() calls this only with zygotes
     generation = snapshot.generation
     loading = [z for z in zygotes if snapshot.loading is not None and z.generation == snapshot.loading
                and z.state != ZygoteState.STOPPING]
     if any(z.state == ZygoteState.READY and z.born >= snapshot.loading_since for z in loading):
-        actions.append(act.AdoptGeneration(snapshot.loading))
-        generation = snapshot.loading
+        actions.append(act.AdoptGeneration(cast(int, snapshot.loading)))   # a zygote loads it: not None
+        generation = cast(int, snapshot.loading)
     for zygote in zygotes:
         if zygote.state == ZygoteState.BOOTING and zygote in loading and zygote.born < snapshot.loading_since:
             actions.append(act.StopZygote(zygote.pid, signal.SIGKILL, "a newer reload replaces it"))
@@ -217,7 +227,7 @@ def _tend_zygotes(snapshot, config, now):
     return actions
 
 
-def next_deadline(snapshot, config, now):
+def next_deadline(snapshot: Snapshot, config: Config, now: float) -> Optional[float]:
     """The earliest future time at which plan() could decide something new, or None."""
     deadlines = []
     for worker in snapshot.workers:
@@ -243,7 +253,7 @@ def next_deadline(snapshot, config, now):
     return min(deadlines) if deadlines else None
 
 
-def spawn_after(snapshot):
+def spawn_after(snapshot: Snapshot) -> float:
     """No fork before this monotonic time: the boot backoff."""
     if not snapshot.failed_boots:
         return 0.0
@@ -252,11 +262,11 @@ def spawn_after(snapshot):
 
 # -- helpers ----------------------------------------------------------------------
 
-def _after_backoff(snapshot, now):
+def _after_backoff(snapshot: Snapshot, now: float) -> bool:
     return now >= spawn_after(snapshot)
 
 
-def _may_fork(snapshot, now):
+def _may_fork(snapshot: Snapshot, now: float) -> bool:
     """After the boot backoff, and with zygotes, once the current generation's zygote is ready."""
     if not _after_backoff(snapshot, now):
         return False
@@ -265,7 +275,7 @@ def _may_fork(snapshot, now):
     return any(z.generation == snapshot.generation and z.state == ZygoteState.READY for z in snapshot.zygotes)
 
 
-def _timeouts(snapshot, config, now):
+def _timeouts(snapshot: Snapshot, config: Config, now: float) -> list[act.Stop]:
     found = []
     for worker in snapshot.workers:
         if worker.stop_reason is None:
@@ -275,13 +285,13 @@ def _timeouts(snapshot, config, now):
     return found
 
 
-def _limit_and_since(worker, snapshot, config):
+def _limit_and_since(worker: WorkerView, snapshot: Snapshot, config: Config) -> tuple[float, float]:
     if not worker.ready:
         return config.boot_timeout, max(worker.born, snapshot.resumed_at)
     return config.worker_timeout, max(worker.last_seen, snapshot.resumed_at)
 
 
-def _overdue(worker, snapshot, config, now):
+def _overdue(worker: WorkerView, snapshot: Snapshot, config: Config, now: float) -> str:
     """Why the worker is taken for hung, or ''."""
     limit, since = _limit_and_since(worker, snapshot, config)
     silent = now - since
@@ -291,12 +301,12 @@ def _overdue(worker, snapshot, config, now):
     return f"silent for {silent:.1f} s, over its {what} of {float(limit)} s"
 
 
-def _zygote_overdue(zygote, snapshot, config, now):
+def _zygote_overdue(zygote: ZygoteView, snapshot: Snapshot, config: Config, now: float) -> bool:
     return bool(config.boot_timeout) and now - max(zygote.born, snapshot.resumed_at) > config.boot_timeout
 
 
-def _stop_everyone(snapshot, config, now, stopped):
-    actions = []
+def _stop_everyone(snapshot: Snapshot, config: Config, now: float, stopped: set[int]) -> list[act.Action]:
+    actions: list[act.Action] = []
     quick = snapshot.stopping == StopMode.QUICK
     for worker in snapshot.workers:
         if worker.pid in stopped or worker.stop_reason == Reason.TIMEOUT:
@@ -312,14 +322,15 @@ def _stop_everyone(snapshot, config, now, stopped):
     return actions
 
 
-def _size(snapshot, fresh, now, problems):
+def _size(snapshot: Snapshot, fresh: list[WorkerView], now: float, problems: list[str]) -> Sizing:
     busy = sum(1 for w in fresh if w.busy)
     ready = sum(1 for w in fresh if w.ready)
     load = PoolLoad(workers=len(fresh), idle=ready - busy, busy=busy, backlog=snapshot.backlog,
                     requested=snapshot.requested_size, now=now,
                     busy_threads=sum(max(w.busy_threads, w.busy) for w in fresh))
+    target: object                    # the policy's answer may be anything: checked below
     try:
-        target, reason, state = snapshot.policy.size(load, snapshot.policy_state)
+        target, reason, state = cast(PooledPolicy, snapshot.policy).size(load, snapshot.policy_state)
     except (TypeError, ValueError):
         target = None
     if isinstance(target, bool) or not isinstance(target, int):
@@ -329,7 +340,7 @@ def _size(snapshot, fresh, now, problems):
     return Sizing(max(1, min(target, snapshot.max_size)), reason, state)
 
 
-def _due_reason(worker, snapshot, config, now):
+def _due_reason(worker: WorkerView, snapshot: Snapshot, config: Config, now: float) -> str:
     if worker.retire == scoreboard.WANTS_SUCCESSOR:
         return Reason.RECYCLE
     limit = config.max_worker_memory * 1024 * 1024
@@ -341,15 +352,15 @@ def _due_reason(worker, snapshot, config, now):
     return ""
 
 
-def _due_detail(worker, reason, config):
+def _due_detail(worker: WorkerView, reason: str, config: Config) -> str:
     if reason == Reason.MEMORY:
-        return (f"uses {worker.uss / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
+        return (f"uses {cast(int, worker.uss) / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
     if reason == Reason.RECYCLE:
         return f"served {worker.requests} requests, near --max-requests {config.max_requests}"
     return ""
 
 
-def _free_slots(target, fresh, due_slots):
+def _free_slots(target: int, fresh: list[WorkerView], due_slots: list[int]) -> Iterator[int]:
     """Slots to fill, in order: those nobody holds, then the due workers' (their successors'), then above."""
     taken = {w.slot for w in fresh}
     missing = [slot for slot in range(1, target + 1) if slot not in taken and slot not in due_slots]
@@ -364,5 +375,5 @@ def _free_slots(target, fresh, due_slots):
             yield slot
 
 
-def _candidate(worker, now):
+def _candidate(worker: WorkerView, now: float) -> Candidate:
     return Candidate(worker.slot, now - worker.born, worker.busy)

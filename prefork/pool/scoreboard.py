@@ -1,4 +1,4 @@
-"""The scoreboard: an anonymous shared mmap with one slot per worker.
+"""Runs in the master and each worker: an anonymous shared mmap with one slot per worker.
 
 Workers write their own slot on every request with no system call (a store
 into shared memory, and time.monotonic(), which Linux serves from the vDSO).
@@ -49,11 +49,11 @@ class SlotView(NamedTuple):
     request_start: float     #: when the oldest request in hand began; 0.0 when none
 
     @property
-    def ready(self):
+    def ready(self) -> bool:
         return self.state in READY_STATES
 
     @property
-    def state_name(self):
+    def state_name(self) -> str:
         if self.state == IDLE and self.busy_threads:
             return "busy"
         return STATE_NAMES.get(self.state, "free")
@@ -68,21 +68,21 @@ class Scoreboard:
     master's exit reads valid memory rather than a closed buffer.
     """
 
-    def __init__(self, slots, threads=1):
+    def __init__(self, slots: int, threads: int = 1) -> None:
         self.slots, self.threads = slots, threads
         self._numbers_per_slot = _HEADER_FIELDS + threads * _THREAD_FIELDS
         self._slot_size = self._numbers_per_slot * 8 + MESSAGE_SIZE
         self._mmap = mmap.mmap(-1, slots * self._slot_size)
         self._numbers = memoryview(self._mmap).cast("d")
 
-    def _base(self, slot):
+    def _base(self, slot: int) -> int:
         if not 1 <= slot <= self.slots:
             raise IndexError(f"scoreboard slot {slot} out of 1..{self.slots}")
         return (slot - 1) * (self._slot_size // 8)
 
     # -- master side -------------------------------------------------------
 
-    def reset(self, slot, now):
+    def reset(self, slot: int, now: float) -> None:
         """Prepare a slot for a worker about to be forked: BOOTING, with a fresh tick."""
         base = self._base(slot)
         numbers = self._numbers
@@ -92,7 +92,7 @@ class Scoreboard:
         numbers[base + TICK] = now
         self.write_message(slot, "")
 
-    def view(self, slot):
+    def view(self, slot: int) -> SlotView:
         numbers, base = self._numbers, self._base(slot)
         tick, requests, busy, oldest = numbers[base + TICK], 0, 0, 0.0
         for thread in range(self.threads):
@@ -107,26 +107,26 @@ class Scoreboard:
         return SlotView(int(numbers[base + PID]), int(numbers[base + STATE]), tick,
                         int(numbers[base + RETIRE]), bool(numbers[base + STOP_POOL]), requests, busy, oldest)
 
-    def message(self, slot):
+    def message(self, slot: int) -> str:
         start = self._message_start(slot)
         return bytes(self._mmap[start:start + MESSAGE_SIZE]).split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def _message_start(self, slot):
+    def _message_start(self, slot: int) -> int:
         return self._base(slot) * 8 + self._numbers_per_slot * 8
 
     # -- worker side -------------------------------------------------------
 
-    def writer(self, slot):
+    def writer(self, slot: int) -> "SlotWriter":
         """The view a worker's main thread keeps on the header of its own slot."""
         return SlotWriter(self._numbers, self._base(slot))
 
-    def thread_writer(self, slot, thread):
+    def thread_writer(self, slot: int, thread: int) -> "ThreadWriter":
         """The hot-path view one accept thread keeps on its own record."""
         if not 0 <= thread < self.threads:
             raise IndexError(f"thread record {thread} out of 0..{self.threads - 1}")
         return ThreadWriter(self._numbers, self._base(slot) + _HEADER_FIELDS + thread * _THREAD_FIELDS)
 
-    def write_message(self, slot, text):
+    def write_message(self, slot: int, text: str) -> None:
         data = text.encode("utf-8")[:MESSAGE_SIZE - 1]
         start = self._message_start(slot)
         self._mmap[start:start + MESSAGE_SIZE] = data.ljust(MESSAGE_SIZE, b"\0")
@@ -137,17 +137,17 @@ class SlotWriter:
 
     __slots__ = ("_numbers", "_base")
 
-    def __init__(self, numbers, base):
+    def __init__(self, numbers: "memoryview[float]", base: int) -> None:
         self._numbers = numbers
         self._base = base
 
-    def set(self, field, value):
+    def set(self, field: int, value: float) -> None:
         self._numbers[self._base + field] = value
 
-    def get(self, field):
+    def get(self, field: int) -> float:
         return self._numbers[self._base + field]
 
-    def tick(self, now):
+    def tick(self, now: float) -> None:
         self._numbers[self._base + TICK] = now
 
 
@@ -156,21 +156,21 @@ class ThreadWriter:
 
     __slots__ = ("_numbers", "_base")
 
-    def __init__(self, numbers, base):
+    def __init__(self, numbers: "memoryview[float]", base: int) -> None:
         self._numbers = numbers
         self._base = base
 
-    def begin_request(self, now):
+    def begin_request(self, now: float) -> None:
         numbers, base = self._numbers, self._base
         numbers[base + T_REQUEST_START] = now
         numbers[base + T_BUSY] = 1.0
 
-    def end_request(self, now, requests):
+    def end_request(self, now: float, requests: int) -> None:
         numbers, base = self._numbers, self._base
         numbers[base + T_REQUESTS] = requests
         numbers[base + T_REQUEST_START] = 0.0
         numbers[base + T_TICK] = now
         numbers[base + T_BUSY] = 0.0
 
-    def tick(self, now):
+    def tick(self, now: float) -> None:
         self._numbers[self._base + T_TICK] = now

@@ -1,4 +1,4 @@
-"""What the master knows at one moment, as immutable values for the planner (planner.py).
+"""Runs in the master: what it knows at one moment, as immutable values for the planner.
 
 The master's loop builds a Snapshot each pass from its worker table, the
 scoreboard, psutil samples and its zygotes; nothing here makes a system call.
@@ -7,6 +7,7 @@ scoreboard, psutil samples and its zygotes; nothing here makes a system call.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from prefork.policies import PooledPolicy
 from prefork.pool import scoreboard
 from prefork.pool.states import StopMode, ZygoteState
 
@@ -33,7 +34,7 @@ class WorkerView:
     kill_at: Optional[float] = None   #: SIGKILL deadline once told to go
 
     @property
-    def exhausted(self):
+    def exhausted(self) -> bool:
         """At its request cap: it accepts no more, and leaves once its last request is done."""
         return self.retire == scoreboard.EXHAUSTED
 
@@ -53,7 +54,7 @@ class Snapshot:
     """The pool as the master's loop saw it in one pass."""
 
     workers: Tuple[WorkerView, ...] = ()
-    policy: object = None             #: a pooled policy (prefork.Prefork, ...)
+    policy: Optional[PooledPolicy] = None   #: a pooled policy (prefork.Prefork, ...)
     policy_state: object = None       #: what the policy returned last time
     requested_size: Optional[int] = None   #: set by scale commands (SIGTTIN, SIGTTOU, ctl scale)
     generation: int = 0               #: the code workers are forked with; moved on by each reload

@@ -11,7 +11,7 @@ import enum
 class Name(str, enum.Enum):
     """An enum whose members are their text."""
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 

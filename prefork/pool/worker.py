@@ -1,4 +1,4 @@
-"""A worker process as its master sees it: the setup shared by a pool, and one small handle per worker.
+"""Runs in the master: the setup shared by a pool, and its small handle on each worker.
 
 A Worker is created in the master as a small handle (slot, pid, times) that
 touches nothing process-wide. After fork, run_in_child() hands over to

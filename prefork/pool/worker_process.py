@@ -1,24 +1,18 @@
-"""A worker once forked: process set-up, boot, accept loop, graceful stop, heartbeats, request cap.
+"""Runs in each worker: process set-up, boot, accept loop, graceful stop, heartbeats, request cap.
 
 Everything process-wide happens here, in the child (signals, title,
-parent-death signal, dropping privileges); worker.Worker is the master's
+parent-death signal, dropping privileges); pool.worker.Worker is the master's
 handle on it.
 
 Two ways to stop accepting, kept apart: at its request cap a worker takes no
 more connections but serves the one in hand as any other (server.stopping
 stays False; the master retires it once its successor is ready); a graceful
-stop (SIGTERM) sets server.stopping, so long-lived handlers close their
-connections once they have served what arrived. A stop of the whole pool
-also serves the connections waiting in the accept queues before leaving.
+stop (SIGTERM) sets server.stopping, and a stop of the whole pool also serves
+the connections waiting in the accept queues before leaving.
 
-Accepting without a thundering herd: every accept thread owns an epoll with
-each listener registered EPOLLEXCLUSIVE, so the kernel wakes one waiter per
-connection or datagram, with one listener or ten, and a graceful stop is a
-write to a pipe every loop watches (docs/design.md weighs the alternatives).
-The kernel wakes the *oldest idle* worker, so the oldest reaches
---max-requests first and its successor, registered last, waits behind the
-others: retirements come one at a time by themselves. The listeners are
-non-blocking (set once by the master): a lost race is EAGAIN, and we wait again.
+Each accept thread owns an epoll with every listener registered
+EPOLLEXCLUSIVE (docs/design.md, "Accepting"); the listeners are non-blocking,
+so a lost race is EAGAIN and the thread waits again.
 """
 
 import faulthandler

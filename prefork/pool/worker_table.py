@@ -1,4 +1,4 @@
-"""The master's worker table: forking workers, watching and reaping them, and recording their exits.
+"""Runs in the master: its worker table; forks workers, watches and reaps them, records their exits.
 
 It decides nothing: it carries out "fork a worker for slot 3" and "signal
 that one", and records each exit with the reason exits.exit_reason() gives
@@ -76,7 +76,7 @@ class Pool:
         """Fork a worker for slot; returns it, or None when it could not be forked (a boot failure).
 
         fork(worker, close_master_fds) -> pid does the forking: fork_here by
-        default, or a zygote's (zygotes.py), which forks it elsewhere and
+        default, or a zygote's (zygote.py), which forks it elsewhere and
         answers with the pid of a process that is already our child.
         """
         index = self._free_index()
@@ -151,7 +151,7 @@ class Pool:
         """Collect exited workers; with orphans (PID 1, or a zygote's subreaper), also reap every other child.
 
         claim(pid, status) -> bool takes the exits of children that are not
-        workers but someone's (a zygote's, zygotes.py); the rest are adopted
+        workers but someone's (a zygote's, zygote.py); the rest are adopted
         orphans, ignored.
         """
         if orphans:

@@ -1,26 +1,14 @@
-"""The master's zygotes: one per generation of code, each forking that generation's workers.
+"""Runs in the master: its handles on the zygotes, one per generation of code, and their requests.
 
-The master forks a zygote (zygote.py) and asks it for each worker; this
-module carries that out and reports what it sees (who is booting, ready or
-stopping, and what an exit means). When to start, adopt, stop or kill a
-zygote is the planner's decision (planner.py, rule 6):
+The master forks a zygote (zygote_process.py) and asks it for each worker;
+this module carries that out and reports what it sees: who is booting, ready
+or stopping, and what an exit means (exits.zygote_exit). When to start, adopt,
+stop or kill a zygote is the planner's decision (planner.py, rule 6).
 
-- The current generation has a zygote: one is forked at start, and again
-  when it dies (after the boot-failure backoff: a zygote that cannot import
-  the handler, or dies, counts as a boot failure). Its workers keep serving.
-- Until the current generation's zygote is ready, no worker is forked.
-- A reload forks a zygote for the next generation. The generation moves on
-  only when it is ready, so workers are replaced only once the new code has
-  loaded; if it fails to load (or is not ready within the boot timeout),
-  nothing changes and the log says why.
-- A zygote of an older generation exits when its last worker is gone.
-
-A request is synchronous: the master waits for the answer, which takes tens
-of microseconds when the zygote had the next worker forked ahead, a double
-fork when it had not, and at most ANSWER_TIMEOUT when the zygote is stuck
-(stopped, deadlocked in an at-fork hook): then it is killed, with the worker
-it may have been handing over. docs/design.md has the races and why they
-cannot bite.
+A request is synchronous: the answer takes tens of microseconds when the
+zygote had the next worker forked ahead, a double fork when it had not, and at
+most ANSWER_TIMEOUT when the zygote is stuck: then it is killed, with the
+worker it may have been handing over. docs/design.md has the races.
 """
 
 import json
@@ -190,7 +178,7 @@ class Zygotes:
     # -- forking workers ----------------------------------------------------------
 
     def fork_worker(self, worker, close_master_fds):
-        """Ask the zygote of worker's generation for it (pool.spawn's fork); its pid, or SpawnError."""
+        """Ask the zygote of worker's generation for it (Pool.spawn's fork); its pid, or SpawnError."""
         handle = next((h for h in self.zygotes if h.generation == worker.generation and h.state == ZygoteState.READY
                        and h.sock is not None), None)
         if handle is None:
@@ -204,7 +192,7 @@ class Zygotes:
         if word == "error":
             raise SpawnError(rest)
         # Silent, dead or talking nonsense: it may have handed the worker its slot already, and
-        # then wrote its pid there first. Kill both, before anything reaps either (see zygote.py).
+        # then wrote its pid there first. Kill both, before anything reaps either (docs/design.md).
         handle.counted = True
         self._stop(handle, signal.SIGKILL)
         orphan = self.pool.board.view(worker.index).pid

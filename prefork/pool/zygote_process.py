@@ -1,55 +1,20 @@
-"""The zygote: a child of the master that imports the handler once, then forks workers on request.
+"""Runs in the zygote (--preload): imports the handler once, then forks workers on request.
 
-With --preload the master forks a zygote for each generation of code. The
-zygote imports the handler (nothing else of the application runs in the
-master), calls gc.freeze() so that its objects' pages stay shared, and then
-only waits for the master's requests. A worker forked from it starts with
-the handler loaded and shares the zygote's memory copy-on-write, as with a
-handler imported in the master; a reload forks a new zygote, which imports
-the code as it now is on disk.
-
-Workers stay the master's children (reaping, pidfds, timeouts work as
-without a zygote): the master is a child subreaper (PR_SET_CHILD_SUBREAPER),
-and the zygote double-forks. A short-lived middle process forks the worker
-and exits at once, so the kernel hands the worker to the nearest subreaper,
-the master. The zygote reaps the middle process before it answers, so by the
-time the master hears the pid, the worker is its child (the kernel re-parents
-before the middle process can be reaped), alive or a zombie only the master
-can reap.
-
-A double fork costs two forks of the whole zygote and the middle process's
-exit: measured on the 2-core VM, 2.0 to 2.5 ms for the HTTP hello handler
-(1.6 ms for one fork) and 14 to 15 ms for scripts/memory_app.py (5 ms for
-one): too slow to do while a request waits. So the zygote forks the *next
-worker* ahead of time, as Android's zygote keeps unspecialized processes: a
-process with the handler loaded and nothing else, already the master's
-child, asleep on a socket with the worker's signals blocked. A request only
-hands it its slot; it becomes that worker (worker_process.py) from there, post_fork
-hook included. It is not a spare: it is not booted, not in the pool, has no
-slot and no heartbeat. The next one is forked NEXT_WORKER_DELAY after a
-hand-off (so as not to compete with the new worker for the CPU), or at once
-when a request finds none. Measured (scripts/bench.py, "respawn", HTTP
-hello): SIGKILL of a worker to its replacement answering, 4.7 ms with the
-next worker waiting, 11.3 ms when the zygote had to double-fork it, 6.7 ms
-for a master that forks the worker itself.
+The zygote drops privileges (--user) before it imports anything, imports the
+handler, freezes its heap (gc.freeze) and waits for the master's requests. It
+keeps the *next worker* forked ahead of time by a double fork, so that the
+worker is the master's child (the master is a subreaper) and a request only
+hands it its slot; that process then becomes the worker (worker_process.py).
+Why this shape, what it costs and the races it avoids: docs/design.md,
+"--preload is a zygote" and "A zygote's workers are the master's children".
 
 The messages, one per SEQPACKET datagram:
   zygote -> master   ready | failed MESSAGE           once, after the import
   master -> zygote   {"index", "slot", "generation", "spare"} (JSON)
   zygote -> master   ok PID | error MESSAGE          the answer to each request
-The master closing its end (or SIGTERM) tells the zygote to go; the next
-worker learns it from the end of its own socket.
-
-Signals: the zygote handles the master's signals (a Ctrl-C reaches the whole
-process group) by doing nothing, SIGTERM or SIGQUIT by leaving, and SIGUSR1
-(a log rotation) by reopening its log and passing the signal on to its next
-worker, which takes it once it is a worker. It dies with the master
-(PR_SET_PDEATHSIG, SIGKILL). It forks with forking.fork(), as the master
-does; the next worker keeps the signals blocked until its worker's handlers
-are in place.
-
-With --user, the zygote drops its privileges before it imports anything of
-the application: the handler's import-time code never runs as root.
+The master closing its end (or SIGTERM, SIGQUIT) tells the zygote to go. The
+master's other signals do nothing here, but SIGUSR1: reopen the log, and pass
+it on to the next worker. It dies with the master (PR_SET_PDEATHSIG).
 """
 
 import faulthandler

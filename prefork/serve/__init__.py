@@ -1,4 +1,4 @@
-"""`prefork serve`: settings, launch, the control socket, upgrades in place, systemd, the pid file, privileges.
+"""`prefork serve`: settings, launch, control socket, upgrades, systemd, pid file, privileges. Runs in the master.
 
 All of it runs in the process that becomes the master.
 """

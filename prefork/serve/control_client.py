@@ -1,4 +1,4 @@
-"""`prefork ctl`: talk to a running master through its control socket (control.py).
+"""Runs in the `prefork ctl` process: one request to a running master's control socket.
 
     prefork ctl --control /run/app.ctl status [--json]     # or: prefork ctl status --control /run/app.ctl
     prefork ctl scale 8 | scale +1 | scale -1

@@ -1,4 +1,4 @@
-"""The control socket: a Unix stream socket the master answers `prefork ctl` on.
+"""Runs in the master of `prefork serve`: the control socket `prefork ctl` talks to.
 
 The protocol is one JSON object per line, each way: a request such as
 {"command": "scale", "size": "+1"}, then a reply {"ok": true, "result": ...}

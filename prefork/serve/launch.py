@@ -1,4 +1,4 @@
-"""From resolved settings to running servers: the body of `prefork serve`.
+"""Runs in the `prefork serve` process: from resolved settings to running servers.
 
 validate() checks everything that can be checked without binding a socket or
 running the application's code; run_serve() binds, builds the servers and

@@ -1,4 +1,4 @@
-"""--pid FILE: the master's pid, for init scripts and for `kill -HUP $(cat FILE)`.
+"""Runs in the master of `prefork serve`: --pid FILE, the master's pid for init scripts and `kill`.
 
 It is refused when it names a live prefork master (two masters would fight
 over it), written atomically (a temporary file renamed over it), and removed

@@ -1,4 +1,4 @@
-"""Who the workers run as: --user and --group, resolved once in the master, dropped in each child.
+"""Runs in the master and each child: --user and --group, resolved in the master, dropped in each child.
 
 The master keeps its privileges (it may need them to bind again on an upgrade,
 and to signal every worker); each worker drops them after fork, once the

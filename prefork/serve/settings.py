@@ -1,4 +1,4 @@
-"""Every setting of `prefork serve`, from the command line, the environment and a config file.
+"""Runs in the `prefork` command's process: every setting of `prefork serve`, from flags, environment and file.
 
 Each setting is declared once, as a field of config.Config (supervision) or
 of ServeOptions below (what to serve, and how the process runs). From that

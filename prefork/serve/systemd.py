@@ -1,4 +1,4 @@
-"""systemd: listening sockets it passes in (socket activation), and what we tell it (sd_notify).
+"""Runs in the master of `prefork serve`: systemd's socket activation and sd_notify.
 
 Both protocols are a few lines of documented environment and a datagram, so
 we speak them directly rather than depend on python-systemd:

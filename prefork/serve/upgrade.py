@@ -1,4 +1,4 @@
-"""Upgrade in place (SIGUSR2): a new master, started from the same command, takes over the sockets.
+"""Runs in the master of `prefork serve`: upgrade in place (SIGUSR2), a new master on the same sockets.
 
 The old master runs the `prefork` command it was started with again, as a
 child, passing it the listening sockets and the control socket as inherited

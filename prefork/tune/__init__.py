@@ -1,1 +1,1 @@
-"""`prefork tune`: the load generator and the tuner that drives it against real `prefork serve` subprocesses."""
+"""`prefork tune`: the load generator and the tuner. Runs in the `prefork tune` process and its clients."""

@@ -1,4 +1,4 @@
-"""One client process of the load generator (prefork.tune.loadgen): an epoll loop over its connections.
+"""Runs in each load client process: an epoll loop over its share of the load generator's connections.
 
 The loop is written for its own cost, since it shares the machine's cores with
 the server it measures: epoll without the selectors layer, recv_into a reused

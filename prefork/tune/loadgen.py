@@ -1,42 +1,30 @@
-"""A closed-loop load generator for stream servers, for `prefork tune`.
+"""Runs in the `prefork tune` process: a closed-loop load generator for stream servers.
 
-Client processes (prefork/tune/client_process.py) each drive their share of the
-connections from one epoll loop; each connection sends a request, waits for
-the whole reply, and sends the next at once (closed loop: concurrency is the
+Client processes (client_process.py, no more than the CPUs) each drive their
+share of the connections from one epoll loop; each connection sends a request,
+waits for the whole reply and sends the next at once (concurrency is the
 number of connections). This module forks them and merges what they measured.
-
-Why this shape: Python costs far more CPU per request than wrk, and on a small
-machine the load generator shares the cores with the server it measures. So
-there are no more client processes than cores, and a request is a handful of
-system calls with little Python around them: epoll without the selectors
-layer, recv_into a reused buffer, no objects per request but the socket, and
-no parsing of a keep-alive reply identical to the last one.
+Why it is built this way: docs/design.md, "Measuring with a Python load generator".
 
 When a reply is complete:
 
 - without keep-alive (a new connection per request): the client sends the
-  request, half-closes (shutdown SHUT_WR), and the reply is everything until
-  the server closes, which fits a server that answers and closes as well as
-  one that answers until its client is done (a line echo). ``half_close=False``
-  skips the half-close for an HTTP request with ``Connection: close``, as wrk
-  does: the server then closes first and keeps the TIME_WAIT state.
+  request and half-closes (shutdown SHUT_WR); the reply is everything until
+  the server closes. ``half_close=False`` skips the half-close for an HTTP
+  request with ``Connection: close``, as wrk does.
 - with keep-alive: the reply is ``reply_bytes`` bytes if given, else an HTTP
   response framed by its Content-Length. A server that closes a keep-alive
   connection between replies is reconnected to, without an error.
 
-A server that speaks first (SMTP, FTP, POP3) sends a greeting as soon as a
-connection opens: with ``greeting`` the client reads it on each new connection
-(once per keep-alive connection) and only then sends the first request. It is
-one line, through the first newline (``greeting=LINE``), or exactly N bytes;
-more than that before the first request is an error, and so is a connection
-closed before its greeting is complete. Waiting for it counts in the first
-request's latency, as the connect does.
+A server that speaks first (SMTP, FTP, POP3): with ``greeting`` the client
+reads one line (``greeting=LINE``) or exactly N bytes on each new connection
+before its first request; more than that, or a close before it is complete,
+is an error. Waiting for it counts in the first request's latency.
 
 Errors: a refused or reset connection, one closed before the reply was
 complete, a reply beginning ``HTTP/`` whose status is not 2xx or 3xx, a
 request unanswered after ``timeout`` seconds or for the whole measured window.
-A slot whose request failed reconnects a tick (10 ms) later, so a dead server
-is not hammered in a tight loop.
+A slot whose request failed reconnects a tick (10 ms) later.
 """
 
 import array

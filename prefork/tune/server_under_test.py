@@ -1,5 +1,7 @@
-"""A `prefork serve` subprocess under measurement: start it, wait until every worker is
-ready, sample its CPU time and memory, and stop it, leaving nothing behind.
+"""Runs in the `prefork tune` process: a `prefork serve` subprocess under measurement.
+
+Start it, wait until every worker is ready, sample its CPU time and memory, and stop it,
+leaving nothing behind.
 
 Used by `prefork tune` and scripts/loadgen_vs_wrk.py. The server runs in its own
 session with its log in a temporary file; readiness comes from that log (the

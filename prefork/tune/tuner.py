@@ -1,4 +1,4 @@
-"""`prefork tune`: measure a handler under load at several pool sizes, and recommend one.
+"""Runs in the `prefork tune` process: measure a handler at several pool sizes, and recommend one.
 
 For each pool (workers x threads) it starts `prefork serve` as a real
 subprocess, drives it at each concurrency with prefork.tune.loadgen, samples the
