@@ -2,7 +2,7 @@
 
 The pool and the zygotes record facts (an exit status, what the scoreboard
 said); these functions decide what the facts mean, and are tested as tables
-in tests/test_planner.py.
+in tests/pool/test_planner.py.
 """
 
 from typing import Optional

@@ -5,7 +5,7 @@
 The master's loop gathers what it knows (snapshot.py) and carries out what
 plan() returns (actions.py), then asks again until the plan is empty. Nothing
 here reads a clock or makes a system call, so every situation is a row of a
-table in tests/test_planner.py. What an exit means and how long to back off
+table in tests/pool/test_planner.py. What an exit means and how long to back off
 after failed boots are decided by exits.py, as purely.
 
 The rules, in the order plan() applies them:

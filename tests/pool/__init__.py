@@ -1,0 +1,1 @@
+"""Tests of prefork/pool/, one module each."""

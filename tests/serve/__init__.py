@@ -1,0 +1,1 @@
+"""Tests of prefork/serve/, one module each."""

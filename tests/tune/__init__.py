@@ -1,0 +1,1 @@
+"""Tests of prefork/tune/, one module each."""
