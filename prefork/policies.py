@@ -167,10 +167,8 @@ def idle_then_oldest(candidates: Sequence[Candidate]) -> Optional[Candidate]:
 
 MAX_SPAWN_RATE = 32      # forks per second at most, however long the shortage lasts (Apache's cap too)
 RETIRE_INTERVAL = 1.0    # seconds between two retirements, once the pool has been too idle long enough
-# How often the master looks at an adaptive pool's load: often while it moves, less at rest. A look
-# costs the master about 0.5 ms of CPU: measured on the 2-core VM with an idle pool of 2, 10 looks a
-# second took 0.54 % of a CPU, 2 a second 0.10 % (a static pool's master: 0.05 %). At rest the spares
-# serve a new burst's first requests meanwhile.
+# How often the master looks at an adaptive pool's load: often while it moves, less at rest, where the
+# spares serve a new burst's first requests meanwhile (what each costs: docs/design.md, "An adaptive pool").
 CHECK_INTERVAL = 0.1
 CHECK_INTERVAL_AT_REST = 0.5
 

@@ -10,12 +10,10 @@ worker_table.py keeps the worker table. Each pass:
     sample          psutil figures, a bounded amount of work per pass (monitor.py)
     sleep           on the selector until the nearest deadline or a wake-up
 
-How the loop learns that something happened: a pidfd per worker in the
-selector for exits (it works from any thread and never reaps a child we did
-not start; without pidfd_open we poll every 0.1 s; as PID 1 or with zygotes
-we also reap adopted orphans with waitpid(-1)), and the doorbell and inbox
-(signals.py) for signals, API calls and workers. docs/design.md weighs the
-alternatives and has the measurements.
+The loop learns of exits from a pidfd per worker in the selector (polled every
+0.1 s without pidfd_open; orphans adopted as PID 1 or with zygotes are reaped
+with waitpid(-1)), and of signals, API calls and workers from the doorbell
+and inbox (signals.py). docs/design.md weighs the alternatives.
 """
 
 import gc
@@ -24,6 +22,7 @@ import os
 import selectors
 import signal
 import time
+from typing import Sequence
 
 import setproctitle
 
@@ -37,6 +36,7 @@ from prefork.pool.actions import (
 from prefork.pool.master_commands import MasterCommands
 from prefork.pool.monitor import Monitor
 from prefork.pool.reloads import ReloadProgress
+from prefork.pool.service import Service
 from prefork.pool.snapshot import Snapshot, WorkerView
 from prefork.pool.states import MasterState, Reason
 from prefork.pool.worker import PoolSetup
@@ -68,7 +68,7 @@ class Master(MasterCommands):
     """
 
     def __init__(self, servers, policy=None, config=None, hooks=None, load_handler=None, poll_interval=0.5,
-                 reconfigure=None, services=(), credentials=None):
+                 reconfigure=None, services: Sequence[Service] = (), credentials=None):
         self.servers = list(servers)
         first = self.servers[0]
         self.policy = policy or first.policy
@@ -76,7 +76,7 @@ class Master(MasterCommands):
         self.hooks = hooks or first
         self.load_handler = load_handler
         self.reconfigure = reconfigure        # a reload reads the settings again through it (the CLI's)
-        self.services = list(services)        # pool.service.Service: the control socket, systemd, an upgrade
+        self.services = list(services)        # the control socket, systemd, an upgrade
         self.credentials = credentials        # --user/--group, dropped in each child (privileges.py)
         self.tick_interval = tick_interval(poll_interval, self.config.worker_timeout)
         self.name = self.config.name or _handler_name(first)
@@ -365,10 +365,8 @@ class Master(MasterCommands):
                 worker.kill_at = None
 
     def _close_in_child(self):
-        """Run in a new worker: drop the master's own fds (not the listeners, not the doorbell's write end).
-
-        Its signal handlers need no restoring here: the worker sets every one of them.
-        """
+        """In a new child: drop the master's fds (not the listeners, not the doorbell's write end); the
+        child sets every signal handler itself."""
         self.selector.close()
         self.doorbell.reader.close()
         self.pool.close_in_child()
