@@ -134,6 +134,14 @@ def _has(owner, attribute):
     return False
 
 
+def _importable_with(module, attribute):
+    """A module of the standard library or a dependency (socketserver, psutil, ...) that has attribute."""
+    try:
+        return hasattr(importlib.import_module(module), attribute)
+    except ImportError:
+        return False
+
+
 class References:
     """What the package defines, for checking the names prose uses."""
 
@@ -169,9 +177,13 @@ class References:
             head, attribute = match.groups()
             if attribute in FILE_SUFFIXES:
                 continue
-            if head in self.by_leaf and not any(_has(module, attribute) for module in self.by_leaf[head]):
-                found.append(f"name: {match.group(0)}")
-            elif head in self.classes and not any(_has(klass, attribute) for klass in self.classes[head]):
+            if head in self.by_leaf:
+                missing = not any(_has(module, attribute) for module in self.by_leaf[head])
+            elif head in self.classes:
+                missing = not any(_has(klass, attribute) for klass in self.classes[head])
+            else:                               # one of our classes, in a module that is gone
+                missing = head.islower() and attribute in self.classes and not _importable_with(head, attribute)
+            if missing:
                 found.append(f"name: {match.group(0)}")
         for match in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9](?![\w-])", text):
             flag = match.group(0)
@@ -210,6 +222,7 @@ def test_docstrings_and_docs_name_only_what_exists(references):
     ("see planner.Spawn", "name: planner.Spawn"),                     # a class of another module
     ("prefork.pool.zygotes keeps them", "name: prefork.pool.zygotes"),  # a module that was renamed
     ("as operations.py does", "file: operations.py"),
+    ("a field of config.Config", "name: config.Config"),                # module.Class of a module gone
     ("see prefork/pool/nothing.py", "path: prefork/pool/nothing.py"),
     ("with --max-request 5", "flag: --max-request"),                 # a setting misspelled
 ])
@@ -220,7 +233,8 @@ def test_a_name_that_does_not_exist_is_caught(references, text, problem):
 def test_names_that_exist_pass(references):
     text = ("Master.stop(), planner.plan(), exits.zygote_exit, prefork.pool.master.Master, prefork.Prefork, "
             "WorkerView.uss, pool/zygote_process.py, docs/design.md, scripts/bench.py, --max-requests, "
-            "--no-defer-accept, prefork.toml, --fork, server.stopping")
+            "--no-defer-accept, prefork.toml, --fork, server.stopping, socketserver.ThreadingMixIn, "
+            "psutil.Process, supervision.Config, server.RequestHandlerClass")
     assert references.problems(text) == []
 
 

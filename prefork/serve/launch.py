@@ -37,8 +37,8 @@ POLICY_SETTINGS = {"workers": ("prefork",), "threads": ("prefork", "adaptive"),
 class Launch(NamedTuple):
     """Validated settings, ready to bind and serve."""
 
-    options: object           #: settings.ServeOptions
-    config: object            #: config.Config
+    options: object           #: serve.settings.ServeOptions
+    config: object            #: supervision.Config
     policy: object
     binds: list
     spec: str                 #: the handler as module:Class

@@ -1,6 +1,6 @@
 """Runs in the `prefork` command's process: every setting of `prefork serve`, from flags, environment and file.
 
-Each setting is declared once, as a field of config.Config (supervision) or
+Each setting is declared once, as a field of supervision.Config or
 of ServeOptions below (what to serve, and how the process runs). From that
 one declaration come its flag, its key in a TOML file (the long flag's name
 with _ for -: `workers`, `max_requests`, `timeout`, `bind` as a list), its
