@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from prefork.policies import Sizing
+from prefork.pool.states import Reason
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Retire:
     the pool serves them. successor: the ready worker that took its slot.
     """
     pid: int
-    reason: str
+    reason: Reason
     deadline: float
     detail: str = ""
     drain: bool = False
@@ -41,7 +42,7 @@ class Retire:
 class Stop:
     """A firmer signal (dump your stacks, for a timeout; SIGQUIT, for a quick stop); SIGKILL at deadline."""
     pid: int
-    reason: str
+    reason: Reason
     signum: int
     deadline: float
     detail: str = ""
@@ -51,7 +52,7 @@ class Stop:
 class Kill:
     """SIGKILL: the deadline of an earlier stop passed."""
     pid: int
-    reason: str
+    reason: Reason
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,9 @@ def _fill_the_pool(snapshot: Snapshot, config: Config, now: float, stopped: set[
     spares = [w for w in spares if w.generation >= snapshot.generation]
     exhausted = [w for w in live if not w.spare and w.exhausted]
     serving = [w for w in live if not w.spare and not w.exhausted]
-    due = sorted(((w, _due_reason(w, snapshot, config, now)) for w in serving if w.ready),
-                 key=lambda pair: (DUE_ORDER.index(pair[1]) if pair[1] else 0, pair[0].slot))
-    due = [(w, reason) for w, reason in due if reason]
+    reasons = [(w, _due_reason(w, snapshot, config, now)) for w in serving if w.ready]
+    due = sorted(((w, reason) for w, reason in reasons if reason is not None),
+                 key=lambda pair: (DUE_ORDER.index(pair[1]), pair[0].slot))
     due_pids = {w.pid for w, _ in due}
     fresh = [w for w in serving if w.pid not in due_pids]
     sizing = _size(snapshot, fresh, now, problems)
@@ -340,7 +340,7 @@ def _size(snapshot: Snapshot, fresh: list[WorkerView], now: float, problems: lis
     return Sizing(max(1, min(target, snapshot.max_size)), reason, state)
 
 
-def _due_reason(worker: WorkerView, snapshot: Snapshot, config: Config, now: float) -> str:
+def _due_reason(worker: WorkerView, snapshot: Snapshot, config: Config, now: float) -> Optional[Reason]:
     if worker.retire == scoreboard.WANTS_SUCCESSOR:
         return Reason.RECYCLE
     limit = config.max_worker_memory * 1024 * 1024
@@ -349,10 +349,10 @@ def _due_reason(worker: WorkerView, snapshot: Snapshot, config: Config, now: flo
         return Reason.MEMORY
     if worker.generation < snapshot.generation:
         return Reason.RELOAD
-    return ""
+    return None
 
 
-def _due_detail(worker: WorkerView, reason: str, config: Config) -> str:
+def _due_detail(worker: WorkerView, reason: Reason, config: Config) -> str:
     if reason == Reason.MEMORY:
         return (f"uses {cast(int, worker.uss) / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
     if reason == Reason.RECYCLE:

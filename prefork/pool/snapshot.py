@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 from prefork.policies import PooledPolicy
 from prefork.pool import scoreboard
-from prefork.pool.states import StopMode, ZygoteState
+from prefork.pool.states import Reason, StopMode, ZygoteState
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class WorkerView:
     retire: int = scoreboard.KEEP     #: what it says of --max-requests
     stop_pool: bool = False           #: its handler called server.shutdown(): stop the whole pool
     uss: Optional[int] = None         #: unique memory, bytes, from the latest sample
-    stop_reason: Optional[str] = None  #: set once the master told it to go
+    stop_reason: Optional[Reason] = None  #: set once the master told it to go
     stop_signal: Optional[int] = None
     kill_at: Optional[float] = None   #: SIGKILL deadline once told to go
 
