@@ -45,6 +45,8 @@ import time
 
 import psutil
 
+from _http import http_get
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "scripts")
 CACHE = os.path.join(REPO, ".bench")
@@ -318,19 +320,6 @@ def summarize(runs):
 
 
 # -- respawn, memory, idle ---------------------------------------------------------------------
-
-def http_get(port, timeout=5):
-    """One GET / over a new connection to 127.0.0.1:port; the whole reply (also for reload_under_load.py
-    and slow_clients.py)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return data
-            data += chunk
-
 
 def respawn(tools, repeats):
     """Median and max milliseconds from SIGKILL of the only worker to the next answered request."""

@@ -34,7 +34,7 @@ import time
 
 import psutil
 
-from bench import http_get
+from _http import http_get
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = 2

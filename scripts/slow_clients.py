@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from bench import http_get
+from _http import http_get
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
