@@ -134,6 +134,30 @@ def _has(owner, attribute):
     return False
 
 
+def _defined_names(path):
+    """(what a module defines at its top level: functions, classes, constants; its classes' members)."""
+    top, inner = set(), set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            top.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            top.update(target.id for target in targets if isinstance(target, ast.Name))
+        if isinstance(node, ast.ClassDef):
+            inner.update(member.name for member in node.body if isinstance(member, ast.FunctionDef))
+            inner.update(member.target.id for member in node.body
+                         if isinstance(member, ast.AnnAssign) and isinstance(member.target, ast.Name))
+    return top, inner
+
+
+def _repository_files():
+    """The repository's files, as git sees them (tracked, or new and not ignored): no caches, no builds."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout.splitlines()
+
+
 def _importable_with(module, attribute):
     """A module of the standard library or a dependency (socketserver, psutil, ...) that has attribute."""
     try:
@@ -153,9 +177,10 @@ class References:
             for key, value in vars(module).items():
                 if isinstance(value, type) and value.__module__.startswith("prefork"):
                     self.classes.setdefault(key, set()).add(value)
-        self.files = {path.name for path in ROOT.rglob("*")
-                      if path.is_file() and not any(part.startswith((".venv", ".ci-venv", ".git", ".bench"))
-                                                    for part in path.relative_to(ROOT).parts)}
+        # Names defined at a module's top level and nowhere else (command.run is a method's, not run()'s).
+        defined = [_defined_names(path) for path in modules().values()]
+        self.defined = set().union(*(top for top, _ in defined)) - set().union(*(inner for _, inner in defined))
+        self.files = {pathlib.PurePath(path).name for path in _repository_files()}
         self.flags = _our_flags()
 
     def problems(self, text):
@@ -181,8 +206,8 @@ class References:
                 missing = not any(_has(module, attribute) for module in self.by_leaf[head])
             elif head in self.classes:
                 missing = not any(_has(klass, attribute) for klass in self.classes[head])
-            else:                               # one of our classes, in a module that is gone
-                missing = head.islower() and attribute in self.classes and not _importable_with(head, attribute)
+            else:                               # one of our names, through a module that is gone
+                missing = head.islower() and attribute in self.defined and not _importable_with(head, attribute)
             if missing:
                 found.append(f"name: {match.group(0)}")
         for match in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9](?![\w-])", text):
@@ -223,6 +248,8 @@ def test_docstrings_and_docs_name_only_what_exists(references):
     ("prefork.pool.zygotes keeps them", "name: prefork.pool.zygotes"),  # a module that was renamed
     ("as operations.py does", "file: operations.py"),
     ("a field of config.Config", "name: config.Config"),                # module.Class of a module gone
+    ("as in config.checked", "name: config.checked"),                   # module.function of a module gone
+    ("see build.py", "file: build.py"),                                 # no such file in the repository
     ("see prefork/pool/nothing.py", "path: prefork/pool/nothing.py"),
     ("with --max-request 5", "flag: --max-request"),                 # a setting misspelled
 ])

@@ -42,7 +42,8 @@ class MasterCommands:
                        "threads": self.policy.threads, "generation": self.generation,
                        "reload": self.reload.as_dict()},
             "workers": [worker_stats(w, board, history.get(w.slot), now) for w in sorted(table, key=_by_slot)],
-            "restarts": dict(restarts) if restarts is not None else dict.fromkeys(RESTART_REASONS, 0),
+            "restarts": {str(reason): count                    # text, not the enum: for print() and pickle too
+                         for reason, count in (restarts or dict.fromkeys(RESTART_REASONS, 0)).items()},
             "boot_failures": boot_failures,
             "zygotes": self.zygotes.stats(self.generation) if self.zygotes else [],
         }

@@ -1,8 +1,8 @@
 """Runs in the master: the names of its states and of the reasons it acts on, as enums.
 
 Each member is a str (Python 3.11's StrEnum, written out for 3.10), so that a
-member compares equal to its text, prints as it, and goes into JSON and the
-log unchanged: stats()["restarts"] keys and `prefork ctl status` stay text.
+member compares equal to its text and prints as it in the log. What leaves the
+master (stats(), the worker_exit hook, `prefork ctl status`) is plain text.
 """
 
 import enum

@@ -22,7 +22,6 @@ from prefork.signals import exit_text
 log = logging.getLogger("prefork")
 
 HAS_PIDFD = hasattr(os, "pidfd_open")
-# Why workers went, as counted by stats()["restarts"]; a stop of the pool is not a restart.
 
 
 class SlotHistory:
@@ -197,7 +196,7 @@ class Pool:
         reason = exits.exit_reason(code, worker.stop_reason, bool(stopping), worker.ready,
                                      view.retire == scoreboard.EXHAUSTED)
         history = self.history[worker.slot]
-        history.last_exit_reason = reason
+        history.last_exit_reason = str(reason)           # plain text for stats() and the hook
         if reason != Reason.STOP:
             history.restarts += 1
             self.restarts[reason] += 1
@@ -210,7 +209,7 @@ class Pool:
             log.error("worker %s (pid %s) exited unexpectedly (%s); replacing it", worker.slot, worker.pid, how)
         else:
             log.info("worker %s (pid %s) exited (%s, %s)", worker.slot, worker.pid, reason, how)
-        self.call_hook("worker_exit", worker, code, reason)
+        self.call_hook("worker_exit", worker, code, str(reason))
 
     def _boot_failed(self, worker, message):
         self.boot_failed(f"worker {worker.slot}", message, worker.generation)

@@ -1,4 +1,5 @@
 """`prefork serve`: settings, launch, control socket, upgrades, systemd, pid file, privileges. Runs in the master.
 
-All of it runs in the process that becomes the master.
+It runs in the process that becomes the master, but for control_client.py (the
+`prefork ctl` process) and the privilege drop (privileges.py) in each child.
 """

@@ -178,7 +178,7 @@ def parse_text(item, text):
 
 
 def check_value(item, value):
-    """value checked against the setting's kind, check and choices (config.checked); ConfigError
+    """value checked against the setting's kind, check and choices (supervision.checked); ConfigError
     (unlabelled) if wrong."""
     return checked(item.field, value, item.name)
 

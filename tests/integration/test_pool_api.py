@@ -41,6 +41,7 @@ def test_stats_reports_each_worker_with_psutil_figures():
             assert abs(w["started_at"] - time.time()) < 60
             assert w["restarts"] == 0 and w["last_exit_reason"] is None
         assert stats["restarts"] == dict.fromkeys(prefork.pool.states.RESTART_REASONS, 0)
+        assert {type(reason) for reason in stats["restarts"]} == {str}    # text, not the master's enum
         assert stats["boot_failures"] == 0
 
 
@@ -54,6 +55,7 @@ def test_stats_count_restarts_by_reason_and_per_slot():
         slot = next(w for w in stats["workers"] if w["slot"] == victim["slot"])
         assert slot["pid"] != victim["pid"]
         assert (slot["restarts"], slot["last_exit_reason"]) == (1, "signal")
+        assert type(slot["last_exit_reason"]) is str and repr(stats).count("Reason") == 0
 
 
 def test_stats_is_safe_from_another_thread_while_the_pool_churns():
@@ -129,6 +131,7 @@ def test_hooks_are_overridable_methods():
     events = sorted(server.events[1:3])
     assert server.events[0] == ("on_starting",) and events == [("pre_fork", 1), ("pre_fork", 2)]
     assert sorted(server.events[3:5]) == [("worker_exit", 1, 0, "stop"), ("worker_exit", 2, 0, "stop")]
+    assert type(server.events[3][3]) is str
     assert server.events[-1] == ("on_exit",)
 
 
