@@ -7,12 +7,19 @@
 
 socketserver's public names come first, with socketserver's behaviour; the
 request handler classes *are* socketserver's. Then the pool policies, the
-settings and the errors.
+parking handlers (one request at a time, parked in between), the settings
+and the errors.
 """
 
 from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 
 from prefork.errors import AppLoadError, BindError, ConfigError, HaltServer, PreforkError
+from prefork.parking import (
+    ParkingHTTPMixIn,
+    ParkingHTTPRequestHandler,
+    ParkingLineHandler,
+    ParkingRequestHandler,
+)
 from prefork.policies import Adaptive, ForkPerRequest, Policy, Prefork, Serial, ThreadPerRequest
 from prefork.pool.master import Master
 from prefork.supervision import Config
@@ -46,6 +53,8 @@ __all__ = [
     "BaseRequestHandler", "StreamRequestHandler", "DatagramRequestHandler",
     # pool policies
     "Policy", "Serial", "ForkPerRequest", "ThreadPerRequest", "Prefork", "Adaptive",
+    # parking handlers
+    "ParkingRequestHandler", "ParkingLineHandler", "ParkingHTTPMixIn", "ParkingHTTPRequestHandler",
     # running and configuring
     "Config", "Master", "serve_together",
     # errors

@@ -110,6 +110,18 @@ class Config:
         "close a client connection whose next read or write waits this long (a quiet or stalled client); "
         "below --timeout, so a quiet client is dropped before its worker is taken for hung; 0 disables",
         at_least(0), "S", restart=True)
+    keepalive_timeout: float = setting(
+        75.0, "--keepalive-timeout",
+        "parking handlers: close a connection parked with no request for this long. 75 s, nginx's default, "
+        "outlasts the 60 s idle timeout of common load balancers, so that they, not we, close an idle "
+        "connection (a request crossing our close would fail); 0 never closes one",
+        at_least(0), "S")
+    max_connections: int = setting(
+        1000, "--max-connections",
+        "parking handlers: connections one worker holds at most (parked or in service), split among its "
+        "threads; at the cap it accepts no more and new ones wait for other workers. The open-file limit "
+        "is raised to fit where allowed",
+        at_least(1), "N")
     defer_accept: bool = setting(
         False, "--defer-accept",
         "TCP: leave a connection that has sent nothing in the kernel (TCP_DEFER_ACCEPT) for the client "

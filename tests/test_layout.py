@@ -272,7 +272,8 @@ def test_the_public_names_did_not_move():
              "ForkingUnixDatagramServer", "ThreadingTCPServer", "ThreadingUDPServer", "ThreadingUnixStreamServer",
              "ThreadingUnixDatagramServer", "BaseRequestHandler", "StreamRequestHandler", "DatagramRequestHandler",
              "Policy", "Serial", "ForkPerRequest", "ThreadPerRequest", "Prefork", "Adaptive", "Config", "Master",
-             "serve_together", "PreforkError", "ConfigError", "BindError", "AppLoadError", "HaltServer"}
+             "serve_together", "PreforkError", "ConfigError", "BindError", "AppLoadError", "HaltServer",
+             "ParkingRequestHandler", "ParkingLineHandler", "ParkingHTTPMixIn", "ParkingHTTPRequestHandler"}
     assert set(prefork.__all__) == names
     assert all(getattr(prefork, name) is not None for name in names)
     assert prefork.Master.__module__ == "prefork.pool.master"

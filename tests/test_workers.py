@@ -68,16 +68,6 @@ def test_echo_lines_and_a_last_partial_line():
         assert http(server.server_address, b"one\ntwo\nthree") == b"one\ntwo\nthree"
 
 
-def test_echo_closes_a_quiet_connection_once_stopping():
-    server = prefork.ThreadingTCPServer(("127.0.0.1", 0), EchoHandler)
-    with serving(server):
-        with socket.create_connection(server.server_address, timeout=5) as sock:
-            sock.sendall(b"a\n")
-            assert sock.recv(10) == b"a\n"
-            server.stopping = True              # what a graceful stop sets in a worker
-            assert sock.recv(10) == b"", "closed within the next quiet second"
-
-
 @pytest.mark.parametrize("handler, request_bytes, expected", [
     (EchoHandler, b"ping\n", b"ping\n"),
     (HelloHandler, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", BODY),
@@ -94,9 +84,9 @@ def test_workers_run_on_socketservers_own_servers(handler, request_bytes, expect
 
 
 @pytest.mark.parametrize("handler", [EchoHandler, HelloHandler])
-def test_in_a_pool_a_quiet_client_is_closed_after_the_client_timeout(handler):
+def test_in_a_pool_a_quiet_client_is_closed_after_the_keepalive_timeout(handler):
     import time
-    config = prefork.Config(client_timeout=2)
+    config = prefork.Config(keepalive_timeout=2)
     server = prefork.TCPServer(("127.0.0.1", 0), handler, policy=prefork.Prefork(workers=1), config=config)
     with serving(server, workers=1):
         with socket.create_connection(server.server_address, timeout=10) as sock:

@@ -1,19 +1,15 @@
 """A minimal HTTP/1.1 server answering "Hello, World!" (13 bytes) to every request.
 
 It is the benchmark handler (scripts/bench.py) and a worked example of a
-long-lived handler on prefork: keep-alive and pipelining, a request body
-skipped by Content-Length, HEAD answered without a body, and a connection
-closed after IDLE_TIMEOUT quiet seconds or once the worker is stopping.
-
-While a client is quiet the handler heartbeats once a second. The wait uses
-the kernel's SO_RCVTIMEO on a blocking socket rather than socket.settimeout(),
-which would add a poll() before every recv(). In a pool the socket arrives
-with the client timeout set (a socket timeout); the handler takes it as its
-limit for a quiet client, and makes the socket blocking again.
+parking handler (prefork.ParkingRequestHandler): the pool worker calls
+handle_request() once per request, when a whole request has arrived, and
+parks the connection in its epoll in between, so one worker holds any
+number of keep-alive clients. Keep-alive and pipelining, a request body
+skipped by Content-Length, HEAD answered without a body, Connection: close
+once the pool is stopping. The request head is parsed by hand, in a few
+lines, to keep the benchmark about the server; prefork.ParkingHTTPRequestHandler
+serves http.server handlers the same way.
 """
-
-import socket
-import struct
 
 import prefork
 
@@ -23,58 +19,33 @@ KEEP_ALIVE_RESPONSE = _HEAD + b"\r\n" + BODY
 CLOSE_RESPONSE = _HEAD + b"Connection: close\r\n\r\n" + BODY
 TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
                       b"Connection: close\r\n\r\n")
-IDLE_TIMEOUT = 5          # quiet seconds before a connection is closed (fewer if the client timeout is)
 MAX_HEADER_BYTES = 65536
-_ONE_SECOND = struct.pack("ll", 1, 0)
 
 
-class HelloHandler(prefork.BaseRequestHandler):
-    def setup(self):
-        sock = self.request
-        client_timeout = sock.gettimeout()            # the pool's client timeout, or None
-        if client_timeout is not None:
-            sock.setblocking(True)
-        self._quiet_seconds = min(IDLE_TIMEOUT, max(1, round(client_timeout or IDLE_TIMEOUT)))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _ONE_SECOND)
-        self._heartbeat = getattr(self.server, "heartbeat", _nothing)   # also runs on socketserver's
+class HelloHandler(prefork.ParkingRequestHandler):
+    def request_ready(self):
+        pending = self.rfile.pending
+        return b"\r\n\r\n" in pending or len(pending) > MAX_HEADER_BYTES or (self.rfile.eof and bool(pending))
 
-    def handle(self):
-        sock, server, buffer = self.request, self.server, b""
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEADER_BYTES:
-                    sock.sendall(TOO_LARGE_RESPONSE)
-                    return
-                data = self._receive(waiting_for_request=not buffer)
-                if not data:
-                    return
-                buffer += data
-                continue
-            head, buffer = buffer[:end], buffer[end + 4:]
-            keep_alive, body_length, is_head = _parse(head)
-            while len(buffer) < body_length:           # skip the request body
-                data = self._receive(waiting_for_request=False)
-                if not data:
-                    return
-                buffer += data
-            buffer = buffer[body_length:]
-            keep_alive = keep_alive and not getattr(server, "stopping", False)
-            response = KEEP_ALIVE_RESPONSE if keep_alive else CLOSE_RESPONSE
-            sock.sendall(response[:-len(BODY)] if is_head else response)
-            if not keep_alive:
-                return
-
-    def _receive(self, waiting_for_request):
-        """The next bytes from the client, or b"" to close: EOF, idle timeout, or stopping."""
-        for _ in range(self._quiet_seconds):
-            try:
-                return self.request.recv(65536)
-            except BlockingIOError:                    # a quiet second (SO_RCVTIMEO)
-                self._heartbeat()
-                if waiting_for_request and getattr(self.server, "stopping", False):
-                    return b""
-        return b""
+    def handle_request(self):
+        pending = self.rfile.pending
+        end = pending.find(b"\r\n\r\n")
+        if end < 0:                                    # too large, or the client left half way
+            if len(pending) > MAX_HEADER_BYTES:
+                self.request.sendall(TOO_LARGE_RESPONSE)
+            return False
+        head = bytes(pending[:end])
+        del pending[:end + 4]
+        keep_alive, body_length, is_head = _parse(head)
+        while body_length > 0:                         # skip the body, waiting for what is on its way
+            skipped = len(self.rfile.read(min(body_length, 65536)))
+            if not skipped:
+                return False
+            body_length -= skipped
+        keep_alive = keep_alive and not getattr(self.server, "stopping", False)
+        response = KEEP_ALIVE_RESPONSE if keep_alive else CLOSE_RESPONSE
+        self.request.sendall(response[:-len(BODY)] if is_head else response)
+        return keep_alive
 
 
 def _parse(head):
@@ -97,7 +68,3 @@ def _header(headers, name):
     start += len(name) + 3
     end = headers.find(b"\r\n", start)
     return headers[start:end if end >= 0 else len(headers)].strip()
-
-
-def _nothing():
-    pass

@@ -10,10 +10,9 @@ worker_table.py keeps the worker table. Each pass:
     sample          psutil figures, a bounded amount of work per pass (monitor.py)
     sleep           on the selector until the nearest deadline or a wake-up
 
-The loop learns of exits from a pidfd per worker in the selector (polled every
-0.1 s without pidfd_open; orphans adopted as PID 1 or with zygotes are reaped
-with waitpid(-1)), and of signals, API calls and workers from the doorbell
-and inbox (signals.py). docs/design.md weighs the alternatives.
+It learns of exits from a pidfd per worker (polled every 0.1 s without one;
+orphans adopted as PID 1 or with zygotes are reaped with waitpid(-1)), of
+the rest from the doorbell and inbox (signals.py). See docs/design.md.
 """
 
 import gc
@@ -203,6 +202,8 @@ class Master(MasterCommands):
             setproctitle.setproctitle(self._old_title)
         self._published = ((), *self._published[1:])      # no workers; the counts stay
         self.state = MasterState.STOPPED
+        if self.setup is not None:
+            self.setup.close()                       # the hand-off channel
         if self.selector is not None:
             self.selector.close()
         self.doorbell.close()
@@ -242,9 +243,9 @@ class Master(MasterCommands):
                 log.exception("command %s failed", command)
 
     def notice_workers(self, now):
-        """Read the scoreboard: workers that became ready."""
+        """Read the scoreboard: workers that became ready (and, to older generations, that they are outdated)."""
         for worker in self.pool:
-            self.pool.notice_ready(worker, self.board.view(worker.index), now)
+            self.pool.notice_ready(worker, self.board.view(worker.index), now, self.generation)
 
     def _claim(self, pid, status):
         """An exit reaped with waitpid(-1) that is no worker's: a zygote's, or a service's child."""
@@ -308,9 +309,8 @@ class Master(MasterCommands):
         woke = time.monotonic()
         overslept = woke - (asleep + timeout)
         if overslept > AWAY_THRESHOLD:
-            # A paused VM, a debugger, or a stop when SIGCONT cannot reach us (serving from a
-            # thread): the workers' silence was our doing, not theirs. Measured from the select
-            # call, so that a slow pass (a slow hook) is not mistaken for it.
+            # A paused VM, a debugger, a stop SIGCONT cannot reach (serving from a thread): the workers'
+            # silence was our doing. Measured from select(), so that a slow pass is not mistaken for it.
             log.warning("master was stopped for %.1f s; not counting that against the workers", overslept)
             self.resumed_at = woke
 

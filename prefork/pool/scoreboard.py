@@ -28,11 +28,13 @@ KEEP, WANTS_SUCCESSOR, EXHAUSTED = 0, 1, 2
 # ALONE: set by the master before the SIGTERM that retires this worker while the pool goes on
 # (recycle, reload, shrink): stop accepting at once. Without it, a SIGTERM is a stop of the whole
 # pool (from the master, or systemd signalling every process): serve the queued connections first.
-PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE = range(7)
-_HEADER_FIELDS = 8                      # one to spare
-# Per accept thread: busy or not, requests finished, when the request in hand began, last sign of life.
-T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK = range(4)
-_THREAD_FIELDS = 4
+# OUTDATED: set by the master once a newer generation serves: take no connections handed over.
+PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE, OUTDATED = range(8)
+_HEADER_FIELDS = 9                      # one to spare
+# Per accept thread: busy or not, requests finished, when the request in hand began, last sign of
+# life, connections held (parked or in service; parking handlers only).
+T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK, T_CONNECTIONS = range(5)
+_THREAD_FIELDS = 5
 MESSAGE_SIZE = 192
 
 
@@ -47,6 +49,7 @@ class SlotView(NamedTuple):
     requests: int            #: finished, over all threads
     busy_threads: int
     request_start: float     #: when the oldest request in hand began; 0.0 when none
+    connections: int = 0     #: connections held by a parking worker, parked or in service
 
     @property
     def ready(self) -> bool:
@@ -94,18 +97,36 @@ class Scoreboard:
 
     def view(self, slot: int) -> SlotView:
         numbers, base = self._numbers, self._base(slot)
-        tick, requests, busy, oldest = numbers[base + TICK], 0, 0, 0.0
+        tick, requests, busy, oldest, connections = numbers[base + TICK], 0, 0, 0.0, 0
         for thread in range(self.threads):
             record = base + _HEADER_FIELDS + thread * _THREAD_FIELDS
             tick = max(tick, numbers[record + T_TICK])
             requests += int(numbers[record + T_REQUESTS])
+            connections += int(numbers[record + T_CONNECTIONS])
             if numbers[record + T_BUSY]:
                 busy += 1
                 start = numbers[record + T_REQUEST_START]
                 if start and (not oldest or start < oldest):
                     oldest = start
         return SlotView(int(numbers[base + PID]), int(numbers[base + STATE]), tick,
-                        int(numbers[base + RETIRE]), bool(numbers[base + STOP_POOL]), requests, busy, oldest)
+                        int(numbers[base + RETIRE]), bool(numbers[base + STOP_POOL]), requests, busy, oldest,
+                        connections)
+
+    def connection_load(self) -> tuple[int, int]:
+        """(connections held, accept threads serving) over the pool: what a fair share is computed from.
+
+        Read by parking workers, a few hundred stores' worth of reads; a slot
+        counts while its worker is IDLE (serving; BUSY is the same state).
+        """
+        numbers, total, threads = self._numbers, 0, 0
+        step = self._slot_size // 8
+        for base in range(0, self.slots * step, step):
+            if numbers[base + STATE] != IDLE:
+                continue
+            for record in range(base + _HEADER_FIELDS, base + self._numbers_per_slot, _THREAD_FIELDS):
+                total += int(numbers[record + T_CONNECTIONS])
+                threads += 1
+        return total, threads
 
     def message(self, slot: int) -> str:
         start = self._message_start(slot)
@@ -174,3 +195,6 @@ class ThreadWriter:
 
     def tick(self, now: float) -> None:
         self._numbers[self._base + T_TICK] = now
+
+    def set_connections(self, count: int) -> None:
+        self._numbers[self._base + T_CONNECTIONS] = count

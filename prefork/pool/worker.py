@@ -7,9 +7,11 @@ os._exit: a child never returns into the master's stack.
 """
 
 import logging
+import resource
 import time
 
 from prefork.errors import WorkerExit
+from prefork.pool import handoff_process
 from prefork.pool.forking import exit_child, exit_code
 from prefork.pool.worker_process import WorkerProcess
 
@@ -32,6 +34,37 @@ class PoolSetup:
         self.master_pid = master_pid
         self.name = name
         self.credentials = credentials      # --user/--group: dropped in each child before any user code
+        self.handoff = handoff_process.channel()   # parked connections move between workers through it
+        raise_open_file_limit(config.max_connections + FDS_BESIDES_CONNECTIONS)
+
+    def close(self):
+        for end in self.handoff:
+            end.close()
+
+
+FDS_BESIDES_CONNECTIONS = 256         # listeners, pipes, log files, a handler's own files
+
+
+def raise_open_file_limit(wanted):
+    """Raise RLIMIT_NOFILE's soft limit to wanted where the hard limit allows, and say what was set.
+
+    Inherited by every worker, each of which may hold --max-connections sockets.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            log.info("raised the open-file limit (RLIMIT_NOFILE) from %s to %s for --max-connections", soft, new)
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %s to %s: %s", soft, new, exc)
+            new = soft
+    if new < wanted:
+        log.warning("the open-file limit is %s (hard limit %s): a worker runs out of descriptors before "
+                    "--max-connections %s; raise the limit (ulimit -n, systemd's LimitNOFILE)",
+                    new, hard, wanted - FDS_BESIDES_CONNECTIONS)
 
 
 class Worker:

@@ -32,6 +32,7 @@ from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
 from prefork.handling import PoolRequest, handle_one
 from prefork.pool import forking, scoreboard
 from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
+from prefork.pool.parking_process import ParkingLoop, parks
 from prefork.signals import ring, run_pending_handlers
 
 log = logging.getLogger("prefork")
@@ -201,8 +202,10 @@ class WorkerProcess:
         if self.stopping:
             return
         self.stopping = True
+        # A parking worker retiring alone hands its connections over: its handlers need not wind down.
+        moving = self.header.get(scoreboard.ALONE) and any(parks(server) for server in self.setup.servers)
         for server in self.setup.servers:
-            server.stopping = True
+            server.stopping = not moving
         self._stop_accepting()
         if os.getppid() != self.setup.master_pid:
             # Nobody is left to enforce the graceful timeout: do it ourselves.
@@ -265,6 +268,9 @@ class WorkerProcess:
         servers, tick_interval = self.setup.servers, self.setup.tick_interval
         record = self.setup.board.thread_writer(self.worker.index, thread)
         self._local.record = record                  # where this thread's heartbeat() goes
+        if any(parks(server) for server in servers):
+            ParkingLoop(self, thread, record).run()
+            return
         request = PoolRequest(record, self.setup.config.client_timeout, self._accepted)
         by_fd = {server.fileno(): server for server in servers}
         monotonic = time.monotonic

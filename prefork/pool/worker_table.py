@@ -121,8 +121,11 @@ class Pool:
 
     # -- readiness and signals ------------------------------------------------
 
-    def notice_ready(self, worker, view, now):
-        """Mark a worker ready once its scoreboard slot says so; a ready worker ends a run of boot failures."""
+    def notice_ready(self, worker, view, now, generation=0):
+        """Mark a worker ready once its scoreboard slot says so; a ready worker ends a run of boot failures.
+        Tell one of an older generation that it is outdated (it adopts no handed-over connections)."""
+        if worker.generation < generation:
+            self.board.writer(worker.index).set(scoreboard.OUTDATED, 1)
         if worker.ready or not view.ready:
             return
         worker.ready = True
@@ -268,7 +271,7 @@ def worker_stats(worker, board, history, now):
         "slot": worker.slot, "pid": worker.pid,
         "state": "stopping" if worker.stop_reason is not None else view.state_name,
         "generation": worker.generation,
-        "requests": view.requests, "busy_threads": view.busy_threads,
+        "requests": view.requests, "busy_threads": view.busy_threads, "connections": view.connections,
         "request_seconds": now - view.request_start if view.request_start else None,
         "started_at": worker.started_at,
         "rss": sample.rss if sample else None, "uss": sample.uss if sample else None,

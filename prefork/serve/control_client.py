@@ -154,14 +154,14 @@ def status_table(stats, now=None):
     if master.get("upgrade"):
         upgrade = master["upgrade"]
         lines.append(f"upgrade: new master {upgrade['new_master']}, {'serving' if upgrade['ready'] else 'starting'}")
-    header = ("pid", "slot", "state", "requests", "uss", "cpu", "age", "last exit")
+    header = ("pid", "slot", "state", "requests", "conns", "uss", "cpu", "age", "last exit")
     rows = [header]
     for worker in stats["workers"]:
         rows.append((str(worker["pid"]), str(worker["slot"]), worker["state"], str(worker["requests"]),
-                     _megabytes(worker.get("uss")), _percent(worker.get("cpu_percent")),
+                     str(worker.get("connections", 0)), _megabytes(worker.get("uss")), _percent(worker.get("cpu_percent")),
                      _age(now - worker["started_at"]), worker.get("last_exit_reason") or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.rjust(width) if i in (0, 1, 3, 4, 5, 6) else cell.ljust(width)
+    lines += ["  ".join(cell.rjust(width) if i in (0, 1, 3, 4, 5, 6, 7) else cell.ljust(width)
                         for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
     restarts = {reason: count for reason, count in stats.get("restarts", {}).items() if count}
     lines.append("restarts: " + (", ".join(f"{reason} {count}" for reason, count in restarts.items()) or "none"))

@@ -215,3 +215,34 @@ class Identity(prefork.BaseRequestHandler):
     def handle(self):
         _reply(self, lambda data: f"{os.getuid()} {os.getgid()} {sorted(os.getgroups())} "
                                   f"imported as {IMPORTED_AS[0]} {IMPORTED_AS[1]}\n".encode())
+
+
+class ParkedPidEcho(prefork.ParkingLineHandler):
+    """A parking line handler: each line comes back as b"pid|n|line", n counting this connection's lines
+    (state that moves with the connection to another worker). "sleep" holds the worker 1 s; "boom" raises;
+    "bye" closes."""
+
+    def setup(self):
+        super().setup()
+        self.lines = 0
+
+    def handle_line(self, line):
+        if line.strip() == b"boom":
+            raise RuntimeError("boom requested")
+        if line.strip() == b"sleep":
+            time.sleep(1)
+        self.lines += 1
+        self.request.sendall(b"%d|%d|%s" % (os.getpid(), self.lines, line))
+        return line.strip() != b"bye"
+
+    def parked_state(self):
+        return self.lines
+
+    def resume(self, state):
+        self.lines = state
+
+
+class PinnedEcho(ParkedPidEcho):
+    """State that cannot travel: a retiring worker closes the connection instead of handing it over."""
+
+    movable = False

@@ -74,7 +74,7 @@ def test_every_ctl_command_against_a_running_master(serve_cli, short_tmp):
     assert code == 0 and out.startswith(f"master {server.pid} [echo] running, policy prefork, 2 worker(s)")
     rows = [line.split() for line in out.splitlines()[2:4]]
     assert {int(row[0]) for row in rows} == first and [row[1] for row in rows] == ["1", "2"]
-    assert out.splitlines()[1].split() == ["pid", "slot", "state", "requests", "uss", "cpu", "age", "last", "exit"]
+    assert out.splitlines()[1].split() == ["pid", "slot", "state", "requests", "conns", "uss", "cpu", "age", "last", "exit"]
     assert status(control)["master"]["pid"] == server.pid
     after = subprocess.run([sys.executable, "-m", "prefork", "ctl", "status", "--control", control, "--json"],
                            cwd=REPO, capture_output=True, text=True, timeout=15)       # --control after the verb

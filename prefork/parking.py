@@ -1,0 +1,253 @@
+"""Runs in the serving process: request-at-a-time handlers, parked between requests.
+
+A socketserver handler owns its connection: handle() returns when the
+connection is done, so a worker (or thread) is taken for as long as the
+client stays connected. A *parking* handler serves one request per call
+instead: handle_request() serves exactly one and says whether to keep the
+connection. In a prefork pool the worker calls it when a whole request has
+arrived, and between requests the connection waits (is parked) in the
+worker's own epoll, with no thread and no stack. Under any other server
+(socketserver's, a thread or a fork per request) handle() calls
+handle_request() in a loop, so the same class serves there too.
+
+- ParkingRequestHandler: the protocol (request_ready, handle_request,
+  parked_state/resume for per-connection state that moves with the
+  connection between workers).
+- ParkingLineHandler: one call per line, for the many text protocols.
+- ParkingHTTPMixIn / ParkingHTTPRequestHandler: http.server's handlers
+  (do_GET, do_POST, ...) unchanged; keep-alive, pipelining, HEAD, bodies.
+
+docs/design.md, "Parking", says how the worker drives them.
+"""
+
+import http.server
+import io
+import socket
+import socketserver
+
+RECEIVE_SIZE = 65536
+
+
+class ConnectionReader(io.BufferedIOBase):
+    """A parking handler's rfile: the bytes received and not yet read (``pending``), then the socket.
+
+    The worker fills it without blocking when the connection is readable,
+    and asks the handler whether ``pending`` holds a whole request. Reads
+    that need more than has arrived (a request body on its way) wait on the
+    socket: in a pool, for the client timeout at most (the kernel's
+    SO_RCVTIMEO), then TimeoutError.
+    """
+
+    def __init__(self, sock, received=b""):
+        super().__init__()
+        self._sock = sock
+        self.pending = bytearray(received)
+        self.eof = False                    # the client shut its side: no more bytes will come
+
+    def readable(self):
+        return True
+
+    def fill(self, wait=False):
+        """Receive what the socket holds: the number of bytes, 0 at EOF, None when nothing was there."""
+        try:
+            data = self._sock.recv(RECEIVE_SIZE, 0 if wait else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if wait:                        # SO_RCVTIMEO ran out on a blocking socket
+                raise TimeoutError("the client sent nothing for the client timeout") from None
+            return None
+        if data:
+            self.pending += data
+        else:
+            self.eof = True
+        return len(data)
+
+    def _more(self):
+        """Wait for more bytes; False at EOF."""
+        return not self.eof and bool(self.fill(wait=True))
+
+    def _take(self, size):
+        pending = self.pending
+        data = bytes(pending[:size])
+        del pending[:size]
+        return data
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            while self._more():
+                pass
+            return self._take(len(self.pending))
+        while len(self.pending) < size and self._more():
+            pass
+        return self._take(size)
+
+    def read1(self, size=-1):
+        if not self.pending:
+            self._more()
+        return self._take(len(self.pending) if size is None or size < 0 else size)
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readline(self, size=-1):
+        size = -1 if size is None else size
+        start = 0
+        while True:
+            end = self.pending.find(b"\n", start)
+            if end >= 0:
+                end += 1
+                break
+            start = len(self.pending)
+            if 0 <= size <= start or not self._more():
+                end = start
+                break
+        return self._take(end if size < 0 else min(end, size))
+
+    def peek(self, size=0):
+        """What has arrived, without waiting."""
+        return bytes(self.pending)
+
+
+class ParkingRequestHandler(socketserver.BaseRequestHandler):
+    """A stream handler that serves one request per call and is parked in between.
+
+    Override handle_request(); override request_ready() when a request can
+    arrive in pieces (the default takes any received bytes as a request).
+    self.rfile (a ConnectionReader) holds what has arrived; self.wfile writes
+    to the connection. One instance lives as long as its connection, so its
+    attributes are per-connection state; setup() runs once when it opens,
+    finish() once when it closes.
+
+    movable: a retiring worker (recycle, reload, scale-down) hands the idle
+    connection to a live worker, where a new instance is made with park() and
+    given resume(parked_state()). Set it False if the state cannot travel:
+    the retiring worker then serves what has arrived and closes the connection.
+    """
+
+    parks = True             # read by the pool worker: serve me one request at a time (see parks())
+    movable = True
+
+    @classmethod
+    def park(cls, request, client_address, server, received=b""):
+        """Make the handler for a connection without serving it (socketserver's __init__ would)."""
+        self = cls.__new__(cls)
+        self.request, self.client_address, self.server = request, client_address, server
+        self._received = received
+        self.setup()
+        return self
+
+    def setup(self):
+        if isinstance(self.request, tuple):          # a datagram server's (data, socket)
+            return
+        self.connection = self.request
+        self.rfile = ConnectionReader(self.request, getattr(self, "_received", b""))
+        self.wfile = socketserver._SocketWriter(self.request)
+
+    def request_ready(self):
+        """Whether self.rfile.pending holds a whole request (or the client closed after sending some)."""
+        return bool(self.rfile.pending)
+
+    def handle_request(self):
+        """Serve exactly one request; True to keep the connection open for the next."""
+        raise NotImplementedError(f"{type(self).__name__} must define handle_request()")
+
+    def handle(self):
+        """Own the connection (a server that does not park): one request after another until it closes.
+
+        A subclass that overrides handle() is served this way in a pool too.
+        """
+        if isinstance(self.request, tuple):
+            return self.handle_datagram(*self.request)
+        reader = self.rfile
+        while True:
+            while not self.request_ready():
+                if not reader._more() and not self.request_ready():
+                    return
+            if not self.handle_request():
+                return
+
+    def handle_datagram(self, data, sock):
+        """One datagram, on a datagram server (reply with sock.sendto(..., self.client_address))."""
+        raise NotImplementedError(f"{type(self).__name__} serves no datagrams: define handle_datagram()")
+
+    def finish(self):
+        if isinstance(self.request, tuple):
+            return
+        for stream in (self.wfile, self.rfile):
+            try:
+                stream.close()               # flushes a buffered wfile
+            except OSError:
+                pass
+
+    def parked_state(self):
+        """What moves with the connection to another worker (picklable); None for nothing."""
+        return None
+
+    def resume(self, state):
+        """In the worker the connection moved to, after setup(): take parked_state()'s value."""
+
+
+def parks(handler_class):
+    """Whether a pool worker serves handler_class one request at a time: a parking handler whose
+    handle() is still ParkingRequestHandler's (one that overrides it owns its connection)."""
+    return bool(getattr(handler_class, "parks", False)) and getattr(handler_class, "handle", None) is \
+        ParkingRequestHandler.handle
+
+
+class ParkingLineHandler(ParkingRequestHandler):
+    """One call of handle_line(line) per line received (the line keeps its b"\\n").
+
+    handle_line returns False to close the connection; anything else keeps
+    it. A last line without its newline is passed when the client closes; a
+    line longer than max_line is passed in pieces of max_line bytes.
+    """
+
+    max_line = 65536
+
+    def request_ready(self):
+        pending = self.rfile.pending
+        return b"\n" in pending or len(pending) >= self.max_line or (self.rfile.eof and bool(pending))
+
+    def handle_request(self):
+        return self.handle_line(self.rfile.readline(self.max_line)) is not False
+
+    def handle_line(self, line):
+        raise NotImplementedError(f"{type(self).__name__} must define handle_line()")
+
+
+class ParkingHTTPMixIn(ParkingRequestHandler):
+    """Put in front of an http.server handler class to park it: do_GET, do_POST, ... unchanged.
+
+    ``class Handler(prefork.ParkingHTTPMixIn, http.server.SimpleHTTPRequestHandler)``.
+    A request is ready once its header block has arrived; its body is read
+    by the handler as before. Set protocol_version = "HTTP/1.1" (as
+    ParkingHTTPRequestHandler does) for keep-alive.
+    """
+
+    max_header_bytes = 65537 + 100 * 65537    # a request line and http.client's 100 header lines
+
+    def setup(self):
+        super().setup()
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if self.wbufsize:
+            self.wfile = self.connection.makefile("wb", self.wbufsize)
+
+    def request_ready(self):
+        pending = self.rfile.pending
+        return (b"\r\n\r\n" in pending or b"\n\n" in pending or len(pending) > self.max_header_bytes
+                or (self.rfile.eof and bool(pending)))
+
+    def handle_request(self):
+        self.close_connection = True
+        self.handle_one_request()
+        return not self.close_connection and not getattr(self.server, "stopping", False)
+
+
+class ParkingHTTPRequestHandler(ParkingHTTPMixIn, http.server.BaseHTTPRequestHandler):
+    """http.server.BaseHTTPRequestHandler that parks between requests, speaking HTTP/1.1 (keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
