@@ -223,10 +223,8 @@ def _alive(process):
 
 def http_servers(tools, workdir, keep_alive):
     hello = "prefork_workers.hello:HelloHandler"
-    servers = [] if keep_alive else [
-        # One request at a time per worker: with keep-alive it would serve 2 of the 50
-        # connections and starve the rest, which wrk cannot report. Not a suitable pool there.
-        Server("prefork 2x1", prefork_cmd(hello, "-w", "2", "--preload"), peer=False)]
+    # hello parks (prefork.ParkingRequestHandler): one thread per worker holds every keep-alive connection.
+    servers = [Server("prefork 2x1", prefork_cmd(hello, "-w", "2", "--preload"), peer=False)]
     servers += [
         Server(f"prefork 2x{THREADS} threads", prefork_cmd(hello, "-w", "2", "--threads", str(THREADS),
                                                            "--preload"), peer=False),

@@ -11,7 +11,7 @@ import pytest
 import prefork
 from conftest import serving
 from prefork.parking import ConnectionReader, parks
-from prefork.pool.parking_process import fair_share
+from prefork.pool.intake_process import fair_share
 from prefork_workers.echo import EchoHandler
 from prefork_workers.hello import HelloHandler
 

@@ -26,14 +26,12 @@ import time
 from prefork import parking
 from prefork.handling import PoolRequest, handle_one
 from prefork.pool import handoff_process, scoreboard
+from prefork.pool.intake_process import RECHECK, Intake
 
 log = logging.getLogger("prefork")
 
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-PAUSED_POLL = 0.02           # how often a worker that stopped accepting looks at the pool's load again
-FREE_CONNECTIONS = 4         # below this many, a thread accepts without looking at the others
-FD_PAUSE = 0.1               # seconds without accepting after EMFILE
 STOP_LINGER = 1.0            # seconds a stopping worker still serves parked connections before closing them
 MAX_PENDING = 1 << 20        # bytes buffered without a whole request before the connection is closed
 
@@ -43,22 +41,16 @@ def parks(server):
     return server.socket.type == socket.SOCK_STREAM and parking.parks(server.RequestHandlerClass)
 
 
-def fair_share(total, threads):
-    """The most connections one accept thread should hold: the pool's average, plus a little slack.
-
-    Some thread always holds no more than the average, so some thread always accepts.
-    """
-    if threads <= 0:
-        return total + 1
-    return -(-total // threads) + max(1, total // (10 * threads))
-
-
 class Connection:
-    __slots__ = ("sock", "fd", "server", "index", "handler", "closed")
+    """One connection the loop holds; since and partial_since say how long it has been waiting."""
 
-    def __init__(self, sock, server, index, handler):
+    __slots__ = ("sock", "fd", "server", "index", "handler", "closed", "since", "partial_since")
+
+    def __init__(self, sock, server, index, handler, now):
         self.sock, self.fd, self.server, self.index, self.handler = sock, sock.fileno(), server, index, handler
         self.closed = False
+        self.since = now              # its last request (or its accept): the keep-alive timeout runs from here
+        self.partial_since = 0.0      # when part of a request arrived; 0.0 when none is pending
 
 
 class ParkingLoop:
@@ -77,14 +69,9 @@ class ParkingLoop:
         self.others = {s.fileno(): s for s in self.servers if not parks(s)}
         self.receiver, self.sender = setup.handoff
         self.connections = {}                          # fd -> Connection
-        self.idle = collections.OrderedDict()          # fd -> since when parked with nothing pending; oldest first
-        self.partial = collections.OrderedDict()       # fd -> since when part of a request is pending
+        self.now = time.monotonic()                    # read once per pass of the loop
         self.ready = collections.deque()               # connections with a whole request buffered
-        self.poller = None
-        self.taking = self.adopting = False            # listeners / hand-off channel registered
-        self.balanced_for, self.recheck_at = -1, 0.0
-        self.fd_pause_until = 0.0
-        self.said_full = False
+        self.poller = self.intake = None
         timeout = config.client_timeout
         self.io_timeout = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6)) if timeout else None
 
@@ -97,7 +84,8 @@ class ParkingLoop:
             poller.register(process.stop_r, select.EPOLLIN)
             if self.setup.threads == 1:
                 poller.register(process.notice_r, select.EPOLLIN)
-            self._take(True)
+            self.intake = Intake(poller, self.listeners, self.receiver.fileno(), self.cap, process)
+            self.intake.take(True)
             try:
                 self._loop()
                 self._leave()
@@ -111,8 +99,9 @@ class ParkingLoop:
         monotonic = time.monotonic
         next_tick = 0.0
         while process.accepting:
-            timeout = 0 if self.ready else PAUSED_POLL if not self.taking else tick_interval
+            timeout = 0 if self.ready else RECHECK if not self.intake.taking else tick_interval
             events = poller.poll(timeout)
+            self.now = monotonic()
             for fd, _ in events:
                 connection = connections.get(fd)
                 if connection is not None:
@@ -126,62 +115,17 @@ class ParkingLoop:
                 elif fd in self.others and not process.exhausted:
                     handle_one(self.others[fd], self.request)
             self._serve_pipelined()
-            now = monotonic()
+            now = self.now
             if now >= next_tick:
                 next_tick = now + min(tick_interval, 1.0)
                 self.record.tick(now)
                 process._check_master()
                 self._close_idle(now)
-            self._balance(now)
+            self.intake.decide(len(connections), now)
             for server in self.servers:
                 server.service_actions()
 
     # -- taking connections ------------------------------------------------
-
-    def _take(self, on):
-        """Register (or not) the listeners and the hand-off channel: accept and adopt, or stop for now.
-
-        An outdated worker (a newer generation serves) accepts but adopts nothing: what a retiring
-        worker hands over goes to the newest generation.
-        """
-        adopt = on and not self.process.header.get(scoreboard.OUTDATED)
-        for fd in self.listeners:
-            self._register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE, on != self.taking, on)
-        self._register(self.receiver.fileno(), select.EPOLLIN, adopt != self.adopting, adopt)
-        self.taking, self.adopting = on, adopt
-
-    def _register(self, fd, flags, change, on):
-        if change and on:
-            self.poller.register(fd, flags)
-        elif change:
-            self.poller.unregister(fd)
-
-    def _balance(self, now):
-        """Accept while under this thread's cap and fair share, and while fds last; adopt likewise.
-
-        Decided again when the number of connections held changes, and every
-        PAUSED_POLL while not accepting; the scoreboard is read only then.
-        """
-        held = len(self.connections)
-        if held == self.balanced_for and now < self.recheck_at:
-            return
-        self.balanced_for, self.recheck_at = held, now + PAUSED_POLL
-        if held >= self.cap:
-            if not self.said_full:
-                self.said_full = True
-                log.warning("worker %s holds %s connections (--max-connections %s): it accepts no more "
-                            "until some close; new ones wait for other workers", self.process.worker.slot,
-                            held, self.setup.config.max_connections)
-            want = False
-        elif now < self.fd_pause_until:
-            want = False
-        elif held < FREE_CONNECTIONS:
-            want = True
-        else:
-            want = held <= fair_share(*self.setup.board.connection_load())
-        if held < self.cap * 0.9:
-            self.said_full = False
-        self._take(want)
 
     def _accept(self, index, server):
         """Take one connection from server's queue; False when the queue was empty (or fds ran out)."""
@@ -191,11 +135,9 @@ class ParkingLoop:
             if exc.errno in _ACCEPT_AGAIN or isinstance(exc, TimeoutError):
                 return False
             if exc.errno in _OUT_OF_FDS:
-                log.warning("cannot accept on %s: %s; holding %s connections, accepting again in %.1f s",
-                            server.server_address, exc.strerror, len(self.connections), FD_PAUSE)
-                self.fd_pause_until = time.monotonic() + FD_PAUSE
-                self.balanced_for = -1
-                self._take(False)
+                log.warning("cannot accept on %s: %s; holding %s connections, pausing accepting",
+                            server.server_address, exc.strerror, len(self.connections))
+                self.intake.out_of_fds(time.monotonic())
                 return False
             raise RuntimeError(f"cannot accept on {server.server_address}: {exc}") from exc
         try:
@@ -237,9 +179,10 @@ class ParkingLoop:
             server.handle_error(sock, client_address)
             server.shutdown_request(sock)
             return None
-        connection = Connection(sock, server, index, handler)
+        connection = Connection(sock, server, index, handler, self.now)
+        if received:
+            connection.partial_since = self.now
         self.connections[connection.fd] = connection
-        self._park(connection.fd, partial=bool(received))
         self.poller.register(connection.fd, select.EPOLLIN)
         self.record.set_connections(len(self.connections))
         return connection
@@ -253,10 +196,15 @@ class ParkingLoop:
         reader = handler.rfile
         try:
             received = reader.fill()
+            ready = handler.request_ready()
         except OSError:                      # reset while parked
             self._close(connection)
             return
-        if handler.request_ready():
+        except Exception:                    # the handler's request_ready() raised
+            connection.server.handle_error(connection.sock, handler.client_address)
+            self._close(connection)
+            return
+        if ready:
             self._serve(connection)
         elif reader.eof:                     # the client left with no request, or half of one
             self._close(connection)
@@ -264,8 +212,8 @@ class ParkingLoop:
             log.debug("closing connection from %s: %s bytes and no whole request", handler.client_address,
                       len(reader.pending))
             self._close(connection)
-        elif received:
-            self._park(connection.fd, partial=True)
+        elif received and not connection.partial_since:
+            connection.partial_since = self.now
 
     def _serve_pipelined(self):
         if self.process.exhausted:
@@ -277,51 +225,44 @@ class ParkingLoop:
 
     def _serve(self, connection):
         """One request: counted against --max-requests, the thread busy on the scoreboard meanwhile."""
-        handler, server = connection.handler, connection.server
-        request = self.request
-        request.accepted()
-        request.record.begin_request(time.monotonic())
+        handler, request = connection.handler, self.request
+        record = request.record
+        self.process._accepted()
+        record.begin_request(self.now)
         try:
             keep = handler.handle_request()
         except Exception:
-            server.handle_error(connection.sock, handler.client_address)
+            connection.server.handle_error(connection.sock, handler.client_address)
             keep = False
         except BaseException:                # a quick stop, or sys.exit() in the handler
             request.abandon()
             raise
-        request.done()
-        if not keep or connection.closed:
+        self.now = now = time.monotonic()
+        request.finished += 1
+        record.end_request(now, request.finished)
+        connection.since, connection.partial_since = now, 0.0
+        if not keep or connection.closed or connection.sock.fileno() < 0:     # or it closed the socket itself
             self._close(connection)
         elif handler.request_ready():
             self.ready.append(connection)
-            self._park(connection.fd, partial=False)
         elif handler.rfile.eof:
             self._close(connection)
-        else:
-            self._park(connection.fd, partial=bool(handler.rfile.pending))
-
-    def _park(self, fd, partial):
-        """Note when a connection began waiting: for its next request (idle), or for the rest of one."""
-        if partial:
-            self.idle.pop(fd, None)
-            self.partial.setdefault(fd, time.monotonic())
-        else:
-            self.partial.pop(fd, None)
-            self.idle[fd] = time.monotonic()
-            self.idle.move_to_end(fd)
+        elif handler.rfile.pending:
+            connection.partial_since = now
 
     def _close_idle(self, now):
         """Close connections parked with nothing to do for the keep-alive timeout, and those whose
-        request has not all arrived within the client timeout of its first bytes; oldest first."""
-        for waiting, limit, what in ((self.idle, self.keepalive, "idle"),
-                                     (self.partial, self.client_timeout, "part of a request pending")):
-            while limit and waiting:
-                fd, since = next(iter(waiting.items()))
-                if now - since < limit:
-                    break
-                connection = self.connections[fd]
+        request has not all arrived within the client timeout of its first bytes. A pass over every
+        connection once per tick costs less than keeping them sorted on every request."""
+        keepalive, client_timeout = self.keepalive, self.client_timeout
+        for connection in list(self.connections.values()):
+            if connection.partial_since:
+                waited, limit, what = now - connection.partial_since, client_timeout, "part of a request pending"
+            else:
+                waited, limit, what = now - connection.since, keepalive, "idle"
+            if limit and waited >= limit:
                 log.debug("closing connection from %s: %s for %.1f s", connection.handler.client_address,
-                          what, now - since)
+                          what, waited)
                 self._close(connection)
 
     def _close(self, connection, handed_over=False):
@@ -329,13 +270,12 @@ class ParkingLoop:
             return
         connection.closed = True
         fd = connection.fd
-        try:
-            self.poller.unregister(fd)
-        except OSError:                        # the handler closed its socket itself
-            pass
-        del self.connections[fd]
-        self.idle.pop(fd, None)
-        self.partial.pop(fd, None)
+        if self.connections.get(fd) is connection:
+            del self.connections[fd]
+            try:
+                self.poller.unregister(fd)
+            except OSError:                    # the handler closed its socket itself
+                pass
         self.record.set_connections(len(self.connections))
         try:
             connection.handler.finish()
@@ -350,7 +290,7 @@ class ParkingLoop:
 
     def _leave(self):
         """Stopped accepting: serve what has arrived; then hand the rest over, or close it."""
-        self._take(False)
+        self.intake.take(False)
         self.poller.unregister(self.process.stop_r)        # written once, readable for ever
         process = self.process
         moving = process.exhausted or bool(process.header.get(scoreboard.ALONE))
@@ -373,6 +313,7 @@ class ParkingLoop:
         """Serve every request that has arrived (read or still in the kernel), until none is left."""
         while True:
             ready = [c for c in (self.connections.get(fd) for fd, _ in self.poller.poll(0)) if c is not None]
+            self.now = time.monotonic()
             if not ready and not self.ready:
                 return
             for connection in ready:
@@ -389,7 +330,9 @@ class ParkingLoop:
         whole moment is closed.
         """
         while self.connections and (now := time.monotonic()) < until:
-            for fd, _ in self.poller.poll(min(0.05, until - now)):
+            events = self.poller.poll(min(0.05, until - now))
+            self.now = time.monotonic()
+            for fd, _ in events:
                 connection = self.connections.get(fd)
                 if connection is not None:
                     self._readable(connection)

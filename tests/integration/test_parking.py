@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,3 +235,53 @@ def test_a_connection_whose_state_cannot_move_is_closed_on_reload(serve_cli):
         os.kill(server.pid, signal.SIGHUP)
         assert sock.recv(100) == b""
     server.wait_replaced(old, 1, timeout=20)
+
+
+def test_with_threads_and_preload_each_thread_parks_and_a_reload_moves_them(serve_cli, short_tmp):
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "-w", "2", "--threads", "2", "--preload",
+                   "-b", "127.0.0.1:0", "--control", control)
+    address = server.addresses()[0]
+    old = server.wait_workers(2)
+    clients = [connect(address) for _ in range(40)]
+    assert {line(sock, b"one")[0] for sock in clients} <= set(old)
+    held = [w["connections"] for w in stats(control)["workers"]]
+    assert sum(held) == 40 and min(held) >= 10, f"one worker collected them all: {held}"
+    os.kill(server.pid, signal.SIGHUP)
+    new = server.wait_replaced(old, 2, timeout=20)
+    answers = [line(sock, b"two") for sock in clients]
+    assert {pid for pid, _ in answers} <= set(new) and [count for _, count in answers] == [2] * 40
+    for sock in clients:
+        sock.close()
+
+
+def test_an_adaptive_pool_does_not_grow_for_parked_connections(serve_cli, short_tmp):
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "--policy", "adaptive", "--min-workers", "1",
+                   "--max-workers", "4", "--min-spare", "0", "--max-spare", "1", "-b", "127.0.0.1:0",
+                   "--control", control)
+    address = server.addresses()[0]
+    server.wait_workers(1)
+    clients = [connect(address) for _ in range(100)]
+    for sock in clients:
+        line(sock, b"hi")
+    time.sleep(1.5)                                            # several of the master's passes
+    workers = stats(control)["workers"]
+    assert len(workers) == 1 and workers[0]["connections"] == 100
+    for sock in clients:
+        sock.close()
+
+
+def test_the_open_file_limit_is_raised_for_max_connections(serve_cli, tmp_path):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 5000:
+        pytest.skip(f"the hard open-file limit is {hard}")
+    server = serve_cli("echo", "-w", "1", "-b", "127.0.0.1:0", "--max-connections", "4000",
+                       prefix=("prlimit", "--nofile=1024:" + str(hard if hard != resource.RLIM_INFINITY else 65536)))
+    server.wait_log(r"raised the open-file limit \(RLIMIT_NOFILE\) from 1024 to 4256")
+    log = server.wait_log(r"ready \(pid \d+")                 # prlimit execs: the master is server.pid
+    pid = int(re.search(r"ready \(pid (\d+)", log).group(1))
+    with open(f"/proc/{pid}/limits") as f:
+        limits = f.read()
+    assert "Max open files            4256" in limits, limits
