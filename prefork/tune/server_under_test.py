@@ -127,6 +127,14 @@ class ServerUnderTest:
             self.proc = None
 
 
+def held_connections(process):
+    """How many established client connections a worker holds (its listeners are not connected)."""
+    with contextlib.suppress(psutil.Error):
+        return sum(1 for c in process.net_connections(kind="inet") + process.net_connections(kind="unix")
+                   if c.raddr and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_NONE))
+    return 0
+
+
 def connect_address(logged):
     """Where to connect for an address the master logged ('0.0.0.0:8000', '[::]:8000', 'unix:/p')."""
     if logged.startswith("unix:"):
@@ -138,15 +146,18 @@ def connect_address(logged):
 
 
 class ServerUsage:
-    """CPU time of the master and its workers over the measured window, and the workers' mean USS."""
+    """CPU time of the master and its workers over the measured window, the workers' mean USS, and
+    the client connections each worker holds as the window opens (parked or in service)."""
 
     def __init__(self, master_pid):
         self.master_pid = master_pid
         self.cpu_percent = self.uss_mb = None
+        self.connections = []
 
     @contextlib.contextmanager
     def window(self):
         started, before = time.monotonic(), self._cpu_seconds()
+        self.connections = [held_connections(worker) for worker in self._processes()[1:]]
         yield
         elapsed, after = time.monotonic() - started, self._cpu_seconds()
         used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())

@@ -209,7 +209,8 @@ def _measure_grid(settings, results):
                 result = {"workers": workers, "threads": threads, "concurrency": concurrency,
                           "throughput": round(load.throughput, 1), "p50_ms": _round(load.p50_ms),
                           "p99_ms": _round(load.p99_ms), "errors": load.errors, "cpu_percent": usage.cpu_percent,
-                          "uss_mb": usage.uss_mb, "error_kinds": load.error_kinds}
+                          "uss_mb": usage.uss_mb, "error_kinds": load.error_kinds,
+                          "connections": usage.connections}
                 results.append(result)
                 print(f"[{run}/{total}] {progress_line(result)}", file=sys.stderr, flush=True)
                 server.check_alive()
@@ -229,8 +230,10 @@ def _round(value, digits=3):
 def progress_line(result):
     p99 = "no reply" if result["p99_ms"] is None else f"p99 {result['p99_ms']:.1f} ms"
     errors = f", {plural(result['errors'], 'error')} ({_kinds(result)})" if result["errors"] else ""
+    held = result.get("connections") or []
+    held = f", connections per worker {'+'.join(map(str, held))}" if any(held) else ""
     return (f"{describe_pool(result['workers'], result['threads'])}, {plural(result['concurrency'], 'client')}: "
-            f"{result['throughput']:,.0f} req/s, {p99}{errors}")
+            f"{result['throughput']:,.0f} req/s, {p99}{errors}{held}")
 
 
 def _kinds(result):
@@ -332,15 +335,19 @@ def _choice(run, met_p99, reason):
 
 COLUMNS = [("workers", "workers", "{}"), ("threads", "threads", "{}"), ("concurrency", "clients", "{}"),
            ("throughput", "req/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
-           ("errors", "errors", "{:,}"), ("cpu_percent", "CPU %", "{:.0f}"), ("uss_mb", "USS MB", "{:.1f}")]
+           ("errors", "errors", "{:,}"), ("cpu_percent", "CPU %", "{:.0f}"), ("uss_mb", "USS MB", "{:.1f}"),
+           ("connections", "conns/worker", "{}")]
 
 
 def format_table(results):
     """The results as a Markdown table (it reads as plain text too). CPU % is of one CPU, for the
-    master and its workers together; USS MB is the mean unique memory of one worker."""
+    master and its workers together; USS MB is the mean unique memory of one worker; conns/worker
+    the client connections each worker held as the measured window opened (a parking handler holds
+    every one of them; a worker with N threads that owns its connections, at most N)."""
     rows = [[label for _, label, _ in COLUMNS]]
     for r in sorted(results, key=lambda r: (r["workers"], r["threads"], r["concurrency"])):
-        rows.append(["-" if r[key] is None else fmt.format(r[key]) for key, _, fmt in COLUMNS])
+        r = dict(r, connections="+".join(map(str, r.get("connections") or [])) or None)
+        rows.append(["-" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")

@@ -208,3 +208,15 @@ def test_a_server_whose_workers_cannot_boot_is_reported(tune_cli):
     assert last.startswith("prefork: error: the server (1 worker x 1 thread) failed to start: no worker could boot")
     assert "cannot be imported by a server" in last
     tune.assert_nothing_left()
+
+
+def test_tune_reports_the_connections_each_worker_holds(tune_cli, tmp_path):
+    """hello parks its keep-alive connections: one worker x one thread holds all six clients."""
+    report = tmp_path / "parked.json"
+    tune = tune_cli("hello", "--keepalive", "--workers", "1", "--threads", "1", "--concurrency", "6",
+                    "--duration", "0.3", "--json", str(report))
+    assert tune.finish() == 0, tune.err
+    assert "connections per worker 6" in tune.err
+    (run,) = json.loads(report.read_text())["results"]
+    assert run["connections"] == [6] and run["errors"] == 0
+    assert "conns/worker" in tune.out

@@ -177,7 +177,7 @@ def test_table_has_a_row_per_run_in_grid_order():
     results[0]["uss_mb"] = None
     lines = tuner.format_table(results).splitlines()
     assert [cell.strip() for cell in lines[0].strip("|").split("|")] == [
-        "workers", "threads", "clients", "req/s", "p50 ms", "p99 ms", "errors", "CPU %", "USS MB"]
+        "workers", "threads", "clients", "req/s", "p50 ms", "p99 ms", "errors", "CPU %", "USS MB", "conns/worker"]
     assert [line.split("|")[1:4] for line in lines[2:]] == [
         ["       1 ", "       1 ", "       4 "], ["       1 ", "       1 ", "      16 "],
         ["       2 ", "       1 ", "       4 "]]
