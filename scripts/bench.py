@@ -98,15 +98,8 @@ class Tools:
         return gunicorn
 
     def _echo_load(self):
-        source, binary = os.path.join(SCRIPTS, "echo_load.c"), os.path.join(CACHE, "echo_load")
-        if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
-            return binary
-        compiler = shutil.which("cc") or shutil.which("gcc")
-        if not compiler:
-            return self._miss("echo_load", "a C compiler (apt-get install gcc)")
-        os.makedirs(CACHE, exist_ok=True)
-        built = subprocess.run([compiler, "-O2", "-o", binary, source], capture_output=True, text=True)
-        return binary if built.returncode == 0 else self._miss("echo_load", f"cc failed: {built.stderr[-200:]}")
+        binary, why = build_echo_load()
+        return binary or self._miss("echo_load", why)
 
     def _miss(self, what, how):
         self.missing.append(f"{what}: {how}")
@@ -122,6 +115,23 @@ class Tools:
         return {"wrk": self.wrk and first_line([self.wrk, "--version"]),
                 "nginx": self.nginx and first_line([self.nginx, "-v"]),
                 "gunicorn": self.gunicorn and first_line([self.gunicorn, "--version"])}
+
+
+def build_echo_load():
+    """scripts/echo_load.c compiled into .bench/echo_load, again whenever the source is newer.
+
+    (path, None), or (None, what is missing); a function of its own so that
+    scripts/many_connections.py builds it without Tools' installing.
+    """
+    source, binary = os.path.join(SCRIPTS, "echo_load.c"), os.path.join(CACHE, "echo_load")
+    if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+        return binary, None
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return None, "a C compiler (apt-get install gcc)"
+    os.makedirs(CACHE, exist_ok=True)
+    built = subprocess.run([compiler, "-O2", "-o", binary, source], capture_output=True, text=True)
+    return (binary, None) if built.returncode == 0 else (None, f"cc failed: {built.stderr[-200:]}")
 
 
 # -- servers ------------------------------------------------------------------------
@@ -183,12 +193,14 @@ class Server:
 
     def start(self):
         self.port = free_port()
+        # stderr to a file, not a pipe nobody reads: a server that logs much would block once it is full.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(self.command(self.port), cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+                                     stderr=self.log, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.proc.stderr.read().decode()[-500:]}")
+                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 time.sleep(0.3)       # let every worker finish booting
@@ -196,6 +208,11 @@ class Server:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not listen on {self.port}")
+
+    def log_tail(self, size=500):
+        """The last size bytes the server wrote to stderr (pread: the server's file offset stays put)."""
+        end = os.fstat(self.log.fileno()).st_size
+        return os.pread(self.log.fileno(), size, max(0, end - size)).decode(errors="replace")
 
     def processes(self):
         root = psutil.Process(self.proc.pid)
@@ -255,8 +272,8 @@ def echo_servers():
 
 # -- load generators --------------------------------------------------------------------
 
-def run_wrk(tools, port, seconds, close):
-    argv = [tools.wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+def run_wrk(wrk, port, seconds, close, connections=CONNECTIONS):
+    argv = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
@@ -645,7 +662,7 @@ def main():
             if want(name):
                 report["workloads"][name] = throughput(
                     name, http_servers(tools, workdir, keep_alive=not close),
-                    lambda port, s, close=close: run_wrk(tools, port, max(1, int(round(s))), close),
+                    lambda port, s, close=close: run_wrk(tools.wrk, port, max(1, int(round(s))), close),
                     rounds, seconds_int)
     if tools.echo_load:
         for name, mode in (("echo-short", "short"), ("echo-long", "long")):

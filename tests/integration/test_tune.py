@@ -216,7 +216,10 @@ def test_tune_reports_the_connections_each_worker_holds(tune_cli, tmp_path):
     tune = tune_cli("hello", "--keepalive", "--workers", "1", "--threads", "1", "--concurrency", "6",
                     "--duration", "0.3", "--json", str(report))
     assert tune.finish() == 0, tune.err
-    assert "connections per worker 6" in tune.err
     (run,) = json.loads(report.read_text())["results"]
-    assert run["connections"] == [6] and run["errors"] == 0
+    (held,) = run["connections"]
+    # All six, unless a client process of a loaded machine connects after the window opens; a
+    # handler that owned its connection would hold one (the other five wait in the listen queue).
+    assert 2 <= held <= 6 and run["errors"] == 0
+    assert f"connections per worker {held}" in tune.err
     assert "conns/worker" in tune.out
