@@ -246,6 +246,12 @@ class ParkingHTTPMixIn(ParkingRequestHandler):
         self.handle_one_request()
         return not self.close_connection and not getattr(self.server, "stopping", False)
 
+    def end_headers(self):
+        """While the pool stops, say so: the client opens a new connection for its next request."""
+        if getattr(self.server, "stopping", False) and not self.close_connection:
+            self.send_header("Connection", "close")
+        super().end_headers()
+
 
 class ParkingHTTPRequestHandler(ParkingHTTPMixIn, http.server.BaseHTTPRequestHandler):
     """http.server.BaseHTTPRequestHandler that parks between requests, speaking HTTP/1.1 (keep-alive)."""

@@ -145,6 +145,19 @@ def test_http_handlers_keep_alive_pipeline_and_read_bodies_when_they_own_the_con
     assert reply.index(b"/a 1") < reply.index(b"cba") < reply.index(b"/c -")
 
 
+def test_http_handlers_say_connection_close_while_the_server_stops():
+    server = prefork.ThreadingTCPServer(("127.0.0.1", 0), Hello)
+    with serving(server):
+        with socket.create_connection(server.server_address, timeout=5) as sock:     # serving by now
+            sock.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            read_until_closed(sock)
+        server.stopping = True                       # what a graceful stop sets in a pool worker
+        with socket.create_connection(server.server_address, timeout=5) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            reply = read_until_closed(sock)
+    assert reply.count(b"HTTP/1.1 200") == 1 and b"Connection: close\r\n" in reply
+
+
 def test_the_mixin_parks_an_existing_http_server_handler():
     class Files(prefork.ParkingHTTPMixIn, http.server.SimpleHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
