@@ -13,6 +13,8 @@ Workloads (every server has 2 worker processes):
   memory          unique memory (USS) per worker, with and without --preload
   reload          SIGHUP under load with the handler edited on disk (scripts/reload_under_load.py)
   idle            CPU used by an idle master and its workers
+  many-connections  thousands of idle keep-alive connections parked, paced line clients, a
+                  HUP with 1,000 connections open, wrk -c1000 (scripts/many_connections.py)
 
 "The handler imported by the master" (scripts/master_preload.py) is what
 --preload did before the zygote, and what a program using the API does.
@@ -484,6 +486,13 @@ def reload(tools, seconds):
     return results
 
 
+def many_connections(tools, quick):
+    """scripts/many_connections.py: what parking buys, with thousands of connections open."""
+    sys.path.insert(0, SCRIPTS)
+    from many_connections import measure
+    return measure(quick, tools.wrk)
+
+
 def _in_dir(command, directory):
     """Run a prefork command with a directory on PYTHONPATH (scripts/ holds the memory app)."""
     def wrapped(port):
@@ -603,6 +612,8 @@ def targets(report):
     check(f"http-keepalive, {keep_alive} vs socketserver Forking",
           ratio("http-keepalive", keep_alive, "socketserver Forking"), 1.0)
     check(f"http-keepalive, {keep_alive} vs nginx", ratio("http-keepalive", keep_alive, "nginx"), 0.5)
+    check("http-keepalive, prefork 2x1 (parking) vs nginx", ratio("http-keepalive", "prefork 2x1", "nginx"), 0.8)
+    check(f"http-keepalive, prefork 2x1 vs {keep_alive}", ratio("http-keepalive", "prefork 2x1", keep_alive), 1.0)
     respawns = report.get("respawn", {})
     zygote, in_master = respawns.get(ZYGOTE), respawns.get(MASTER_PRELOAD)
     check("respawn median, prefork --preload (zygote)", zygote and zygote["median_ms"], 5.0, "{:.2f} ms", below=True)
@@ -629,6 +640,21 @@ def targets(report):
           reload_figures and reload_figures["old_code_after_reload"], 1, "{}", below=True)
     idle_cost = report.get("idle", {}).get("prefork 2x1")
     check("idle master CPU", idle_cost and idle_cost["master_cpu_percent"], 0.5, "{:.3f} %", below=True)
+    many = report.get("many_connections", {})
+    third, parked, paced, hup = (many.get(name) or {} for name in ("idle-third", "idle-10k", "echo-paced", "hup-1000"))
+    check("idle-third: a third client's request beside 2 idle keep-alive clients, median",
+          third.get("median_ms"), 10.0, "{:.2f} ms", below=True)
+    check("idle-10k: wrk p99 with the idle connections parked", (parked.get("with") or {}).get("p99_ms"), 10.0,
+          "{:.2f} ms", below=True)
+    check("idle-10k: wrk throughput with the idle connections parked vs without",
+          parked.get("throughput_ratio"), 0.9)
+    check("idle-10k: worker USS per parked connection", parked.get("uss_per_connection"), 8192, "{:.0f} B",
+          below=True)
+    check("echo-paced: lines unanswered", paced.get("unanswered"), 1, "{}", below=True)
+    check("echo-paced: p99", paced.get("p99_ms"), 10.0, "{:.2f} ms", below=True)
+    check("hup-1000: connections closed by the reload", hup.get("closed"), 1, "{}", below=True)
+    check("hup-1000: answered by a new worker after the reload",
+          hup.get("opened") and hup["by_new"] / hup["opened"], 1.0, "{:.1%}")
     return lines
 
 
@@ -638,7 +664,7 @@ def main():
     parser.add_argument("--seconds", type=float, help="length of each measurement (default 5, quick 1)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated workloads: http-close,http-keepalive,echo-short,"
-                                       "echo-long,respawn,memory,reload,idle")
+                                       "echo-long,respawn,memory,reload,idle,many-connections")
     parser.add_argument("--no-install", action="store_true", help="use only what is already installed")
     parser.add_argument("--json", help="where to write the JSON results (default bench-results/bench-<time>.json)")
     args = parser.parse_args()
@@ -678,6 +704,8 @@ def main():
         report["reload"] = reload(tools, 0.5 if args.quick else 1.5)
     if want("idle"):
         report["idle"] = idle(tools, workdir, 2 if args.quick else 10)
+    if want("many-connections"):
+        report["many_connections"] = many_connections(tools, args.quick)
 
     print(f"\nmachine: {report['machine']}")
     for name, results in report["workloads"].items():
@@ -696,6 +724,9 @@ def main():
         from reload_under_load import describe
         for name, figures in report["reload"].items():
             print(describe(name, figures))
+    if report.get("many_connections"):
+        from many_connections import describe as describe_many
+        print("\n".join(describe_many(report["many_connections"])))
     for name, figures in report.get("idle", {}).items():
         print(f"idle {figures['seconds']} s, {name}: master {figures['master_cpu_percent']:.3f} % of a CPU, "
               f"workers {figures['workers_cpu_percent']:.3f} %")

@@ -15,8 +15,9 @@
  *
  * INTERVAL_MS (long mode): paced clients instead of as-fast-as-possible ones.
  * Each connection sends its next line INTERVAL_MS after it sent the previous
- * one, or as soon as that one is answered if it is late; the connections'
- * first lines are spread evenly over the first interval. After SECONDS no new
+ * one, or as soon as that one is answered if it is late. The connections
+ * open (and send their first lines) spread evenly over the first interval, as
+ * clients arriving at a steady rate would, not all at once. After SECONDS no new
  * line is sent, and the lines still on their way get up to DRAIN_SECONDS to
  * come back. The JSON then also has sent (lines written whole) and answered;
  * sent - answered were lost (a connection that failed) or never came back.
@@ -110,11 +111,12 @@ static void wait_turn(struct conn *c) {
 
 static void step(struct conn *c, uint32_t events);
 
-/* Paced mode: start the lines that are due; milliseconds until the next one is (100 at most). */
+/* Paced mode: start the lines that are due; milliseconds until the next line or connection is (100 at most). */
 static int pace(struct conn *conns, int connections, double t) {
     double next = t + 0.1;
     for (int i = 0; i < connections; i++) {
         struct conn *c = &conns[i];
+        if (c->fd < 0 && c->due < next) next = c->due;     /* opened by main's loop once due */
         if (c->fd < 0 || c->state != WAITING) continue;
         if (c->due <= t) {
             c->started = t;
@@ -125,7 +127,7 @@ static int pace(struct conn *conns, int connections, double t) {
             next = c->due;
         }
     }
-    return (int)((next - t) * 1000) + 1;
+    return next > t ? (int)((next - t) * 1000) + 1 : 0;
 }
 
 /* Paced mode: whether some line has been sent (or is being sent) and not yet answered. */
@@ -197,25 +199,29 @@ int main(int argc, char **argv) {
     double seconds = atof(argv[5]);
     if (argc > 6) line_bytes = atoi(argv[6]);
     if (argc > 7) interval = atof(argv[7]) / 1000;
-    if (interval < 0 || (interval > 0 && short_mode)) { fprintf(stderr, "INTERVAL_MS is for long mode\n"); return 2; }
+    if (interval < 0 || (interval > 0 && short_mode)) { fprintf(stderr, "bad INTERVAL_MS (long mode)\n"); return 2; }
     if (line_bytes < 2 || line_bytes > (int)sizeof line) { fprintf(stderr, "bad line size\n"); return 2; }
     memset(line, 'x', line_bytes - 1);
     line[line_bytes - 1] = '\n';
 
     epfd = epoll_create1(0);
     struct conn *conns = calloc(connections, sizeof *conns);
-    for (int i = 0; i < connections; i++) open_conn(&conns[i]);
+    if (interval == 0)
+        for (int i = 0; i < connections; i++) open_conn(&conns[i]);
 
     double start = now(), end = start + seconds;
-    for (int i = 0; i < connections; i++) conns[i].due = start + interval * i / connections;
+    for (int i = 0; i < connections && interval > 0; i++) {
+        conns[i].fd = -1;                                /* paced: opened when its first line is due */
+        conns[i].due = start + interval * i / connections;
+    }
     struct epoll_event events[256];
     double t;
     while ((t = now()) < end || (interval > 0 && t < end + DRAIN_SECONDS && in_flight(conns, connections))) {
         int timeout = interval > 0 ? (t < end ? pace(conns, connections, t) : 10) : 100;
         int n = epoll_wait(epfd, events, 256, timeout);
         for (int i = 0; i < n; i++) step(events[i].data.ptr, events[i].events);
-        for (int i = 0; i < connections; i++)
-            if (conns[i].fd < 0) open_conn(&conns[i]);   /* a failed connect() retried */
+        for (int i = 0; i < connections; i++)      /* a failed connect() retried; a paced one opened when due */
+            if (conns[i].fd < 0 && conns[i].due <= t) open_conn(&conns[i]);
     }
     double elapsed = now() - start;
     int served = 0;
