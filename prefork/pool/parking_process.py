@@ -33,6 +33,8 @@ log = logging.getLogger("prefork")
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 STOP_LINGER = 1.0            # seconds a stopping worker still serves parked connections before closing them
+ACCEPT_BATCH = 16            # connections accepted per wake-up, at most
+HANDOFF_WAIT = 5.0           # seconds a retiring worker waits for room on a full hand-off channel
 MAX_PENDING = 1 << 20        # bytes buffered without a whole request before the connection is closed
 
 
@@ -107,9 +109,11 @@ class ParkingLoop:
                 if connection is not None:
                     self._readable(connection)
                 elif fd in self.listeners:
-                    self._accept(*self.listeners[fd])
+                    self._accept_some(*self.listeners[fd])
                 elif fd == self.receiver.fileno():
                     self._adopt()
+                elif fd == self.intake.bell:
+                    continue                     # the intake decides again after this pass
                 elif fd == process.notice_r:
                     process._take_notices()
                 elif fd in self.others and not process.exhausted:
@@ -126,6 +130,16 @@ class ParkingLoop:
                 server.service_actions()
 
     # -- taking connections ------------------------------------------------
+
+    def _accept_some(self, index, server):
+        """Up to ACCEPT_BATCH connections per wake-up: a burst of clients (wrk -c1000) is not taken one per
+        pass of the loop, behind every ready connection's request."""
+        for _ in range(ACCEPT_BATCH):
+            if not self._accept(index, server):
+                return
+            held = len(self.connections)
+            if held >= self.cap or not self.intake.within_share(held):
+                return
 
     def _accept(self, index, server):
         """Take one connection from server's queue; False when the queue was empty (or fds ran out)."""
@@ -157,18 +171,20 @@ class ParkingLoop:
         return True
 
     def _adopt(self):
-        """A connection handed over by a retiring worker: park it as if we had accepted it."""
-        moved = handoff_process.receive(self.receiver)
-        if moved is None:
-            return
-        sock, index, client_address, received, state = moved
-        if not 0 <= index < len(self.servers) or not parks(self.servers[index]):
-            log.warning("dropped a connection handed over for listener %s, which does not park here", index)
-            sock.close()
-            return
-        connection = self._open(sock, index, self.servers[index], client_address, received, state)
-        if connection is not None and connection.handler.request_ready():
-            self.ready.append(connection)
+        """Connections handed over by a retiring worker (one batch): park them as if we had accepted them.
+
+        A batch may take a worker past --max-connections by less than a batch: better than closing them.
+        """
+        for moving in handoff_process.receive(self.receiver):
+            index = moving.server_index
+            if not 0 <= index < len(self.servers) or not parks(self.servers[index]):
+                log.warning("dropped a connection handed over for listener %s, which does not park here", index)
+                moving.sock.close()
+                continue
+            connection = self._open(moving.sock, index, self.servers[index], moving.client_address,
+                                    moving.received, moving.state)
+            if connection is not None and connection.handler.request_ready():
+                self.ready.append(connection)
 
     def _open(self, sock, index, server, client_address, received, state):
         try:
@@ -339,20 +355,28 @@ class ParkingLoop:
             self._serve_pipelined()
 
     def _hand_over(self):
-        movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False)]
-        moved = 0
-        for connection in movable:
+        """Send every idle connection whose handler is movable to the live workers; close the rest."""
+        moving, connections = [], []
+        for connection in list(self.connections.values()):
             handler = connection.handler
+            if not getattr(handler, "movable", False):
+                continue
             try:
-                state = handler.parked_state()
+                moving.append(handoff_process.Moving(connection.sock, connection.index, handler.client_address,
+                                                     handler.rfile.pending, handler.parked_state()))
+                connections.append(connection)
             except Exception:
                 connection.server.handle_error(connection.sock, handler.client_address)
-                continue
-            if handoff_process.send(self.sender, connection.sock, connection.index, handler.client_address,
-                                    handler.rfile.pending, state):
-                self._close(connection, handed_over=True)
-                moved += 1
-        if moved or self.connections:
-            kept = f"; closing {len(self.connections)} that cannot move" if self.connections else ""
-            log.info("worker %s handed %s connection(s) over to other workers%s", self.process.worker.slot,
-                     moved, kept)
+        deadline = time.monotonic() + min(HANDOFF_WAIT, self.setup.config.graceful_timeout / 2)
+        sent = handoff_process.send(self.sender, moving, deadline)
+        for connection in connections[:sent]:
+            self._close(connection, handed_over=True)
+        slot = self.process.worker.slot
+        if sent:
+            log.info("worker %s handed %s connection(s) over to other workers", slot, sent)
+        if sent < len(moving):
+            log.warning("worker %s could not hand %s connection(s) over within %.1f s (no live worker took "
+                        "them): closing them", slot, len(moving) - sent, HANDOFF_WAIT)
+        if len(self.connections) > len(moving) - sent:
+            log.info("worker %s closing %s connection(s) whose handler is not movable", slot,
+                     len(self.connections) - (len(moving) - sent))

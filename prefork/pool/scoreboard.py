@@ -113,10 +113,11 @@ class Scoreboard:
                         connections)
 
     def connection_load(self) -> tuple[int, int]:
-        """(connections held, accept threads serving) over the pool: what a fair share is computed from.
+        """(connections held, accept threads serving) over the pool: what a parking thread decides
+        whether to accept from (intake_process.py).
 
-        Read by parking workers, a few hundred stores' worth of reads; a slot
-        counts while its worker is IDLE (serving; BUSY is the same state).
+        A few hundred reads of shared memory; a slot counts while its worker
+        is IDLE (a busy worker's state is IDLE with a busy thread).
         """
         numbers, total, threads = self._numbers, 0, 0
         step = self._slot_size // 8

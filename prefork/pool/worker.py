@@ -7,6 +7,7 @@ os._exit: a child never returns into the master's stack.
 """
 
 import logging
+import os
 import resource
 import time
 
@@ -35,11 +36,13 @@ class PoolSetup:
         self.name = name
         self.credentials = credentials      # --user/--group: dropped in each child before any user code
         self.handoff = handoff_process.channel()   # parked connections move between workers through it
+        self.intake_bell = os.eventfd(0, os.EFD_NONBLOCK)   # "look again whether to accept" (intake_process)
         raise_open_file_limit(config.max_connections + FDS_BESIDES_CONNECTIONS)
 
     def close(self):
         for end in self.handoff:
             end.close()
+        os.close(self.intake_bell)
 
 
 FDS_BESIDES_CONNECTIONS = 256         # listeners, pipes, log files, a handler's own files

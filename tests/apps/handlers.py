@@ -246,3 +246,14 @@ class PinnedEcho(ParkedPidEcho):
     """State that cannot travel: a retiring worker closes the connection instead of handing it over."""
 
     movable = False
+
+
+SERVED = [0]
+
+
+class Sequence(prefork.ParkingLineHandler):
+    """Each line comes back as its number among all the lines this worker has served: the order of service."""
+
+    def handle_line(self, line):
+        SERVED[0] += 1
+        self.request.sendall(b"%d\n" % SERVED[0])
