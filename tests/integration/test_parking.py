@@ -288,3 +288,40 @@ def test_the_open_file_limit_is_raised_for_max_connections(serve_cli, tmp_path):
     with open(f"/proc/{pid}/limits") as f:
         limits = f.read()
     assert "Max open files            4256" in limits, limits
+
+
+def test_a_burst_of_clients_is_spread_over_the_workers(serve_cli, short_tmp):
+    """EPOLLEXCLUSIVE wakes the first idle worker: without the fair share, 40 clients landed 4 and 36."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "-w", "2", "-b", "127.0.0.1:0", "--control", control)
+    address = server.addresses()[0]
+    server.wait_workers(2)
+    clients = [connect(address) for _ in range(40)]
+    for sock in clients:
+        line(sock, b"hi")
+    held = sorted(w["connections"] for w in stats(control)["workers"])
+    assert sum(held) == 40 and 14 <= held[0] <= held[1] <= 26, held
+    for sock in clients:
+        sock.close()
+
+
+def test_a_reload_moves_a_thousand_parked_connections(serve_cli):
+    """Before the batches: one message per connection overflowed the channel's queue, and a HUP closed
+    more than half of 1,000 parked connections."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2500, hard), hard))
+    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "-w", "2", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    old = server.wait_workers(2)
+    clients = [connect(address) for _ in range(1000)]
+    for sock in clients:
+        line(sock, b"one")
+    os.kill(server.pid, signal.SIGHUP)
+    new = server.wait_replaced(old, 2, timeout=20)
+    answers = [line(sock, b"two") for sock in clients]          # raises if the server closed one
+    assert {pid for pid, _ in answers} <= set(new) and {count for _, count in answers} == {2}
+    assert "could not hand" not in server.log()
+    for sock in clients:
+        sock.close()
