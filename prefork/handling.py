@@ -15,8 +15,10 @@ from prefork.signals import wait_readable
 
 log = logging.getLogger("prefork")
 
-_ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
-_ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_AGAIN = (   # a lost race or an aborted handshake: wait for the next
+    errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
+ACCEPT_PAUSE = (   # out of descriptors or memory: pause accepting
+    errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
 
 
@@ -88,9 +90,9 @@ def handle_one(server, pool=None):
 def _accept_failed(server, exc, fatal):
     """A failed accept: a lost race is routine, running out of fds is a pause, anything else is
     fatal to a pool worker (an in-process loop returns, as socketserver's does)."""
-    if exc.errno in _ACCEPT_AGAIN or isinstance(exc, TimeoutError):
+    if exc.errno in ACCEPT_AGAIN or isinstance(exc, TimeoutError):
         return
-    if exc.errno in _ACCEPT_PAUSE:
+    if exc.errno in ACCEPT_PAUSE:
         log.warning("cannot accept on %s: %s; pausing 0.1 s", server.server_address, exc.strerror)
         time.sleep(0.1)
         return

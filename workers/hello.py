@@ -52,6 +52,8 @@ def _parse(head):
     """(keep_alive, body_length, is_head) from a request's header block."""
     request_line, _, headers = head.partition(b"\r\n")
     headers = b"\r\n" + headers.lower()
+    if b"\r\nconnection:" not in headers and b"\r\ncontent-length:" not in headers:    # the usual request
+        return request_line.endswith(b"HTTP/1.1"), 0, request_line.startswith(b"HEAD ")
     connection = _header(headers, b"connection")
     if request_line.endswith(b"HTTP/1.1"):
         keep_alive = connection != b"close"

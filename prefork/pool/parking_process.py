@@ -16,7 +16,6 @@ serves what has arrived, then closes them.
 """
 
 import collections
-import errno
 import logging
 import select
 import socket
@@ -24,14 +23,12 @@ import struct
 import time
 
 from prefork import parking
-from prefork.handling import PoolRequest, handle_one
+from prefork.handling import ACCEPT_AGAIN, ACCEPT_PAUSE, PoolRequest, handle_one
 from prefork.pool import handoff_process, scoreboard
 from prefork.pool.intake_process import RECHECK, Intake
 
 log = logging.getLogger("prefork")
 
-_ACCEPT_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
-_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 STOP_LINGER = 1.0            # seconds a stopping worker still serves parked connections before closing them
 ACCEPT_BATCH = 16            # connections accepted per wake-up, at most
 HANDOFF_WAIT = 5.0           # seconds a retiring worker waits for room on a full hand-off channel
@@ -66,6 +63,7 @@ class ParkingLoop:
         self.record = record
         self.request = PoolRequest(record, config.client_timeout, process._accepted)
         self.cap = max(1, -(-config.max_connections // setup.threads))
+        self.counting = bool(process.max_requests)         # requests are counted for --max-requests only
         self.keepalive, self.client_timeout = config.keepalive_timeout, config.client_timeout
         self.listeners = {s.fileno(): (i, s) for i, s in enumerate(self.servers) if parks(s)}
         self.others = {s.fileno(): s for s in self.servers if not parks(s)}
@@ -146,9 +144,9 @@ class ParkingLoop:
         try:
             sock, client_address = server.get_request()
         except OSError as exc:
-            if exc.errno in _ACCEPT_AGAIN or isinstance(exc, TimeoutError):
+            if exc.errno in ACCEPT_AGAIN or isinstance(exc, TimeoutError):
                 return False
-            if exc.errno in _OUT_OF_FDS:
+            if exc.errno in ACCEPT_PAUSE:
                 log.warning("cannot accept on %s: %s; holding %s connections, pausing accepting",
                             server.server_address, exc.strerror, len(self.connections))
                 self.intake.out_of_fds(time.monotonic())
@@ -243,7 +241,8 @@ class ParkingLoop:
         """One request: counted against --max-requests, the thread busy on the scoreboard meanwhile."""
         handler, request = connection.handler, self.request
         record = request.record
-        self.process._accepted()
+        if self.counting:
+            self.process._accepted()
         record.begin_request(self.now)
         try:
             keep = handler.handle_request()
@@ -259,7 +258,7 @@ class ParkingLoop:
         connection.since, connection.partial_since = now, 0.0
         if not keep or connection.closed or connection.sock.fileno() < 0:     # or it closed the socket itself
             self._close(connection)
-        elif handler.request_ready():
+        elif handler.rfile.pending and handler.request_ready():
             self.ready.append(connection)
         elif handler.rfile.eof:
             self._close(connection)
