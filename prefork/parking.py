@@ -24,6 +24,7 @@ import http.server
 import io
 import socket
 import socketserver
+import struct
 
 RECEIVE_SIZE = 65536
 
@@ -120,9 +121,11 @@ class ParkingRequestHandler(socketserver.BaseRequestHandler):
     finish() once when it closes.
 
     movable: a retiring worker (recycle, reload, scale-down) hands the idle
-    connection to a live worker, where a new instance is made with park() and
-    given resume(parked_state()). Set it False if the state cannot travel:
-    the retiring worker then serves what has arrived and closes the connection.
+    connection to a live worker, where a new instance is made with park()
+    (so setup() runs there again) and given resume(parked_state()); finish()
+    runs once, in the worker where the connection ends. Set it False if the
+    state cannot travel: the retiring worker then serves what has arrived and
+    closes the connection.
     """
 
     parks = True             # read by the pool worker: serve me one request at a time (see parks())
@@ -225,12 +228,16 @@ class ParkingHTTPMixIn(ParkingRequestHandler):
     ParkingHTTPRequestHandler does) for keep-alive.
     """
 
-    max_header_bytes = 65537 + 100 * 65537    # a request line and http.client's 100 header lines
+    max_header_bytes = 128 * 1024     # past this, the head is handed to http.server, which answers 414/431
 
     def setup(self):
         super().setup()
         if self.timeout is not None:
-            self.connection.settimeout(self.timeout)
+            # The kernel's timeouts, not settimeout(): Python would wait for that long before every
+            # read, even the worker's non-blocking ones, and stall every connection parked beside.
+            value = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if self.wbufsize:
@@ -247,8 +254,10 @@ class ParkingHTTPMixIn(ParkingRequestHandler):
         return not self.close_connection and not getattr(self.server, "stopping", False)
 
     def end_headers(self):
-        """While the pool stops, say so: the client opens a new connection for its next request."""
-        if getattr(self.server, "stopping", False) and not self.close_connection:
+        """While the pool stops, say so: the client opens a new connection for its next request.
+        (Not on an interim 1xx response, such as 100 Continue: on the final one.)"""
+        interim = getattr(self, "_headers_buffer", None) and self._headers_buffer[0][9:10] == b"1"
+        if getattr(self.server, "stopping", False) and not self.close_connection and not interim:
             self.send_header("Connection", "close")
         super().end_headers()
 

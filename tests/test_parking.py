@@ -181,3 +181,23 @@ def test_a_handler_without_handle_request_says_so():
         assert handler.rfile.pending == b"x" and isinstance(handler.rfile, io.BufferedIOBase)
         with pytest.raises(NotImplementedError, match="handle_request"):
             handler.handle_request()
+
+
+class SlowTimeoutHTTP(Hello):
+    timeout = 5                                    # http.server's per-handler timeout
+
+
+def test_a_handler_timeout_does_not_stall_the_connections_parked_beside_it():
+    """settimeout() made every non-blocking read of the worker wait up to the timeout: a client that
+    connected and said nothing held everyone else for 5 s."""
+    import time
+    server = prefork.TCPServer(("127.0.0.1", 0), SlowTimeoutHTTP, policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        with socket.create_connection(server.server_address, timeout=10) as silent:
+            with socket.create_connection(server.server_address, timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+                assert read_until_closed(sock).endswith(b"/x -")
+                assert time.monotonic() - started < 2
+            silent.sendall(b"GET /late HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert read_until_closed(silent).endswith(b"/late -")

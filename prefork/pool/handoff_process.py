@@ -10,11 +10,11 @@ still in the kernel move with the socket itself. A live worker receives a
 batch and parks each connection as if it had accepted it.
 docs/design.md, "Handing connections over".
 
-The kernel queues few messages on such a socket (net.unix.max_dgram_qlen,
-10 by default), hence batches, and a sender that finds the queue full waits
-for the receivers, up to a deadline. Failing safe: what cannot be sent by
-then stays with the sender, which closes it as a stop would; a message that
-cannot be read is dropped with its descriptors closed.
+The kernel holds only so many messages on such a socket (its send buffer,
+about 200 KB: a few hundred messages), hence batches, and a sender that
+finds it full waits for the receivers, up to a deadline. Failing safe: what
+cannot be sent by then stays with the sender, which closes it as a stop
+would; a message that cannot be read is dropped with its descriptors closed.
 """
 
 import array
@@ -24,10 +24,12 @@ import pickle
 import select
 import socket
 import time
+from typing import NamedTuple
 
 log = logging.getLogger("prefork")
 
 BATCH = 32                   # connections per message (the kernel takes up to 253 descriptors in one)
+BATCH_BYTES = 64 * 1024      # a message must fit the socket's send buffer (about 200 KB)
 MAX_MESSAGE = 4 * 1024 * 1024
 
 
@@ -40,35 +42,45 @@ def channel():
 
 
 class Moving:
-    """One connection on its way: its socket and what the next worker needs to go on with it."""
+    """One connection on its way: its socket and what the next worker needs to go on with it.
 
-    __slots__ = ("sock", "server_index", "client_address", "received", "state")
+    The handler's state is pickled here, so that a state that cannot be
+    pickled fails for its own connection (which then stays), not for a batch.
+    """
+
+    __slots__ = ("sock", "about")
 
     def __init__(self, sock, server_index, client_address, received, state):
-        self.sock, self.server_index, self.client_address = sock, server_index, client_address
-        self.received, self.state = bytes(received), state
+        self.sock = sock
+        self.about = pickle.dumps((server_index, client_address, bytes(received), pickle.dumps(state)))
 
 
 def send(sender, moving, deadline):
-    """Send connections, BATCH per message, waiting for room until deadline (monotonic).
+    """Send connections in batches (at most BATCH, at most BATCH_BYTES but one), waiting for room until
+    deadline (monotonic). Returns the set of those that left; the caller still owns the others.
 
-    Returns how many left (the first ones of the list); the caller still owns the rest.
+    A batch the kernel refuses (too large, too many descriptors in flight) is skipped, not the rest.
     """
-    sent = 0
-    while sent < len(moving):
-        batch = moving[sent:sent + BATCH]
-        payload = pickle.dumps([(m.server_index, m.client_address, m.received, m.state) for m in batch])
+    sent, start = set(), 0
+    while start < len(moving):
+        end, size = start + 1, len(moving[start].about)
+        while end < len(moving) and end - start < BATCH and size + len(moving[end].about) <= BATCH_BYTES:
+            size += len(moving[end].about)
+            end += 1
+        batch = moving[start:end]
+        payload = pickle.dumps([m.about for m in batch])
         fds = array.array("i", [m.sock.fileno() for m in batch])
         try:
             sender.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_DONTWAIT)
         except BlockingIOError:
-            if not _wait_writable(sender, deadline):
-                break
-            continue
-        except OSError as exc:      # ETOOMANYREFS, ENOBUFS, EMSGSIZE: they stay with us
-            log.warning("cannot hand %s connection(s) over: %s", len(moving) - sent, exc)
+            if _wait_writable(sender, deadline):
+                continue
             break
-        sent += len(batch)
+        except OSError as exc:      # EMSGSIZE, ETOOMANYREFS, ENOBUFS: these stay with us
+            log.warning("cannot hand %s connection(s) over: %s", len(batch), exc)
+        else:
+            sent.update(batch)
+        start = end
     return sent
 
 
@@ -81,8 +93,18 @@ def _wait_writable(sock, deadline):
     return bool(poller.poll(left * 1000))
 
 
+class Arrived(NamedTuple):
+    """A connection received from another worker."""
+
+    sock: socket.socket
+    server_index: int
+    client_address: object
+    received: bytes
+    state: object
+
+
 def receive(receiver):
-    """One batch sent by send(): a list of Moving (empty when another worker took the message)."""
+    """One batch sent by send(): a list of Arrived (empty when another worker took the message)."""
     try:
         payload, ancillary, flags, _ = receiver.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * BATCH),
                                                         socket.MSG_CMSG_CLOEXEC)
@@ -95,10 +117,11 @@ def receive(receiver):
     try:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             raise ValueError(f"truncated (flags {flags:#x})")
-        described = pickle.loads(payload)
+        described = [pickle.loads(about) for about in pickle.loads(payload)]
         if len(described) != len(fds):
             raise ValueError(f"{len(fds)} descriptor(s) for {len(described)} connection(s)")
-        return [Moving(socket.socket(fileno=fd), *about) for fd, about in zip(fds, described)]
+        return [Arrived(socket.socket(fileno=fd), index, address, received, pickle.loads(state))
+                for fd, (index, address, received, state) in zip(fds, described)]
     except Exception as exc:
         log.warning("dropped %s connection(s) handed over in a malformed message: %s", len(fds), exc)
         for fd in fds:

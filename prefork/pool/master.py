@@ -100,8 +100,7 @@ class Master(MasterCommands):
         self.inbox = SignalInbox(self.doorbell)
         self.pool = None
         self.zygotes = None                   # with --preload and a handler to load: zygote.py
-        # For stats() from other threads: workers and restart counters of one pass, in one assignment.
-        self._published = ((), None, 0)
+        self._published = ((), None, 0)       # for stats() from other threads: one pass, one assignment
         self._reaps_orphans = False
         self._deadline = None
         self._problems_said = set()
@@ -243,9 +242,10 @@ class Master(MasterCommands):
                 log.exception("command %s failed", command)
 
     def notice_workers(self, now):
-        """Read the scoreboard: workers that became ready (and, to older generations, that they are outdated)."""
+        """Read the scoreboard: workers that became ready; once the newest generation serves, the older are outdated."""
         for worker in self.pool:
-            self.pool.notice_ready(worker, self.board.view(worker.index), now, self.generation)
+            self.pool.notice_ready(worker, self.board.view(worker.index), now)
+        self.pool.mark_outdated(self.generation)
 
     def _claim(self, pid, status):
         """An exit reaped with waitpid(-1) that is no worker's: a zygote's, or a service's child."""

@@ -32,7 +32,7 @@ log = logging.getLogger("prefork")
 STOP_LINGER = 1.0            # seconds a stopping worker still serves parked connections before closing them
 ACCEPT_BATCH = 16            # connections accepted per wake-up, at most
 HANDOFF_WAIT = 5.0           # seconds a retiring worker waits for room on a full hand-off channel
-MAX_PENDING = 1 << 20        # bytes buffered without a whole request before the connection is closed
+MAX_PENDING = 256 * 1024     # bytes buffered without a whole request before the connection is closed
 
 
 def parks(server):
@@ -43,13 +43,14 @@ def parks(server):
 class Connection:
     """One connection the loop holds; since and partial_since say how long it has been waiting."""
 
-    __slots__ = ("sock", "fd", "server", "index", "handler", "closed", "since", "partial_since")
+    __slots__ = ("sock", "fd", "server", "index", "handler", "closed", "since", "partial_since", "queued")
 
     def __init__(self, sock, server, index, handler, now):
         self.sock, self.fd, self.server, self.index, self.handler = sock, sock.fileno(), server, index, handler
         self.closed = False
         self.since = now              # its last request (or its accept): the keep-alive timeout runs from here
         self.partial_since = 0.0      # when part of a request arrived; 0.0 when none is pending
+        self.queued = False           # in the loop's ready queue: a whole request is buffered
 
 
 class ParkingLoop:
@@ -72,6 +73,7 @@ class ParkingLoop:
         self.now = time.monotonic()                    # read once per pass of the loop
         self.ready = collections.deque()               # connections with a whole request buffered
         self.poller = self.intake = None
+        self.past_cap = False                          # serve past --max-requests: nobody can take them over
         timeout = config.client_timeout
         self.io_timeout = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6)) if timeout else None
 
@@ -181,8 +183,8 @@ class ParkingLoop:
                 continue
             connection = self._open(moving.sock, index, self.servers[index], moving.client_address,
                                     moving.received, moving.state)
-            if connection is not None and connection.handler.request_ready():
-                self.ready.append(connection)
+            if connection is not None and connection.handler.rfile.pending:
+                self._queue_if_ready(connection)
 
     def _open(self, sock, index, server, client_address, received, state):
         try:
@@ -204,7 +206,9 @@ class ParkingLoop:
     # -- serving -----------------------------------------------------------
 
     def _readable(self, connection):
-        if self.process.exhausted:           # at the request cap: what arrived moves with the connection
+        # At the request cap, what arrived moves with the connection. A connection with a whole request
+        # queued is not read further: one request per round, and no unbounded buffering of a pipeline.
+        if connection.queued or not self._may_serve():
             return
         handler = connection.handler
         reader = handler.rfile
@@ -229,13 +233,31 @@ class ParkingLoop:
         elif received and not connection.partial_since:
             connection.partial_since = self.now
 
+    def _may_serve(self):
+        """Not at the request cap, or past it on purpose (nobody else can take the connections)."""
+        return not self.process.exhausted or self.past_cap
+
     def _serve_pipelined(self):
-        if self.process.exhausted:
+        if not self._may_serve():
             return
         for _ in range(len(self.ready)):
             connection = self.ready.popleft()
+            connection.queued = False
             if not connection.closed:
                 self._serve(connection)
+
+    def _queue_if_ready(self, connection):
+        """Queue a connection whose buffered bytes hold a whole request, for the next round."""
+        try:
+            ready = connection.handler.request_ready()
+        except Exception:                    # the handler's request_ready() raised
+            connection.server.handle_error(connection.sock, connection.handler.client_address)
+            self._close(connection)
+            return False
+        if ready:
+            connection.queued = True
+            self.ready.append(connection)
+        return ready
 
     def _serve(self, connection):
         """One request: counted against --max-requests, the thread busy on the scoreboard meanwhile."""
@@ -258,8 +280,10 @@ class ParkingLoop:
         connection.since, connection.partial_since = now, 0.0
         if not keep or connection.closed or connection.sock.fileno() < 0:     # or it closed the socket itself
             self._close(connection)
-        elif handler.rfile.pending and handler.request_ready():
-            self.ready.append(connection)
+        elif handler.rfile.pending and self._queue_if_ready(connection):
+            pass
+        elif connection.closed:
+            return
         elif handler.rfile.eof:
             self._close(connection)
         elif handler.rfile.pending:
@@ -292,48 +316,53 @@ class ParkingLoop:
             except OSError:                    # the handler closed its socket itself
                 pass
         self.record.set_connections(len(self.connections))
+        if handed_over:
+            connection.sock.close()                # it goes on in another worker: no finish(), no shutdown()
+            return
         try:
             connection.handler.finish()
         except Exception:
             connection.server.handle_error(connection.sock, connection.handler.client_address)
-        if handed_over:
-            connection.sock.close()                # the other worker's copy lives on: no shutdown()
-        else:
-            connection.server.shutdown_request(connection.sock)
+        connection.server.shutdown_request(connection.sock)
 
     # -- leaving -----------------------------------------------------------
 
     def _leave(self):
         """Stopped accepting: serve what has arrived; then hand the rest over, or close it."""
-        self.intake.take(False)
-        self.poller.unregister(self.process.stop_r)        # written once, readable for ever
         process = self.process
+        self.intake.take(False)
+        self.poller.unregister(process.stop_r)             # written once, readable for ever
+        for fd in (*self.others, *([process.notice_r] if self.setup.threads == 1 else [])):
+            self.poller.unregister(fd)                     # level-triggered: would spin the loops below
         moving = process.exhausted or bool(process.header.get(scoreboard.ALONE))
         if process.stopping and not moving:
             self._accept_queued()
-        if not process.exhausted:
-            self._serve_arrived()
+        self._serve_arrived()
         if moving:
             self._hand_over()
-        else:
+        if self.connections:                               # a stop, or what could not move
+            for server in self.servers:
+                server.stopping = True                     # HTTP handlers answer with Connection: close
             self._linger(time.monotonic() + min(STOP_LINGER, self.setup.config.graceful_timeout))
 
     def _accept_queued(self):
-        """A stop of the whole pool: take the connections already queued, to serve their first request."""
+        """A stop of the whole pool: take the connections (and datagrams) already queued, to serve them."""
         for index, server in self.listeners.values():
             while len(self.connections) < self.cap and self._accept(index, server):
                 pass
+        for server in self.others.values():
+            while not self.process.exhausted and handle_one(server, self.request):
+                pass
 
     def _serve_arrived(self):
-        """Serve every request that has arrived (read or still in the kernel), until none is left."""
-        while True:
-            ready = [c for c in (self.connections.get(fd) for fd, _ in self.poller.poll(0)) if c is not None]
-            self.now = time.monotonic()
-            if not ready and not self.ready:
-                return
-            for connection in ready:
+        """Serve the requests that have arrived as leaving begins: one round, what is buffered and what
+        the kernel holds. Later ones wait for the new owner (their bytes move with the socket) or the linger."""
+        for fd, _ in self.poller.poll(0):
+            connection = self.connections.get(fd)
+            if connection is not None:
                 self._readable(connection)
-            self._serve_pipelined()
+        self.now = time.monotonic()
+        self._serve_pipelined()
 
     def _linger(self, until):
         """A stop: serve requests that arrive for a moment before closing the rest.
@@ -344,8 +373,8 @@ class ParkingLoop:
         Connection: close: the server is stopping); a connection quiet for the
         whole moment is closed.
         """
-        while self.connections and (now := time.monotonic()) < until:
-            events = self.poller.poll(min(0.05, until - now))
+        while self.connections and self._may_serve() and (now := time.monotonic()) < until:
+            events = self.poller.poll(0 if self.ready else min(0.05, until - now))
             self.now = time.monotonic()
             for fd, _ in events:
                 connection = self.connections.get(fd)
@@ -354,28 +383,31 @@ class ParkingLoop:
             self._serve_pipelined()
 
     def _hand_over(self):
-        """Send every idle connection whose handler is movable to the live workers; close the rest."""
-        moving, connections = [], []
+        """Send every idle connection whose handler is movable to the live workers, if there is one."""
+        slot = self.process.worker.slot
+        if not self.setup.board.adopters(self.process.worker.index):
+            log.warning("worker %s: no other worker takes connections over; serving what arrives on its "
+                        "%s connection(s) for a moment, then closing them", slot, len(self.connections))
+            self.past_cap = True                           # past --max-requests rather than drop a request
+            return
+        moving = {}
         for connection in list(self.connections.values()):
             handler = connection.handler
             if not getattr(handler, "movable", False):
                 continue
             try:
-                moving.append(handoff_process.Moving(connection.sock, connection.index, handler.client_address,
-                                                     handler.rfile.pending, handler.parked_state()))
-                connections.append(connection)
-            except Exception:
+                moving[connection] = handoff_process.Moving(
+                    connection.sock, connection.index, handler.client_address, handler.rfile.pending,
+                    handler.parked_state())
+            except Exception:                              # parked_state() raised, or is not picklable
                 connection.server.handle_error(connection.sock, handler.client_address)
         deadline = time.monotonic() + min(HANDOFF_WAIT, self.setup.config.graceful_timeout / 2)
-        sent = handoff_process.send(self.sender, moving, deadline)
-        for connection in connections[:sent]:
-            self._close(connection, handed_over=True)
-        slot = self.process.worker.slot
+        sent = handoff_process.send(self.sender, list(moving.values()), deadline)
+        for connection, item in moving.items():
+            if item in sent:
+                self._close(connection, handed_over=True)
         if sent:
-            log.info("worker %s handed %s connection(s) over to other workers", slot, sent)
-        if sent < len(moving):
-            log.warning("worker %s could not hand %s connection(s) over within %.1f s (no live worker took "
-                        "them): closing them", slot, len(moving) - sent, HANDOFF_WAIT)
-        if len(self.connections) > len(moving) - sent:
-            log.info("worker %s closing %s connection(s) whose handler is not movable", slot,
-                     len(self.connections) - (len(moving) - sent))
+            log.info("worker %s handed %s connection(s) over to other workers", slot, len(sent))
+        if len(sent) < len(moving):
+            log.warning("worker %s could not hand %s connection(s) over (the channel stayed full for %.1f s, "
+                        "or they were too large): closing them", slot, len(moving) - len(sent), HANDOFF_WAIT)

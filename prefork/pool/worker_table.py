@@ -121,17 +121,23 @@ class Pool:
 
     # -- readiness and signals ------------------------------------------------
 
-    def notice_ready(self, worker, view, now, generation=0):
-        """Mark a worker ready once its scoreboard slot says so; a ready worker ends a run of boot failures.
-        Tell one of an older generation that it is outdated (it adopts no handed-over connections)."""
-        if worker.generation < generation:
-            self.board.writer(worker.index).set(scoreboard.OUTDATED, 1)
+    def notice_ready(self, worker, view, now):
+        """Mark a worker ready once its scoreboard slot says so; a ready worker ends a run of boot failures."""
         if worker.ready or not view.ready:
             return
         worker.ready = True
         self.ever_ready = True
         self.failed_boots_in_a_row = 0
         log.info("worker %s ready (pid %s, %.0f ms after fork)", worker.slot, worker.pid, (now - worker.born) * 1000)
+
+    def mark_outdated(self, generation):
+        """Once a worker of `generation` is ready, tell the older ones they are outdated: they adopt no
+        connections handed over, which go to the new code. (Not before: a reload whose code fails to
+        boot leaves the old workers serving, and adopting.)"""
+        if any(w.ready and not w.spare and w.generation == generation for w in self.workers.values()):
+            for worker in self.workers.values():
+                if worker.generation < generation:
+                    self.board.writer(worker.index).set(scoreboard.OUTDATED, 1)
 
     def signal(self, worker, signum, reason=None, deadline=None):
         """Send signum; with a reason, the worker is on its way out, SIGKILL due at deadline.

@@ -257,3 +257,23 @@ class Sequence(prefork.ParkingLineHandler):
     def handle_line(self, line):
         SERVED[0] += 1
         self.request.sendall(b"%d\n" % SERVED[0])
+
+
+class StatefulEcho(ParkedPidEcho):
+    """A connection whose first line is "lock" keeps a lock as its state, which cannot move to another
+    worker; finish() says goodbye, which a connection that moves must not hear."""
+
+    def handle_line(self, line):
+        if not self.lines and line.strip() == b"lock":
+            self.lock = threading.Lock()
+        return super().handle_line(line)
+
+    def parked_state(self):
+        return getattr(self, "lock", None) or self.lines
+
+    def finish(self):
+        try:
+            self.request.sendall(b"bye\n")
+        except OSError:
+            pass
+        super().finish()

@@ -325,3 +325,19 @@ def test_a_reload_moves_a_thousand_parked_connections(serve_cli):
     assert "could not hand" not in server.log()
     for sock in clients:
         sock.close()
+
+
+def test_a_state_that_cannot_move_closes_its_own_connection_only_and_finish_runs_where_it_ends(serve_cli):
+    server = serve(serve_cli, "apps.handlers:StatefulEcho", "-w", "1", "-b", "127.0.0.1:0")
+    address = server.addresses()[0]
+    old = server.wait_workers(1)
+    with connect(address) as plain, connect(address) as locked:
+        line(plain, b"one")
+        line(locked, b"lock")
+        os.kill(server.pid, signal.SIGHUP)
+        assert receive_until(locked, b"\n") == b"bye\n"            # closed where it was, after finish()
+        assert locked.recv(100) == b""
+        (new,) = server.wait_replaced(old, 1, timeout=20)
+        assert line(plain, b"two") == (new, 2), "moved, without a goodbye from the old worker"
+    log = server.log()
+    assert "cannot pickle" in log and "crashed" not in log
