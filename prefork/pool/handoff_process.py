@@ -55,6 +55,23 @@ class Moving:
         self.about = pickle.dumps((server_index, client_address, bytes(received), pickle.dumps(state)))
 
 
+def hand_over(sender, connections, deadline):
+    """Send parked connections (the loop's, with .sock, .index and .handler); the list of those that left.
+
+    One whose handler's parked_state() raises or cannot be pickled stays, with its traceback logged.
+    """
+    moving = {}
+    for connection in connections:
+        handler = connection.handler
+        try:
+            moving[Moving(connection.sock, connection.index, handler.client_address, handler.rfile.pending,
+                          handler.parked_state())] = connection
+        except Exception:
+            connection.server.handle_error(connection.sock, handler.client_address)
+    sent = send(sender, list(moving), deadline)
+    return [connection for item, connection in moving.items() if item in sent]
+
+
 def send(sender, moving, deadline):
     """Send connections in batches (at most BATCH, at most BATCH_BYTES but one), waiting for room until
     deadline (monotonic). Returns the set of those that left; the caller still owns the others.

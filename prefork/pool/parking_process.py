@@ -9,10 +9,8 @@ the next request (pipelining) are served in the next round, after the other
 ready connections, so a chatty client cannot starve quiet ones. See
 docs/design.md, "Parking".
 
-Leaving: a worker retiring while the pool goes on (recycle, reload,
-scale-down) serves the requests that have arrived and hands its other
-connections to live workers (handoff_process.py); a stop of the whole pool
-serves what has arrived, then closes them.
+Leaving: serve what has arrived; then a worker retiring while the pool goes
+on hands its connections to live workers (handoff_process.py), a stop closes them.
 """
 
 import collections
@@ -390,24 +388,13 @@ class ParkingLoop:
                         "%s connection(s) for a moment, then closing them", slot, len(self.connections))
             self.past_cap = True                           # past --max-requests rather than drop a request
             return
-        moving = {}
-        for connection in list(self.connections.values()):
-            handler = connection.handler
-            if not getattr(handler, "movable", False):
-                continue
-            try:
-                moving[connection] = handoff_process.Moving(
-                    connection.sock, connection.index, handler.client_address, handler.rfile.pending,
-                    handler.parked_state())
-            except Exception:                              # parked_state() raised, or is not picklable
-                connection.server.handle_error(connection.sock, handler.client_address)
+        movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False)]
         deadline = time.monotonic() + min(HANDOFF_WAIT, self.setup.config.graceful_timeout / 2)
-        sent = handoff_process.send(self.sender, list(moving.values()), deadline)
-        for connection, item in moving.items():
-            if item in sent:
-                self._close(connection, handed_over=True)
+        sent = handoff_process.hand_over(self.sender, movable, deadline)
+        for connection in sent:
+            self._close(connection, handed_over=True)
         if sent:
             log.info("worker %s handed %s connection(s) over to other workers", slot, len(sent))
-        if len(sent) < len(moving):
+        if len(sent) < len(movable):
             log.warning("worker %s could not hand %s connection(s) over (the channel stayed full for %.1f s, "
-                        "or they were too large): closing them", slot, len(moving) - len(sent), HANDOFF_WAIT)
+                        "or they were too large): closing them", slot, len(movable) - len(sent), HANDOFF_WAIT)
