@@ -46,6 +46,13 @@ def line(sock, text):
     return int(pid), int(count)
 
 
+def serve_controlled(serve_cli, short_tmp, *args):
+    """`prefork serve ... --control PATH`: (server, its first address, the control socket's path)."""
+    control = os.path.join(short_tmp, "ctl.sock")
+    server = serve(serve_cli, *args, "-b", "127.0.0.1:0", "--control", control)
+    return server, server.addresses()[0], control
+
+
 def stats(control):
     out = subprocess.run([sys.executable, "-m", "prefork", "ctl", "--control", control, "status", "--json"],
                          cwd=REPO, capture_output=True, text=True, timeout=15)
@@ -54,9 +61,7 @@ def stats(control):
 
 def test_two_idle_keepalive_clients_do_not_delay_a_third(serve_cli, short_tmp):
     """Before: a default two-worker pool kept the third client waiting 5.1 s."""
-    control = os.path.join(short_tmp, "ctl.sock")
-    server = serve(serve_cli, "hello", "-w", "2", "-b", "127.0.0.1:0", "--control", control)
-    address = server.addresses()[0]
+    server, address, control = serve_controlled(serve_cli, short_tmp, "hello", "-w", "2")
     server.wait_workers(2)
     idle = [connect(address) for _ in range(2)]
     for sock in idle:
@@ -241,10 +246,8 @@ def test_a_connection_whose_state_cannot_move_is_closed_on_reload(serve_cli):
 
 
 def test_with_threads_and_preload_each_thread_parks_and_a_reload_moves_them(serve_cli, short_tmp):
-    control = os.path.join(short_tmp, "ctl.sock")
-    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "-w", "2", "--threads", "2", "--preload",
-                   "-b", "127.0.0.1:0", "--control", control)
-    address = server.addresses()[0]
+    server, address, control = serve_controlled(serve_cli, short_tmp, "apps.handlers:ParkedPidEcho", "-w", "2",
+                                                "--threads", "2", "--preload")
     old = server.wait_workers(2)
     clients = [connect(address) for _ in range(40)]
     assert {line(sock, b"one")[0] for sock in clients} <= set(old)
@@ -259,11 +262,9 @@ def test_with_threads_and_preload_each_thread_parks_and_a_reload_moves_them(serv
 
 
 def test_an_adaptive_pool_does_not_grow_for_parked_connections(serve_cli, short_tmp):
-    control = os.path.join(short_tmp, "ctl.sock")
-    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "--policy", "adaptive", "--min-workers", "1",
-                   "--max-workers", "4", "--min-spare", "0", "--max-spare", "1", "-b", "127.0.0.1:0",
-                   "--control", control)
-    address = server.addresses()[0]
+    server, address, control = serve_controlled(serve_cli, short_tmp, "apps.handlers:ParkedPidEcho", "--policy",
+                                                "adaptive", "--min-workers", "1", "--max-workers", "4",
+                                                "--min-spare", "0", "--max-spare", "1")
     server.wait_workers(1)
     clients = [connect(address) for _ in range(100)]
     for sock in clients:
@@ -292,9 +293,7 @@ def test_the_open_file_limit_is_raised_for_max_connections(serve_cli, tmp_path):
 
 def test_a_burst_of_clients_is_spread_over_the_workers(serve_cli, short_tmp):
     """EPOLLEXCLUSIVE wakes the first idle worker: without the fair share, 40 clients landed 4 and 36."""
-    control = os.path.join(short_tmp, "ctl.sock")
-    server = serve(serve_cli, "apps.handlers:ParkedPidEcho", "-w", "2", "-b", "127.0.0.1:0", "--control", control)
-    address = server.addresses()[0]
+    server, address, control = serve_controlled(serve_cli, short_tmp, "apps.handlers:ParkedPidEcho", "-w", "2")
     server.wait_workers(2)
     clients = [connect(address) for _ in range(40)]
     for sock in clients:
