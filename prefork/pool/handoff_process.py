@@ -30,7 +30,7 @@ log = logging.getLogger("prefork")
 
 BATCH = 32                   # connections per message (the kernel takes up to 253 descriptors in one)
 BATCH_BYTES = 64 * 1024      # a message must fit the socket's send buffer (about 200 KB)
-MAX_MESSAGE = 4 * 1024 * 1024
+MAX_MESSAGE = 256 * 1024     # recvmsg's buffer: no message fits a send buffer larger than this
 
 
 def channel():

@@ -132,10 +132,9 @@ class Scoreboard:
     def adopters(self, except_slot: int) -> int:
         """How many workers other than except_slot take (or, booting or spare, will take) connections
         handed over: of the newest generation (not OUTDATED), not retiring alone, not at their request cap."""
-        count, step = 0, self._slot_size // 8
+        numbers, count, step = self._numbers, 0, self._slot_size // 8
         for slot in range(1, self.slots + 1):
             base = (slot - 1) * step
-            numbers = self._numbers
             if (slot != except_slot and numbers[base + STATE] in (BOOTING, IDLE, SPARE) and not numbers[base + OUTDATED]
                     and not numbers[base + ALONE] and numbers[base + RETIRE] != EXHAUSTED):
                 count += 1
