@@ -55,6 +55,20 @@ class Moving:
         self.about = pickle.dumps((server_index, client_address, bytes(received), pickle.dumps(state)))
 
 
+def adopter_appears(board, index, deadline, interval=0.005):
+    """Whether a worker other than index will take connections over, waiting for one until deadline.
+
+    The master forks a successor as soon as a worker reaches its request cap:
+    when every worker reaches it at once, their successors are a fork away,
+    and waiting for them keeps recycling exact (no request served past the cap).
+    """
+    while not board.adopters(index):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def hand_over(sender, connections, deadline):
     """Send parked connections (the loop's, with .sock, .index and .handler); the list of those that left.
 

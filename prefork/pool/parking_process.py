@@ -383,13 +383,13 @@ class ParkingLoop:
     def _hand_over(self):
         """Send every idle connection whose handler is movable to the live workers, if there is one."""
         slot = self.process.worker.slot
-        if not self.setup.board.adopters(self.process.worker.index):
+        deadline = time.monotonic() + min(HANDOFF_WAIT, self.setup.config.graceful_timeout / 2)
+        if not handoff_process.adopter_appears(self.setup.board, self.process.worker.index, deadline):
             log.warning("worker %s: no other worker takes connections over; serving what arrives on its "
                         "%s connection(s) for a moment, then closing them", slot, len(self.connections))
             self.past_cap = True                           # past --max-requests rather than drop a request
             return
         movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False)]
-        deadline = time.monotonic() + min(HANDOFF_WAIT, self.setup.config.graceful_timeout / 2)
         sent = handoff_process.hand_over(self.sender, movable, deadline)
         for connection in sent:
             self._close(connection, handed_over=True)
