@@ -19,6 +19,8 @@ ACCEPT_AGAIN = (   # a lost race or an aborted handshake: wait for the next
     errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
 ACCEPT_PAUSE = (   # out of descriptors or memory: pause accepting
     errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# A client that resets, abandons or stalls its connection (past the client timeout): routine, one debug line.
+CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
 
 

@@ -36,7 +36,7 @@ import threading
 import warnings
 
 from prefork import commands
-from prefork.handling import ReplySocket
+from prefork.handling import CLIENT_WENT_AWAY, ReplySocket
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
 from prefork.policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
@@ -44,8 +44,6 @@ from prefork.pool.master import Master
 from prefork.supervision import Config
 
 log = logging.getLogger("prefork")
-# A client that reset, abandoned or stalled its connection: routine, not a fault of the handler.
-_CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
 class BaseServer(socketserver.BaseServer):
@@ -124,7 +122,7 @@ class BaseServer(socketserver.BaseServer):
         client timeout) is routine, not a fault of the handler: one debug
         line, as gunicorn does.
         """
-        if isinstance(sys.exc_info()[1], _CLIENT_WENT_AWAY):
+        if isinstance(sys.exc_info()[1], CLIENT_WENT_AWAY):
             log.debug("client %s went away: %s", client_address, sys.exc_info()[1] or "timed out")
             return
         log.error("exception while handling a request from %s", client_address, exc_info=True)
