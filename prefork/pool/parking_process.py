@@ -278,7 +278,7 @@ class ParkingLoop:
         connection.since, connection.partial_since = now, 0.0
         if not keep or connection.closed or connection.sock.fileno() < 0:     # or it closed the socket itself
             self._close(connection)
-        elif handler.rfile.pending and self._queue_if_ready(connection):
+        elif self._queue_if_ready(connection):   # buffered: by rfile, or by the handler (a parser's queue)
             pass
         elif connection.closed:
             return
