@@ -29,6 +29,7 @@ log = logging.getLogger("prefork")
 
 HOOK_NAMES = ("on_starting", "pre_fork", "post_fork", "worker_ready", "worker_exit", "on_exit")
 SERVER_CLASSES = {"tcp": TCPServer, "udp": UDPServer, "unix": UnixStreamServer, "unix-dgram": UnixDatagramServer}
+WSGI_SETTINGS = ("root_path", "limit_request_line", "limit_request_fields", "limit_request_field_size")
 ADAPTIVE_SETTINGS = ("min_workers", "max_workers", "min_spare", "max_spare", "scale_down_after")
 POLICY_SETTINGS = {"workers": ("prefork",), "threads": ("prefork", "adaptive"),
                    **dict.fromkeys(ADAPTIVE_SETTINGS, ("adaptive",))}
@@ -47,7 +48,8 @@ class Launch(NamedTuple):
 def validate(resolved):
     """Check the settings as far as possible without side effects; a Launch, or a PreforkError."""
     options = resolved.options()
-    spec = loader.BUILTIN_HANDLERS.get(options.handler, options.handler)
+    spec = options.handler if options.wsgi else loader.BUILTIN_HANDLERS.get(options.handler, options.handler)
+    _check_wsgi(resolved, options)
     config = resolved.config()
     if not config.name:
         config = config.replace(name=options.handler)
@@ -65,8 +67,24 @@ def validate(resolved):
         first, again = repeated
         raise ConfigError(f"{resolved.label('bind')} {first.text} is given twice" if first.text == again.text else
                           f"{resolved.label('bind')} {first.text} and {again.text} are the same address, given twice")
-    loader.split_spec(spec)
+    if options.wsgi:
+        from prefork import wsgi        # here: only --wsgi needs httptools (the prefork[wsgi] extra)
+        wsgi.split_app_spec(spec)
+        if any(bind.kind in ("udp", "unix-dgram") for bind in binds):
+            raise ConfigError(f"--wsgi serves HTTP on stream sockets; {resolved.label('bind')} names a datagram socket")
+    else:
+        loader.split_spec(spec)
     return Launch(options, config, policy, binds, spec)
+
+
+def _check_wsgi(resolved, options):
+    """The WSGI settings without --wsgi are an error, not ignored."""
+    if options.root_path and not options.root_path.startswith("/"):
+        raise ConfigError(f"{resolved.label('root_path')} must start with '/', got {options.root_path!r}")
+    if not options.wsgi:
+        for name in WSGI_SETTINGS:
+            if resolved.sources[name] != "default":
+                raise ConfigError(f"{resolved.label(name)} applies to WSGI apps only: add --wsgi")
 
 
 def _policy(resolved, options):
@@ -94,6 +112,8 @@ def run_serve(resolved, re_resolve):
     if options.umask is not None:
         os.umask(options.umask)
     try:
+        if options.wsgi and resolved.sources["handler"] == "default":
+            raise ConfigError("--wsgi needs the app to serve: prefork serve --wsgi MODULE:APP (or MODULE:FACTORY())")
         launch = validate(resolved)
         credentials = privileges.resolve(options.user, options.group)
         socket_owner = privileges.owner_of(options.socket_owner) if options.socket_owner else None
@@ -198,10 +218,21 @@ def _services(launch, servers, activated, inherited, pidfile):
 def _handler(launch):
     """The handler class to build servers with, and the loader a pool runs (in each worker, or once in
     a zygote with --preload: the master never imports the handler). In-process policies import it here."""
-    if not launch.policy.pooled:
-        return loader.load_handler(launch.spec), None
-    loader.check_findable(launch.spec)
-    return None, functools.partial(loader.load_handler, launch.spec)
+    load_handler = _loader(launch)
+    return (load_handler(), None) if not launch.policy.pooled else (None, load_handler)
+
+
+def _loader(launch):
+    """What loads the handler class: loader.load_handler, or for --wsgi the app wrapped in a WSGI handler.
+    Checks first that the module's top package exists, without running its code."""
+    options = launch.options
+    if not options.wsgi:
+        loader.check_findable(launch.spec)
+        return functools.partial(loader.load_handler, launch.spec)
+    from prefork import wsgi
+    wsgi.check_findable(launch.spec)
+    limits = wsgi.Limits(options.limit_request_line, options.limit_request_fields, options.limit_request_field_size)
+    return wsgi.loader_for(launch.spec, options.root_path, limits, getattr(launch.policy, "threads", 1))
 
 
 def _hooks(module_name):
@@ -218,11 +249,10 @@ def _reconfigure(launch, re_resolve):
     """SIGHUP: the settings read again, as a Reconfiguration for the master; raises if they are wrong."""
     resolved = re_resolve()
     new = validate(resolved)
-    loader.check_findable(new.spec)
+    load_handler = _loader(new)
     old_values, new_values = {**vars(launch.options), **vars(launch.config)}, {**vars(new.options), **vars(new.config)}
     restart = [item.key for item in SETTINGS
                if item.restart and old_values.get(item.name) != new_values.get(item.name)]
-    load_handler = functools.partial(loader.load_handler, new.spec)
     logging.getLogger().setLevel(new.options.log_level.upper())
     kept = {item.name: launch.config.__dict__[item.name] for item in SETTINGS if item.restart and item.owner is Config}
     return Reconfiguration(config=new.config.replace(**kept),

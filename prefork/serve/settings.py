@@ -39,7 +39,22 @@ class ServeOptions:
 
     handler: str = setting(
         "echo", None, "a socketserver request handler class as MODULE:CLASS, or a built-in one by name: "
-        "echo, hello", metavar="MODULE:CLASS")
+        "echo, hello; with --wsgi, a WSGI app as MODULE:APP or MODULE:FACTORY()", metavar="MODULE:CLASS")
+    wsgi: bool = setting(
+        False, "--wsgi", "serve a WSGI app (PEP 3333), named as MODULE:APP or MODULE:FACTORY(), over HTTP/1.1; "
+        "needs pip install 'prefork[wsgi]'")
+    root_path: str = setting(
+        "", "--root-path", "with --wsgi: the path the app is mounted at behind a proxy (SCRIPT_NAME), "
+        "such as /api; stripped from the start of PATH_INFO", metavar="PATH")
+    limit_request_line: int = setting(
+        4094, "--limit-request-line", "with --wsgi: most bytes in a request's target (URL), else 414; 0: no limit",
+        at_least(0, 65536), "N")
+    limit_request_fields: int = setting(
+        100, "--limit-request-fields", "with --wsgi: most header fields in a request, else 431",
+        at_least(1, 32768), "N")
+    limit_request_field_size: int = setting(
+        8190, "--limit-request-field-size", "with --wsgi: most bytes in one header field, name and value, "
+        "else 431; 0: no limit", at_least(0, 1 << 20), "N")
     bind: Tuple[str, ...] = setting(
         ("127.0.0.1:8000",), "--bind",
         "HOST:PORT, [IPV6]:PORT, tcp://HOST:PORT, udp://HOST:PORT, unix:PATH or unix-dgram:PATH; repeat "
