@@ -32,6 +32,8 @@ OTHER_PROGRAMS_FLAGS = {
     "--now", "--value",                        # systemctl
     "--system", "--uid",                       # useradd
 }
+WSGI_ENVIRON_KEYS = {"input", "errors", "file_wrapper", "multithread", "multiprocess", "url_scheme", "version",
+                     "run_once", "input_terminated"}        # wsgi.input names an environ key, not prefork.wsgi's
 FILE_SUFFIXES = ("py", "md", "c", "json", "toml", "png", "pid", "log", "oldbin", "txt", "sh")
 
 
@@ -54,7 +56,7 @@ def lint_imports(cwd, env=None):
 def test_the_import_layers_hold():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 6 kept, 0 broken." in result.stdout
+    assert "Contracts: 7 kept, 0 broken." in result.stdout
 
 
 @pytest.mark.timeout(120)
@@ -200,7 +202,7 @@ class References:
                 found.append(f"name: {match.group(0)}")
         for match in re.finditer(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b(?!\.\w)", text):
             head, attribute = match.groups()
-            if attribute in FILE_SUFFIXES:
+            if attribute in FILE_SUFFIXES or (head == "wsgi" and attribute in WSGI_ENVIRON_KEYS):
                 continue
             if head in self.by_leaf:
                 missing = not any(_has(module, attribute) for module in self.by_leaf[head])
