@@ -113,7 +113,8 @@ class RequestStream:
             raise BadRequest(431, "Request Header Fields Too Large")
         if limits.field_size and len(name) + len(value) > limits.field_size:
             raise BadRequest(431, "Request Header Fields Too Large")
-        self.current.headers.append((name, value))
+        if self.in_head:                  # not a chunked body's trailer fields: those are dropped
+            self.current.headers.append((name, value))
 
     def on_headers_complete(self):
         request, parser = self.current, self.parser
