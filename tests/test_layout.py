@@ -31,6 +31,8 @@ OTHER_PROGRAMS_FLAGS = {
     "--no-cache-dir",                          # pip
     "--now", "--value",                        # systemctl
     "--system", "--uid",                       # useradd
+    "--worker-connections", "--keep-alive", "--error-logfile", "--reload", "--access-logfile",  # gunicorn, in
+    "--statsd-host", "--certfile", "--keyfile", "--forwarded-allow-ips",                       # README's table
 }
 WSGI_ENVIRON_KEYS = {"input", "errors", "file_wrapper", "multithread", "multiprocess", "url_scheme", "version",
                      "run_once", "input_terminated"}        # wsgi.input names an environ key, not prefork.wsgi's

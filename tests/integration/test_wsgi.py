@@ -363,3 +363,31 @@ def test_wrong_wsgi_settings_are_one_line_and_exit_2(args, message):
 def test_an_app_that_cannot_be_loaded_fails_the_boot_with_its_reason(spec, message):
     code, _, err = run_cli("serve", "--wsgi", spec, "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS, timeout=30)
     assert code == 3 and message in err and re.search(r"Traceback", err) is None, err
+
+
+def test_the_python_api_serves_an_app_in_a_pool_and_under_the_standard_librarys_servers():
+    import socketserver
+    import threading
+
+    import prefork
+    from apps.wsgi_apps import app
+    from conftest import serving
+    from prefork import wsgi
+
+    server = prefork.TCPServer(("127.0.0.1", 0), wsgi.handler_for(app, root_path="/api"),
+                               policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        environ = json.loads(request(server.server_address, b"GET /api/e/environ HTTP/1.1\r\nHost: t\r\n\r\n")[2])
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/api", "/e/environ")
+    # Not parked: the handler owns its connection (handle() loops), keep-alive and pipelining included.
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), wsgi.handler_for(app, threads=2)) as stdlib:
+        thread = threading.Thread(target=stdlib.serve_forever, daemon=True)
+        thread.start()
+        connection = Client(stdlib.server_address)
+        try:
+            connection.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /environ HTTP/1.1\r\n\r\n")
+            assert connection.response()[2] == b"hi"
+            assert json.loads(connection.response()[2])["wsgi.multithread"] is True
+        finally:
+            connection.close()
+            stdlib.shutdown()
