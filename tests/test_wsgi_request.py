@@ -70,8 +70,8 @@ def test_trailer_fields_do_not_become_header_fields():
 
 
 def test_pipelined_requests_are_kept_in_order_with_their_bodies():
-    stream = parsed([b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\nGET /d HT"])
+    stream = parsed([b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\nGET /d HT"])
     assert [(r.target, b"".join(r.chunks), r.complete) for r in stream.ready] == \
            [(b"/a", b"abc", True), (b"/b", b"", True), (b"/c", b"z", True)]
     assert not stream.idle()                                     # /d has begun: it cannot move as it is
@@ -79,24 +79,31 @@ def test_pipelined_requests_are_kept_in_order_with_their_bodies():
 
 @pytest.mark.parametrize("head, limits, status", [
     (b"GET /" + b"x" * 100 + b" HTTP/1.1\r\n\r\n", Limits(request_line=100), 414),
-    (b"GET /" + b"x" * 98 + b" HTTP/1.1\r\n\r\n", Limits(request_line=100), None),     # the target: 99 bytes
-    (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 5 + b"\r\n", Limits(fields=4), 431),
-    (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 4 + b"\r\n", Limits(fields=4), None),
+    (b"GET /" + b"x" * 98 + b" HTTP/1.1\r\nHost: h\r\n\r\n", Limits(request_line=100), None),     # the target: 99 bytes
+    (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"A: b\r\n" * 4 + b"\r\n", Limits(fields=4), 431),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"A: b\r\n" * 3 + b"\r\n", Limits(fields=4), None),
     (b"GET / HTTP/1.1\r\nA: " + b"b" * 20 + b"\r\n\r\n", Limits(field_size=20), 431),
-    (b"GET / HTTP/1.1\r\nA: " + b"b" * 19 + b"\r\n\r\n", Limits(field_size=20), None),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nA: " + b"b" * 19 + b"\r\n\r\n", Limits(field_size=20), None),
+    (b"GET / HTTP/1.1\r\n\r\n", Limits(), 400),                                          # no Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Limits(), 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n", Limits(), 400),
+    (b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 1\r\n\r\nx",
+     Limits(), 400),                                                                         # a body llhttp drops
+    ((b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", b"1;e=" + b"x" * 10_000),
+     Limits(100, 2, 100), 400),                                                                                   # a chunk extension without end
     (b"GET / HTTP/1.1\r\nA: " + b"b" * 10_000, Limits(100, 2, 100), 431),              # a head that never ends
     (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", Limits(), 400),
     (b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", Limits(), 400),
     (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", Limits(), 400),
 ])
 def test_the_limits_hold_at_their_bounds_and_smuggling_is_refused(head, limits, status):
-    stream = parsed([head], limits)
+    stream = parsed(head if isinstance(head, tuple) else [head], limits)
     assert (stream.error and stream.error.status) == status
-    if status:
+    if status and not isinstance(head, tuple):
         assert not stream.ready
 
 
 def test_a_malformed_chunk_breaks_the_body_being_read():
-    stream = parsed([b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nzz\r\n"])
+    stream = parsed([b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nzz\r\n"])
     (request,) = stream.ready
     assert (b"".join(request.chunks), request.complete, request.broken, stream.error.status) == (b"ab", True, True, 400)

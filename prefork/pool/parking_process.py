@@ -339,6 +339,7 @@ class ParkingLoop:
         if moving:
             self._hand_over()
         if self.connections:                               # a stop, or what could not move
+            self.past_cap = True                           # served past --max-requests, rather than dropped
             for server in self.servers:
                 server.stopping = True                     # HTTP handlers answer with Connection: close
             self._linger(time.monotonic() + min(STOP_LINGER, self.setup.config.graceful_timeout))
@@ -368,8 +369,7 @@ class ParkingLoop:
         A keep-alive client sends its next request right after the last reply;
         closing its connection at that instant would fail that request. A
         request that arrives now is served as the last (an HTTP handler says
-        Connection: close: the server is stopping); a connection quiet for the
-        whole moment is closed.
+        Connection: close: the server is stopping); a quiet connection is closed.
         """
         while self.connections and self._may_serve() and (now := time.monotonic()) < until:
             events = self.poller.poll(0 if self.ready else min(0.05, until - now))

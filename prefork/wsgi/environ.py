@@ -150,15 +150,6 @@ class Input:
         while line := self.readline():
             yield line
 
-    def drain(self, most):
-        """Read and drop what is left of the body, up to most bytes; whether the body was all read."""
-        self._buffer.clear()
-        dropped = 0
-        while dropped <= most and self._fill():
-            dropped += len(self._buffer)
-            self._buffer.clear()
-        return dropped <= most
-
 
 class Errors:
     """wsgi.errors: what the app writes goes to the log (logger prefork.wsgi), a line at a time."""

@@ -41,7 +41,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
                                          self.errors)
         self.response = None
         self._sent_continue = False
-        if self.server.address_family != socket.AF_UNIX:
+        if self.connection.family != socket.AF_UNIX:
             # A head and its body go out in one send, but a chunked body's pieces must not wait for an ACK.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
 
@@ -66,7 +66,9 @@ class WSGIRequestHandler(ParkingRequestHandler):
             self._refuse(stream.error.status, stream.error.reason)
             return False
         request = stream.ready.popleft()
-        keep = request.keep_alive and not request.upgrade and not getattr(self.server, "stopping", False)
+        # While the server stops, the last request received gets Connection: close; those already here are served.
+        keep = request.keep_alive and not request.upgrade and not (getattr(self.server, "stopping", False)
+                                                                   and not stream.ready)
         self._sent_continue = False
         self.response = response = Response(self.request, request, keep, self._continued)
         body = Input(request, self._pull)
@@ -86,7 +88,10 @@ class WSGIRequestHandler(ParkingRequestHandler):
                 if close is not None:
                     close()
             if keep and not request.complete:
-                keep = not (request.expects_continue and not self._continued()) and body.drain(DRAIN_MOST)
+                keep = not (request.expects_continue and not self._continued()) and self._drain(request)
+            if request.broken or not keep and not request.complete:
+                self._discard()
+                return False
         except BadRequest as exc:             # a malformed body, found as the app read it
             if not response.sent_head:
                 self._refuse(exc.status, exc.reason)
@@ -115,6 +120,31 @@ class WSGIRequestHandler(ParkingRequestHandler):
         reader.pending.clear()
         self.stream.feed(data)
 
+    def _drain(self, request):
+        """Drop the rest of a body the app left unread, to keep the connection: what has arrived only
+        (waiting for a slow client would stall every connection parked beside it), DRAIN_MOST bytes at most."""
+        reader, stream = self.rfile, self.stream
+        request.chunks.clear()
+        dropped = 0
+        while not request.complete and dropped <= DRAIN_MOST and reader.fill():
+            dropped += len(reader.pending)
+            data = bytes(reader.pending)
+            reader.pending.clear()
+            stream.feed(data)
+            request.chunks.clear()
+        return request.complete and not request.broken
+
+    def _discard(self):
+        """Before closing with bytes unread: shut our side, and read what the client has already sent.
+        Closing with unread bytes would reset the connection, and the client could lose our answer."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            for _ in range(16):
+                if not self.connection.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        except OSError:
+            pass
+
     def _refuse(self, status, reason):
         """Answer status and close: the rest of what the client sent is not read."""
         body = f"{status} {reason}\n".encode()
@@ -123,13 +153,9 @@ class WSGIRequestHandler(ParkingRequestHandler):
         log.debug("answered %s %s to %s", status, reason, self.client_address)
         try:
             self.connection.sendall(head.encode() + body)
-            # Read what the client has already sent: closing with unread bytes would reset the
-            # connection, and the client could lose the answer before reading it.
-            self.connection.shutdown(socket.SHUT_WR)
-            while self.connection.recv(65536, socket.MSG_DONTWAIT):
-                pass
         except OSError:
-            pass
+            return
+        self._discard()
 
 
 def handler_for(app, root_path="", limits=Limits(), threads=1, base=WSGIRequestHandler):

@@ -68,6 +68,7 @@ class RequestStream:
         self.head_bytes = 0
         self.max_head = limits.head_bytes()
         self.fields = 0
+        self.gap = 0                      # bytes fed since the body's last bytes
 
     def idle(self):
         """Nothing received and not yet served: the connection can move to another worker as it is."""
@@ -81,6 +82,12 @@ class RequestStream:
             self.head_bytes += len(data)      # bounds what httptools gathers of a head still arriving
             if self.head_bytes > self.max_head:
                 self.error = BadRequest(431, "Request Header Fields Too Large")
+                return
+        else:
+            self.gap += len(data)             # and, in a body, what is not body: chunk sizes, extensions, trailers
+            if self.gap > self.max_head:
+                self.current.complete = self.current.broken = True
+                self.current, self.error = None, BadRequest(400, "Bad Request")
                 return
         try:
             self.parser.feed_data(data)
@@ -97,7 +104,7 @@ class RequestStream:
 
     def on_message_begin(self):
         self.current = Request()
-        self.in_head, self.fields = True, 0
+        self.in_head, self.fields, self.gap = True, 0, 0
 
     def on_url(self, url):
         request = self.current
@@ -122,17 +129,32 @@ class RequestStream:
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
+        hosts, body = 0, False
         for name, value in request.headers:
             folded = name.lower()
-            if folded == b"expect" and value.lower() == b"100-continue" and request.version == "1.1":
+            if folded == b"host":
+                hosts += 1
+            elif folded == b"expect" and value.lower() == b"100-continue" and request.version == "1.1":
                 request.expects_continue = True
-            elif folded == b"transfer-encoding" and not value.lower().rstrip(b" \t").endswith(b"chunked"):
-                # RFC 9112 6.3: a request's body length cannot be known; llhttp would read none
-                raise BadRequest(400, "Bad Request")
+            elif folded == b"transfer-encoding":
+                # RFC 9112 6.3: unless chunked comes last, a request's body length cannot be known (llhttp
+                # would read none, and take the body for the next request); HTTP/1.0 with it: close after.
+                if value.rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
+                    raise BadRequest(400, "Bad Request")
+                request.keep_alive = request.keep_alive and request.version != "1.0"
+                body = True
+            elif folded == b"content-length":
+                body = body or value.strip(b" \t") != b"0"
+        if hosts > 1 or (hosts == 0 and request.version == "1.1"):
+            raise BadRequest(400, "Bad Request")          # RFC 9112 3.2: exactly one Host in HTTP/1.1
+        if request.upgrade and body:
+            # httptools tells llhttp that an upgrade has no body: it would be lost, or read as a request.
+            raise BadRequest(400, "Bad Request")
         self.in_head, self.head_bytes = False, 0
         self.ready.append(request)
 
     def on_body(self, body):
+        self.gap = 0
         self.current.chunks.append(body)
 
     def on_message_complete(self):

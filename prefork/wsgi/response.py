@@ -13,8 +13,12 @@ out with os.sendfile() when it is a regular file.
 import email.utils
 import io
 import os
+import re
 import stat
 import time
+
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z").match       # a header name (RFC 9110 5.1)
+_LINE_BREAK = re.compile(r"[\r\n\0]").search                     # what splits a response
 
 
 class FileWrapper:
@@ -64,7 +68,8 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called again without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+        if (type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " "
+                or _LINE_BREAK(status)):
             raise ValueError(f"WSGI status must be a str such as '200 OK', not {status!r}")
         self.status, self.headers = status, headers
         return self.write
@@ -125,10 +130,13 @@ class Response:
         lines = ["HTTP/1.1 ", status, "\r\n"]
         length = None
         for name, value in headers:
-            if type(name) is not str or type(value) is not str:
-                raise TypeError(f"WSGI header names and values must be str, not {name!r}: {value!r}")
+            if type(name) is not str or type(value) is not str or not _TOKEN(name) or _LINE_BREAK(value):
+                raise ValueError(f"a WSGI header is a name (a token) and a value without line breaks, both str;"
+                                 f" not {name!r}: {value!r} (response splitting?)")
             folded = name.lower()
             if folded == "content-length":
+                if not value.strip().isdigit():
+                    raise ValueError(f"the app's Content-Length is not a length: {value!r}")
                 length = value
             elif folded == "connection":
                 keep = keep and "close" not in value.lower()
@@ -148,16 +156,14 @@ class Response:
             lines.append("Transfer-Encoding: chunked\r\n")
         else:
             keep = False
-        if not request.complete and request.expects_continue and not self.continued():
-            keep = False                  # the client holds its body back: what follows is unknown
+        if request.broken or (not request.complete and request.expects_continue and not self.continued()):
+            keep = False                  # a malformed body, or one the client holds back: what follows is unknown
         if not keep:
             lines.append("Connection: close\r\n")
         elif request.version == "1.0":
             lines.append("Connection: keep-alive\r\n")
         lines += (date_line(), "\r\n")
         head = "".join(lines)
-        if head.count("\n") != head.count("\r\n") or head.count("\r") != head.count("\r\n"):
-            raise ValueError("a WSGI status or header holds a line break (response splitting)")
         self.keep_alive = keep
         self.sent_head = True
         return head

@@ -121,10 +121,22 @@ def status_route(environ, start_response):
     return []
 
 
+def redirect_route(environ, start_response):
+    from urllib.parse import unquote
+    start_response("302 Found", [("Location", unquote(environ["QUERY_STRING"])), ("Content-Length", "0")])
+    return []
+
+
+def bad_length_route(environ, start_response):
+    start_response("200 OK", [("Content-Length", "-3")])
+    return [b"hello world"]
+
+
 ROUTES = {"pid": pid_route, "environ": environ_route, "echo": echo_route, "lines": lines_route,
           "ignore-body": ignore_body_route, "chunked": chunked_route, "write": write_route, "file": file_route,
           "raise-before": raise_before_route, "raise-after": raise_after_route, "exc-info": exc_info_route,
-          "close": close_route, "errors": errors_route, "status": status_route}
+          "close": close_route, "errors": errors_route, "status": status_route,
+          "redirect": redirect_route, "bad-length": bad_length_route}
 
 validated = wsgiref.validate.validator(app)
 

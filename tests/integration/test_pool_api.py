@@ -1,8 +1,10 @@
 """The Prefork policy through the Python API: stats(), shutdown(), hooks as methods, signals."""
 
+import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import textwrap
@@ -339,3 +341,28 @@ def test_scale_and_reload_from_another_thread():
             server.scale("lots")
     with pytest.raises(RuntimeError, match="no server is running"):
         server.scale(3)
+
+
+def test_the_python_api_serves_an_app_in_a_pool_and_under_the_standard_librarys_servers():
+    pytest.importorskip("httptools")
+    from apps.wsgi_apps import app
+    from http_client import Client, request
+    from prefork import wsgi
+
+    server = prefork.TCPServer(("127.0.0.1", 0), wsgi.handler_for(app, root_path="/api"),
+                               policy=prefork.Prefork(workers=1))
+    with serving(server, workers=1):
+        environ = json.loads(request(server.server_address, b"GET /api/e/environ HTTP/1.1\r\nHost: t\r\n\r\n")[2])
+        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/api", "/e/environ")
+    # Not parked: the handler owns its connection (handle() loops), keep-alive and pipelining included.
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), wsgi.handler_for(app, threads=2)) as stdlib:
+        thread = threading.Thread(target=stdlib.serve_forever, daemon=True)
+        thread.start()
+        connection = Client(stdlib.server_address)
+        try:
+            connection.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /environ HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert connection.response()[2] == b"hi"
+            assert json.loads(connection.response()[2])["wsgi.multithread"] is True
+        finally:
+            connection.close()
+            stdlib.shutdown()

@@ -4,62 +4,17 @@ Most tests share one server (-w 2, apps.wsgi_apps:app) for speed; a test that ne
 other flags, a recycle or a log of its own starts its own.
 """
 
-import http.client
 import json
 import os
 import re
 import signal
-import socket
 
 import pytest
 
 from conftest import ServerProcess, run_cli, wait_for
+from http_client import Client, request
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class _Unclosable:
-    """The connection's one buffered reader, shared by successive responses (pipelining)."""
-
-    def __init__(self, file):
-        self._file = file
-
-    def __getattr__(self, name):
-        return getattr(self._file, name)
-
-    def close(self):
-        pass
-
-
-class Client:
-    """One HTTP connection: raw requests out, responses parsed by http.client in."""
-
-    def __init__(self, address, timeout=10):
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self._file = self.sock.makefile("rb")
-
-    def makefile(self, *args, **kwargs):
-        return _Unclosable(self._file)
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def response(self, method="GET"):
-        reply = http.client.HTTPResponse(self, method=method)
-        reply.begin()
-        return reply.status, reply.headers, reply.read()
-
-    def get(self, path, headers=""):
-        self.send(f"GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n".encode())
-        return self.response()
-
-    def closed(self):
-        """Whether the server has closed its side (after what was read)."""
-        return self._file.read() == b""
-
-    def close(self):
-        self._file.close()
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +35,6 @@ def client(shared):
     connection = Client(shared[0])
     yield connection
     connection.close()
-
-
-def request(address, raw, method="GET"):
-    connection = Client(address)
-    try:
-        connection.send(raw)
-        return connection.response(method)
-    finally:
-        connection.close()
 
 
 def test_keep_alive_and_pipelining_serve_every_request_in_order_on_one_connection(client):
@@ -234,9 +180,13 @@ def test_wsgi_errors_lines_go_to_the_log(shared, client):
     (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost : t\r\n\r\n", 400),
-    (b"GET /\x01 HTTP/1.1\r\n\r\n", 400),
-    (b"BREW / HTTP/1.1\r\n\r\n", 400),
-    (b"GET / HTTP/9.1\r\n\r\n", 400),
+    (b"GET /\x01 HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"BREW / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),                                       # no Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+    (b"GET / HTTP/9.1\r\nHost: t\r\n\r\n", 400),
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(101)) + b"\r\n", 431),
     (b"GET / HTTP/1.1\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
@@ -365,29 +315,57 @@ def test_an_app_that_cannot_be_loaded_fails_the_boot_with_its_reason(spec, messa
     assert code == 3 and message in err and re.search(r"Traceback", err) is None, err
 
 
-def test_the_python_api_serves_an_app_in_a_pool_and_under_the_standard_librarys_servers():
-    import socketserver
-    import threading
+def test_a_header_value_with_a_line_break_is_an_error_not_a_split_response(client):
+    status, headers, body = client.get("/redirect?/x%0d%0aSet-Cookie:%20admin=1%0d%0a%0d%0aINJECTED")
+    assert (status, headers["Set-Cookie"], headers["Location"]) == (500, None, None) and b"INJECTED" not in body
+    status, headers, _ = request(client.sock.getpeername(), b"GET /bad-length HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 500                                          # Content-Length: -3 from the app
 
-    import prefork
-    from apps.wsgi_apps import app
-    from conftest import serving
-    from prefork import wsgi
 
-    server = prefork.TCPServer(("127.0.0.1", 0), wsgi.handler_for(app, root_path="/api"),
-                               policy=prefork.Prefork(workers=1))
-    with serving(server, workers=1):
-        environ = json.loads(request(server.server_address, b"GET /api/e/environ HTTP/1.1\r\nHost: t\r\n\r\n")[2])
-        assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/api", "/e/environ")
-    # Not parked: the handler owns its connection (handle() loops), keep-alive and pipelining included.
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), wsgi.handler_for(app, threads=2)) as stdlib:
-        thread = threading.Thread(target=stdlib.serve_forever, daemon=True)
-        thread.start()
-        connection = Client(stdlib.server_address)
-        try:
-            connection.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /environ HTTP/1.1\r\n\r\n")
-            assert connection.response()[2] == b"hi"
-            assert json.loads(connection.response()[2])["wsgi.multithread"] is True
-        finally:
-            connection.close()
-            stdlib.shutdown()
+def test_a_malformed_body_gets_one_answer_and_the_connection_closed(client):
+    client.send(b"POST /pid HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX")
+    status, headers, _ = client.response()
+    assert (status, headers["Connection"]) == (200, "close")      # the app did not read it: its answer stands
+    assert client.closed()                                        # and no second, unasked-for 400
+
+
+def test_http_1_0_with_chunked_framing_is_served_and_closed(client):
+    client.send(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nhi\r\n0\r\n\r\nGET /smuggled HTTP/1.0\r\n\r\n")
+    status, headers, body = client.response()
+    assert (status, body, headers["Connection"]) == (200, b"hi", "close") and client.closed()
+
+
+def test_a_client_trickling_what_the_app_does_not_read_does_not_stall_the_worker(serve_cli):
+    """Before: the unread body was drained blocking, so a chunk extension sent a byte at a time (or
+    trailers without end) held the only worker; another client waited for as long as it went on."""
+    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS)
+    address = server.addresses()[0]
+    hostile = Client(address)
+    try:
+        hostile.send(b"POST /pid HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;e=")
+        assert hostile.response()[0] == 200
+        for _ in range(3):
+            try:
+                hostile.send(b"a")
+            except OSError:                                      # the hostile connection was closed: fine
+                pass
+            other = Client(address, timeout=2)                    # served at once, not after the trickle
+            try:
+                assert other.get("/pid")[0] == 200
+            finally:
+                other.close()
+    finally:
+        hostile.close()
+
+
+def test_pipelined_requests_past_max_requests_are_all_answered(serve_cli):
+    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", "--max-requests", "2",
+                       cwd=TESTS)
+    connection = Client(server.addresses()[0])
+    try:
+        assert connection.get("/pid")[0] == 200
+        connection.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\na" * 3)
+        assert [connection.response()[2] for _ in range(3)] == [b"a", b"a", b"a"]
+    finally:
+        connection.close()
