@@ -17,7 +17,7 @@ import re
 import stat
 import time
 
-_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+\Z").match       # a header name (RFC 9110 5.1)
+_NOT_TOKEN = re.compile(r"[^-!#$%&'*+.^_`|~0-9A-Za-z]").search   # what a header name cannot hold (RFC 9110 5.1)
 _LINE_BREAK = re.compile(r"[\r\n\0]").search                     # what splits a response
 
 
@@ -128,11 +128,10 @@ class Response:
         code = int(status[:3])
         keep = self.keep_alive
         lines = ["HTTP/1.1 ", status, "\r\n"]
+        names = []
         length = None
         for name, value in headers:
-            if type(name) is not str or type(value) is not str or not _TOKEN(name) or _LINE_BREAK(value):
-                raise ValueError(f"a WSGI header is a name (a token) and a value without line breaks, both str;"
-                                 f" not {name!r}: {value!r} (response splitting?)")
+            names.append(name)
             folded = name.lower()
             if folded == "content-length":
                 if not value.strip().isdigit():
@@ -144,29 +143,37 @@ class Response:
             elif folded == "transfer-encoding":
                 continue
             lines += (name, ": ", value, "\r\n")
+        ours = []                         # our lines, each one line
         if code < 200 or code in (204, 304):
             self.no_body = True
         elif length is not None:
             self.remaining = int(length)
         elif self.known_length is not None:
             self.remaining = self.known_length
-            lines.append(f"Content-Length: {self.known_length}\r\n")
+            ours.append(f"Content-Length: {self.known_length}\r\n")
         elif request.version == "1.1":
             self.chunked = not self.no_body
-            lines.append("Transfer-Encoding: chunked\r\n")
+            ours.append("Transfer-Encoding: chunked\r\n")
         else:
             keep = False
         if request.broken or (not request.complete and request.expects_continue and not self.continued()):
             keep = False                  # a malformed body, or one the client holds back: what follows is unknown
         if not keep:
-            lines.append("Connection: close\r\n")
+            ours.append("Connection: close\r\n")
         elif request.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines += (date_line(), "\r\n")
-        head = "".join(lines)
+            ours.append("Connection: keep-alive\r\n")
+        ours += (date_line(), "\r\n")
+        app = "".join(lines)              # a TypeError if a name or value is not a str
+        # The app's part holds a line end per line and no other CR, LF or NUL (response splitting), and its
+        # names are tokens: checked over the whole at once, as a check per header costs more than the rest.
+        ends = len(lines) // 4 + 1
+        if (app.count("\n") != ends or app.count("\r") != ends or "\0" in app
+                or _NOT_TOKEN("".join(names)) or not all(names)):
+            raise ValueError(f"a WSGI status or header holds a line break, or a header name is not a token:"
+                             f" {status!r}, {headers!r:.200} (response splitting?)")
         self.keep_alive = keep
         self.sent_head = True
-        return head
+        return app + "".join(ours)
 
     def _frame(self, data):
         if self.no_body or not data:
