@@ -15,6 +15,12 @@ Workloads (every server has 2 worker processes):
   idle            CPU used by an idle master and its workers
   many-connections  thousands of idle keep-alive connections parked, paced line clients, a
                   HUP with 1,000 connections open, wrk -c1000 (scripts/many_connections.py)
+  wsgi-close      wrk as in http-close, on the WSGI app scripts/wsgi_hello.py: prefork --wsgi (2x1,
+                  --preload), gunicorn sync and gthread, uWSGI
+  wsgi-keepalive  the same with 50 keep-alive connections
+  wsgi-flask-close, wsgi-flask-keepalive  the same two on the Flask app scripts/wsgi_flask.py
+  (--only wsgi selects the four; --quick runs wsgi-flask-keepalive but not wsgi-flask-close, whose
+  code path is the same, to stay short)
 
 "The handler imported by the master" (scripts/master_preload.py) is what
 --preload did before the zygote, and what a program using the API does.
@@ -29,6 +35,37 @@ What it needs, and how it gets it: wrk and nginx from Debian's packages
 (installed with apt-get when running as root, else reported missing), gunicorn
 from PyPI into .bench/venv, and a C compiler for echo_load. A workload whose
 tool is missing is skipped with a line saying what to install.
+
+The WSGI workloads also need Debian's uwsgi and uwsgi-plugin-python3 (apt-get,
+as for wrk), and for the Flask app one version of Flask in three places: in
+.bench/venv for gunicorn, in this interpreter for prefork (pip-installed when
+missing), and in .bench/uwsgi-venv-3.X, a venv made with the /usr/bin/python3.X
+that Debian's plugin embeds (found with ldd), which uWSGI gets as --virtualenv.
+A server that cannot have one of these is left out of the workloads that need
+it, and its targets read "not measured".
+
+uWSGI runs as --master --processes 2 --disable-logging --plugin python3 and
+speaks HTTP itself, without its HTTP router (--http) in front, as prefork and
+gunicorn do; --die-on-term so that SIGTERM stops it (uWSGI 2.0 reloads on
+it), --need-app so that an app that fails to import stops it rather than
+answering 500s, and --listen 2048, the backlog of prefork and gunicorn.
+New connection per request: --http-socket, which closes every connection
+after its response, with --add-header "Connection: close": without the
+header (which HTTP/1.1 asks of a server that closes) wrk reuses the
+connection, finds it closed, and counts a read error per request.
+Keep-alive: --http-keepalive is an option of the HTTP router (--http): with
+--plugin http uwsgi accepts it, and --http-socket still closes each
+connection after its response. --http11-socket keeps them open (it closes on
+HTTP/1.0 and on a pipelined request, and ignores a request's Connection:
+close, hence --http-socket for the close workloads). But --http11-socket
+holds each connection in one of a worker's cores until it has been idle for
+--socket-timeout (4 s): 2 processes serve 2 of wrk's 50 connections while the
+other 48 wait in the accept queue (wrk counts no error for them in rounds
+shorter than its 5 s timeout). So the keep-alive workloads run uWSGI twice:
+2x1, whose figure is that of 2 connections, and 2x25 threads (--threads 25),
+which holds all 50, as gunicorn gthread x25 does; the targets compare prefork
+with the 2x25 one. (uWSGI's async mode, --async 25 --ugreen, the nearest to
+prefork's parking, crashed in its async loop with Debian's 2.0.21.)
 """
 
 import argparse
@@ -63,15 +100,20 @@ PY = sys.executable
 class Tools:
     """Finds or installs what the workloads need; remembers what is missing and why."""
 
-    def __init__(self, install):
+    def __init__(self, install, wsgi=False, flask=False):
         self.missing = []
         self.wrk = self._debian("wrk", "wrk", install)
         self.nginx = self._debian("nginx", "nginx", install)
         self.gunicorn = self._gunicorn(install)
         self.echo_load = self._echo_load()
+        # Only when a WSGI workload is wanted: uWSGI and Flask take a while to install.
+        self.uwsgi = self._uwsgi(install) if wsgi else None
+        self.prefork_wsgi = self._prefork_wsgi() if wsgi else False
+        self.flask = self._flask(install) if flask else {}
 
-    def _debian(self, command, package, install):
-        found = shutil.which(command) or shutil.which(command, path="/usr/sbin")
+    def _debian(self, command, package, install, find=None):
+        find = find or (lambda: shutil.which(command) or shutil.which(command, path="/usr/sbin"))
+        found = find()
         if found or not install:
             return found or self._miss(command, f"apt-get install {package}")
         if os.geteuid() != 0 or not shutil.which("apt-get"):
@@ -82,8 +124,66 @@ class Tools:
         if done.returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
             done = subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True)
-        found = shutil.which(command) or shutil.which(command, path="/usr/sbin")
-        return found or self._miss(command, f"apt-get install {package} failed: {done.stderr.strip()[-200:]}")
+        return find() or self._miss(command, f"apt-get install {package} failed: {done.stderr.strip()[-200:]}")
+
+    def _uwsgi(self, install):
+        """Debian's uwsgi with its python3 plugin (which embeds Debian's Python, not this one)."""
+        uwsgi = self._debian("uwsgi", "uwsgi", install)
+        plugin = uwsgi and self._debian("uwsgi's python3 plugin", "uwsgi-plugin-python3", install,
+                                        find=lambda: os.path.exists(UWSGI_PLUGIN) and UWSGI_PLUGIN)
+        return uwsgi if plugin else None
+
+    def _prefork_wsgi(self):
+        """Whether this prefork's serve has --wsgi (being written when these workloads were)."""
+        done = subprocess.run([PY, "-m", "prefork", "serve", "--help"], capture_output=True, text=True, timeout=60)
+        if "--wsgi" in done.stdout:
+            return True
+        self._miss("prefork serve --wsgi", "not in this prefork (python -m prefork serve --help): update prefork")
+        return False
+
+    def _flask(self, install):
+        """One version of Flask where each server imports it: {server: ready, "version": ...}.
+
+        gunicorn: .bench/venv, which gets pip's newest; prefork: this interpreter;
+        uWSGI: a venv made with the Python its plugin embeds (uwsgi_python()),
+        given to uWSGI as --virtualenv. Those two get the same version.
+        """
+        found = {}
+        if self.gunicorn:
+            found["version"] = self._pip_flask("gunicorn (.bench/venv)", os.path.join(CACHE, "venv", "bin", "python"),
+                                               install)
+            found["gunicorn"] = bool(found["version"])
+        ours = self._pip_flask("prefork (this interpreter)", PY, install, found.get("version"))
+        found["prefork"], found["version"] = bool(ours), found.get("version") or ours
+        if self.uwsgi:
+            python = uwsgi_python()
+            venv = os.path.join(CACHE, "uwsgi-venv-" + python.rsplit("python", 1)[1])
+            venv_python = os.path.join(venv, "bin", "python")
+            if not os.path.exists(venv_python) and not install:
+                self._miss("flask for uWSGI", f"{python} -m venv {venv}, then pip install flask into it")
+            elif not os.path.exists(venv_python):
+                made = subprocess.run([python, "-m", "venv", venv], capture_output=True, text=True)
+                if made.returncode != 0:
+                    self._miss(f"a venv of {python} for uWSGI's Flask", f"apt-get install "
+                               f"{os.path.basename(python)}-venv ({made.stderr.strip()[-200:]})")
+            if os.path.exists(venv_python) and self._pip_flask(f"uWSGI ({os.path.relpath(venv, REPO)})",
+                                                               venv_python, install, found.get("version")):
+                found["uwsgi"] = venv
+        return found
+
+    def _pip_flask(self, where, python, install, version=None):
+        """Flask's version importable by python, after pip-installing it (==version) when allowed; or None."""
+        def installed():
+            done = subprocess.run([python, "-c", "import flask, importlib.metadata as m; print(m.version('flask'))"],
+                                  capture_output=True, text=True)
+            return done.stdout.strip() if done.returncode == 0 else None
+        if installed() or not install:
+            return installed() or self._miss(f"flask for {where}", f"{python} -m pip install flask")
+        spec = f"flask=={version}" if version else "flask"
+        print(f"installing {spec} for {where} ...", flush=True)
+        done = subprocess.run([python, "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+        return installed() or self._miss(f"flask for {where}", f"{python} -m pip install {spec} failed: "
+                                                                f"{done.stderr.strip()[-200:]}")
 
     def _gunicorn(self, install):
         venv = os.path.join(CACHE, "venv")
@@ -116,7 +216,24 @@ class Tools:
                 return None
         return {"wrk": self.wrk and first_line([self.wrk, "--version"]),
                 "nginx": self.nginx and first_line([self.nginx, "-v"]),
-                "gunicorn": self.gunicorn and first_line([self.gunicorn, "--version"])}
+                "gunicorn": self.gunicorn and first_line([self.gunicorn, "--version"]),
+                "uwsgi": self.uwsgi and first_line([self.uwsgi, "--version"]),
+                "uwsgi_python": self.uwsgi and uwsgi_python(),
+                "flask": self.flask.get("version")}
+
+
+UWSGI_PLUGIN = "/usr/lib/uwsgi/plugins/python3_plugin.so"      # Debian's uwsgi-plugin-python3
+
+
+def uwsgi_python():
+    """The /usr/bin/python3.X whose libpython Debian's uWSGI plugin links (ldd says), else /usr/bin/python3."""
+    try:
+        linked = subprocess.run(["ldd", UWSGI_PLUGIN], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        linked = ""
+    match = re.search(r"libpython(3\.\d+)", linked)
+    return f"/usr/bin/python{match.group(1)}" if match and os.path.exists(f"/usr/bin/python{match.group(1)}") \
+        else "/usr/bin/python3"
 
 
 def build_echo_load():
@@ -260,6 +377,51 @@ def http_servers(tools, workdir, keep_alive):
     return servers
 
 
+def prefork_wsgi_cmd(app, *flags):
+    """prefork serve --wsgi, with scripts/ on the import path (where the apps are)."""
+    return _in_dir(lambda port: [PY, "-m", "prefork", "serve", "--wsgi", app, "-b", f"127.0.0.1:{port}",
+                                 "--log-level", "warning", *flags], SCRIPTS)
+
+
+def uwsgi_cmd(tools, app, keep_alive, threads=1, venv=None):
+    """uWSGI speaking HTTP itself; the module docstring says why these options."""
+    with open("/proc/sys/net/core/somaxconn") as f:
+        backlog = min(2048, int(f.read()))            # uWSGI refuses a --listen above somaxconn
+    socket_kind = ["--http11-socket"] if keep_alive else ["--add-header", "Connection: close", "--http-socket"]
+    return lambda port: [tools.uwsgi, "--plugin", "python3", *socket_kind, f"127.0.0.1:{port}", "--master",
+                         "--processes", "2", "--disable-logging", "--die-on-term", "--need-app",
+                         "--listen", str(backlog), "--pythonpath", SCRIPTS, "--module", app,
+                         *(["--threads", str(threads)] if threads > 1 else []),
+                         *(["--virtualenv", venv] if venv else [])]
+
+
+def wsgi_servers(tools, app, keep_alive, flask=False):
+    """The same WSGI app (module:app in scripts/) under each server, 2 worker processes each."""
+    can = (lambda server: tools.flask.get(server)) if flask else (lambda server: True)
+    servers = []
+    if tools.prefork_wsgi and can("prefork"):
+        servers.append(Server("prefork --wsgi 2x1", prefork_wsgi_cmd(app, "-w", "2", "--preload"), peer=False))
+    if tools.gunicorn and can("gunicorn"):
+        servers += [Server("gunicorn sync", gunicorn_cmd(tools, "-k", "sync", app=app), peer=True),
+                    Server(f"gunicorn gthread x{THREADS}", gunicorn_cmd(tools, "-k", "gthread", "--threads",
+                                                                       str(THREADS), app=app), peer=True)]
+    if tools.uwsgi and can("uwsgi"):
+        venv = tools.flask["uwsgi"] if flask else None
+        servers.append(Server("uWSGI 2x1", uwsgi_cmd(tools, app, keep_alive, venv=venv), peer=True))
+        if keep_alive:
+            servers.append(Server(f"uWSGI 2x{THREADS} threads", uwsgi_cmd(tools, app, keep_alive, THREADS, venv),
+                                  peer=True))
+    return servers
+
+
+WSGI_WORKLOADS = {                  # name: (module:app in scripts/, a new connection per request, its reply)
+    "wsgi-close": ("wsgi_hello:app", True, b"Hello, World!"),
+    "wsgi-keepalive": ("wsgi_hello:app", False, b"Hello, World!"),
+    "wsgi-flask-close": ("wsgi_flask:app", True, b'"message":"Hello, World!"'),
+    "wsgi-flask-keepalive": ("wsgi_flask:app", False, b'"message":"Hello, World!"'),
+}
+
+
 def echo_servers():
     echo = "prefork_workers.echo:EchoHandler"
     return [
@@ -305,15 +467,32 @@ def run_echo(tools, port, seconds, mode):
 
 # -- throughput workloads ------------------------------------------------------------------
 
-def throughput(name, servers, run, rounds, seconds):
-    """Run `run(port)` on every server, rounds times, interleaved; the median per server."""
+def throughput(name, servers, run, rounds, seconds, check=None):
+    """Run `run(port)` on every server, rounds times, interleaved; the median per server.
+
+    check(port), if given, runs on each server once started: a server it raises RuntimeError for is
+    left out; what it returns, a note (say, that the server does not keep connections alive), is
+    printed and kept with the server's figures.
+    """
+    notes = {}
     started = []
     try:
         for server in servers:
             try:
-                started.append(server.start())
+                server.start()
             except RuntimeError as exc:
                 print(f"  {server.name}: could not start: {exc}", flush=True)
+                server.stop()
+                continue
+            started.append(server)
+            try:
+                notes[server.name] = check and check(server.port)
+            except (RuntimeError, OSError) as exc:
+                print(f"  {server.name}: left out: {exc}", flush=True)
+                started.remove(server)
+                server.stop()
+            if notes.get(server.name):
+                print(f"  {server.name}: {notes[server.name]}", flush=True)
         for server in started:          # warm up: imports, page cache, branch predictors
             run(server.port, 1)
         runs = {server.name: [] for server in started}
@@ -324,7 +503,79 @@ def throughput(name, servers, run, rounds, seconds):
     finally:
         for server in started:
             server.stop()
-    return {server.name: summarize(runs[server.name]) | {"peer": server.peer} for server in started}
+    return {server.name: summarize(runs[server.name]) | {"peer": server.peer}
+            | ({"note": notes[server.name]} if notes.get(server.name) else {}) for server in started}
+
+
+def check_http(port, close, expect):
+    """Two requests as wrk sends them, on one connection: the reply must be a 200 holding expect
+    (else RuntimeError). A note (or None) when the server does not do what the workload is about:
+    with close, closing the connection after its reply; without, answering the second request."""
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        reply = _read_reply(sock)
+        if not re.match(rb"HTTP/1\.[01] 200 ", reply) or expect not in reply:
+            raise RuntimeError(f"unexpected reply {reply[:300]!r}")
+        head = reply.split(b"\r\n\r\n", 1)[0]
+        closing = re.search(rb"^connection:\s*close\s*$", head, re.I | re.M)
+        sock.settimeout(2)
+        try:
+            sock.sendall(request)
+            again = _read_reply(sock) if not close or not closing else sock.recv(1)
+        except (OSError, RuntimeError):
+            again = b""
+    if close and again:
+        return "kept the connection open after a Connection: close request" + (
+            "" if closing else ", and its reply did not say Connection: close, so wrk reuses the connection")
+    if close and not closing:
+        return "closed the connection without saying Connection: close: wrk counts a read error per request"
+    if not close and not again:
+        return "does not keep connections alive: closed the connection after one reply"
+    if not close and (answered := _answered_together(port, request, 3)) < 3:
+        return (f"answered {answered} of 3 keep-alive connections opened together (within 1 s): each holds a "
+                f"worker, so most of wrk's {CONNECTIONS} wait and its figure is that of {answered}")
+    return None
+
+
+def _answered_together(port, request, count, timeout=1.0):
+    """How many of count connections, each sent request at once and kept open, are answered within timeout."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(request)
+        deadline, answered = time.monotonic() + timeout, 0
+        for sock in socks:
+            try:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                answered += bool(_read_reply(sock))
+            except (OSError, RuntimeError):
+                pass
+        return answered
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _read_reply(sock):
+    """One HTTP response from sock: its head, and a body of Content-Length bytes (else up to the close)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"connection closed after {data[:300]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"^content-length:\s*(\d+)", head, re.I | re.M)
+    if not length:
+        while chunk := sock.recv(65536):
+            body += chunk
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"connection closed within the body of {head[:300]!r}")
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def summarize(runs):
@@ -583,6 +834,13 @@ def print_throughput(name, results):
         ratios = "".join(f"{r['rps'] / results[p]['rps']:>13.2f}" for p in peers)
         print(f"  {server:<26}{r['rps']:>10.0f}{_ms(r['p50_ms'])}{_ms(r['p99_ms'])}{r['errors']:>8}"
               f"{'' if r['served'] is None else r['served']:>8}" + ratios)
+    print_notes(results)
+
+
+def print_notes(results):
+    for server, r in results.items():
+        if r.get("note"):
+            print(f"  note, {server}: {r['note']}")
 
 
 def _ms(value):
@@ -601,7 +859,7 @@ def targets(report):
 
     def check(text, value, goal, fmt="{:.2f}x", below=False):
         if value is None:
-            lines.append(f"  [ n/a ] {text}: not measured (a tool is missing)")
+            lines.append(f"  [ n/a ] {text}: not measured (not run, or a tool is missing)")
         else:
             met = value < goal if below else value >= goal
             lines.append(f"  [{'met ' if met else 'MISS'}] {text}: {fmt.format(value)} (goal {fmt.format(goal)})")
@@ -614,6 +872,15 @@ def targets(report):
     check(f"http-keepalive, {keep_alive} vs nginx", ratio("http-keepalive", keep_alive, "nginx"), 0.5)
     check("http-keepalive, prefork 2x1 (parking) vs nginx", ratio("http-keepalive", "prefork 2x1", "nginx"), 0.8)
     check(f"http-keepalive, prefork 2x1 vs {keep_alive}", ratio("http-keepalive", "prefork 2x1", keep_alive), 1.0)
+    wsgi, uwsgi_keep_alive = "prefork --wsgi 2x1", f"uWSGI 2x{THREADS} threads"
+    for prefix in ("wsgi", "wsgi-flask"):
+        close, keep = f"{prefix}-close", f"{prefix}-keepalive"
+        check(f"{close}, {wsgi} vs gunicorn sync", ratio(close, wsgi, "gunicorn sync"), 2.0)
+        check(f"{close}, {wsgi} vs uWSGI 2x1", ratio(close, wsgi, "uWSGI 2x1"), 1.0)
+        check(f"{keep}, {wsgi} vs gunicorn gthread x{THREADS}", ratio(keep, wsgi, f"gunicorn gthread x{THREADS}"),
+              1.5)
+        check(f"{keep}, {wsgi} vs {uwsgi_keep_alive} (2x1 holds 2 of the 50 connections)",
+              ratio(keep, wsgi, uwsgi_keep_alive), 1.0)
     respawns = report.get("respawn", {})
     zygote, in_master = respawns.get(ZYGOTE), respawns.get(MASTER_PRELOAD)
     check("respawn median, prefork --preload (zygote)", zygote and zygote["median_ms"], 5.0, "{:.2f} ms", below=True)
@@ -664,18 +931,25 @@ def main():
     parser.add_argument("--seconds", type=float, help="length of each measurement (default 5, quick 1)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--only", help="comma-separated workloads: http-close,http-keepalive,echo-short,"
-                                       "echo-long,respawn,memory,reload,idle,many-connections")
+                                       "echo-long,respawn,memory,reload,idle,many-connections,wsgi-close,"
+                                       "wsgi-keepalive,wsgi-flask-close,wsgi-flask-keepalive; wsgi: those four")
     parser.add_argument("--no-install", action="store_true", help="use only what is already installed")
     parser.add_argument("--json", help="where to write the JSON results (default bench-results/bench-<time>.json)")
     args = parser.parse_args()
     seconds = args.seconds or (1 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 3)
     wanted = set(args.only.split(",")) if args.only else None
+    if wanted and "wsgi" in wanted:
+        wanted |= set(WSGI_WORKLOADS)
 
     def want(name):
         return wanted is None or name in wanted
 
-    tools = Tools(install=not args.no_install)
+    # --quick leaves out wsgi-flask-close unless named: wsgi-flask-keepalive runs the same code on the same servers.
+    wsgi_workloads = [name for name in WSGI_WORKLOADS
+                      if want(name) and not (args.quick and name == "wsgi-flask-close" and not wanted)]
+    tools = Tools(install=not args.no_install, wsgi=bool(wsgi_workloads),
+                  flask=any("flask" in name for name in wsgi_workloads))
     for line in tools.missing:
         print(f"missing {line} -- the workloads that need it are skipped", flush=True)
     report = {"machine": machine(), "tools": tools.versions(), "seconds": seconds, "rounds": rounds,
@@ -696,6 +970,19 @@ def main():
                 report["workloads"][name] = throughput(
                     name, echo_servers(), lambda port, s, mode=mode: run_echo(tools, port, s, mode),
                     rounds, seconds)
+    if tools.wrk:
+        for name in wsgi_workloads:
+            app, close, expect = WSGI_WORKLOADS[name]
+            servers = wsgi_servers(tools, app, keep_alive=not close, flask="flask" in name)
+            if not servers:
+                print(f"  {name}: skipped, no server could run it (see the missing lines above)", flush=True)
+                continue
+            report["workloads"][name] = throughput(
+                name, servers, lambda port, s, close=close: run_wrk(tools.wrk, port, max(1, int(round(s))), close),
+                rounds, seconds_int, check=lambda port, close=close, expect=expect: check_http(port, close, expect))
+        if args.quick and "wsgi-flask-close" not in wsgi_workloads and want("wsgi-flask-close"):
+            print("  wsgi-flask-close: left out of --quick (wsgi-flask-keepalive ran the same code); "
+                  "--only wsgi-flask-close runs it", flush=True)
     if want("respawn"):
         report["respawn"] = respawn(tools, 5 if args.quick else 25)
     if want("memory"):
