@@ -15,16 +15,17 @@ import httptools
 
 from prefork.wsgi.request import BadRequest
 
-_KEYS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
-_MAX_KEYS = 512                                  # header names remembered: hostile unique names cost nothing
+_KEYS = {}                                       # a header name as received (bytes) -> its key, or "" to drop
+_MAX_KEYS = 512                                  # names remembered: hostile unique names cost nothing
 
 
 def header_key(name):
-    """The environ key of a header field's name (bytes): HTTP_X_FORWARDED_FOR; None for one to drop."""
+    """The environ key of a header field's name (bytes, any case): HTTP_X_FORWARDED_FOR; "" for one to drop."""
     key = _KEYS.get(name)
     if key is None:
-        text = name.decode("latin-1")
-        key = None if "_" in text else "HTTP_" + text.upper().replace("-", "_")
+        text = name.decode("latin-1").upper()
+        key = ("" if "_" in text else {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}.get(
+            text, "HTTP_" + text.replace("-", "_")))
         if len(_KEYS) < _MAX_KEYS:
             _KEYS[name] = key
     return key
@@ -72,9 +73,10 @@ def request_environ(shared, request, body, root_path, file_wrapper):
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     environ["wsgi.input"] = body
     environ["wsgi.file_wrapper"] = file_wrapper
+    keys = _KEYS
     for name, value in request.headers:
-        key = header_key(name.lower())
-        if key is None:
+        key = keys.get(name) or header_key(name)
+        if not key:
             continue
         value = value.decode("latin-1")
         if key in environ and key.startswith("HTTP_"):

@@ -67,6 +67,8 @@ class RequestStream:
         self.in_head = False
         self.head_bytes = 0
         self.max_head = limits.head_bytes()
+        self.most_fields = limits.fields or 1 << 62          # 0: no limit
+        self.field_size = limits.field_size or 1 << 62
         self.fields = 0
         self.gap = 0                      # bytes fed since the body's last bytes
 
@@ -115,10 +117,7 @@ class RequestStream:
 
     def on_header(self, name, value):
         self.fields += 1
-        limits = self.limits
-        if limits.fields and self.fields > limits.fields:
-            raise BadRequest(431, "Request Header Fields Too Large")
-        if limits.field_size and len(name) + len(value) > limits.field_size:
+        if self.fields > self.most_fields or len(name) + len(value) > self.field_size:
             raise BadRequest(431, "Request Header Fields Too Large")
         if self.in_head:                  # not a chunked body's trailer fields: those are dropped
             self.current.headers.append((name, value))
