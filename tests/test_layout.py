@@ -33,6 +33,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--system", "--uid",                       # useradd
     "--worker-connections", "--keep-alive", "--error-logfile", "--reload", "--access-logfile",  # gunicorn, in
     "--statsd-host", "--certfile", "--keyfile", "--forwarded-allow-ips",                       # README's table
+    "--http-socket", "--http11-socket",        # uWSGI, in the benchmark
 }
 WSGI_ENVIRON_KEYS = {"input", "errors", "file_wrapper", "multithread", "multiprocess", "url_scheme", "version",
                      "run_once", "input_terminated"}        # wsgi.input names an environ key, not prefork.wsgi's
