@@ -130,7 +130,7 @@ def test_deploy_md_has_the_snippets_this_file_checks():
                                         "prefork-agent@.service"}
     assert set(snippets("sh")) == {"prefork-health", "upgrade-myapp"}
     assert [set(snippets(kind)) for kind in ("nginx", "haproxy", "toml", "logrotate")] == [
-        {"stream"}, {"haproxy.cfg"}, {"prefork.toml"}, {"myapp"}]
+        {"stream"}, {"haproxy.cfg"}, {"prefork.toml", "wsgi.toml"}, {"myapp"}]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
@@ -152,6 +152,21 @@ def test_deploy_md_toml_passes_check_config(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert re.search(r"^workers\s+4\s+file ", done.stdout, re.M), done.stdout
+
+
+def test_deploy_md_wsgi_toml_serves_its_flask_app(tmp_path, serve_cli):
+    pytest.importorskip("flask")
+    (tmp_path / "prefork.toml").write_text(snippets("toml")["wsgi.toml"] + 'bind = ["127.0.0.1:0"]\n')
+    (tmp_path / "hello.py").write_text("from flask import Flask\napp = Flask(__name__)\n\n"
+                                      "@app.get('/')\ndef index():\n    return {'message': 'Hello, World!'}\n")
+    server = serve_cli("-c", "prefork.toml", "-w", "2", cwd=str(tmp_path))
+    host, port = server.addresses()[0]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b'{"message":"Hello, World!"}\n'), reply
 
 
 @pytest.mark.timeout(150)
