@@ -32,14 +32,18 @@ def split_spec(spec):
 
 def check_findable(spec):
     """Fail early, without running the application's code, when its top package is missing."""
-    module, _ = split_spec(spec)
+    check_module_findable(split_spec(spec)[0], f"handler {spec!r}")
+
+
+def check_module_findable(module, what):
+    """AppLoadError naming what (such as "handler 'myapp:Handler'") if module's top package is missing."""
     top = module.split(".")[0]
     try:
         found = importlib.util.find_spec(top)
     except (ImportError, ValueError) as exc:
-        raise AppLoadError(f"cannot import handler {spec!r}: {exc}") from None
+        raise AppLoadError(f"cannot import {what}: {exc}") from None
     if found is None:
-        raise AppLoadError(f"cannot import handler {spec!r}: no module named {top!r}")
+        raise AppLoadError(f"cannot import {what}: no module named {top!r}")
 
 
 def load_handler(spec):

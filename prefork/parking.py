@@ -29,42 +29,23 @@ import struct
 RECEIVE_SIZE = 65536
 
 
-class ConnectionReader(io.BufferedIOBase):
-    """A parking handler's rfile: the bytes received and not yet read (``pending``), then the socket.
+class PendingReader(io.BufferedIOBase):
+    """A binary reader over ``pending`` (what has come and not been read), which _more() adds to.
 
-    The worker fills it without blocking when the connection is readable,
-    and asks the handler whether ``pending`` holds a whole request. Reads
-    that need more than has arrived (a request body on its way) wait on the
-    socket: in a pool, for the client timeout at most (the kernel's
-    SO_RCVTIMEO), then TimeoutError.
+    The one reading logic of a parking handler's rfile and of a WSGI request
+    body (prefork/wsgi/environ.py), which differ only in where more comes from.
     """
 
-    def __init__(self, sock, received=b""):
+    def __init__(self, received=b""):
         super().__init__()
-        self._sock = sock
         self.pending = bytearray(received)
-        self.eof = False                    # the client shut its side: no more bytes will come
 
     def readable(self):
         return True
 
-    def fill(self, wait=False):
-        """Receive what the socket holds: the number of bytes, 0 at EOF, None when nothing was there."""
-        try:
-            data = self._sock.recv(RECEIVE_SIZE, 0 if wait else socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            if wait:                        # SO_RCVTIMEO ran out on a blocking socket
-                raise TimeoutError("the client sent nothing for the client timeout") from None
-            return None
-        if data:
-            self.pending += data
-        else:
-            self.eof = True
-        return len(data)
-
     def _more(self):
-        """Wait for more bytes; False at EOF."""
-        return not self.eof and bool(self.fill(wait=True))
+        """Add to pending, waiting if need be; False at the end."""
+        raise NotImplementedError
 
     def _take(self, size):
         pending = self.pending
@@ -108,6 +89,40 @@ class ConnectionReader(io.BufferedIOBase):
     def peek(self, size=0):
         """What has arrived, without waiting."""
         return bytes(self.pending)
+
+
+class ConnectionReader(PendingReader):
+    """A parking handler's rfile: the bytes received and not yet read (``pending``), then the socket.
+
+    The worker fills it without blocking when the connection is readable,
+    and asks the handler whether ``pending`` holds a whole request. Reads
+    that need more than has arrived (a request body on its way) wait on the
+    socket: in a pool, for the client timeout at most (the kernel's
+    SO_RCVTIMEO), then TimeoutError.
+    """
+
+    def __init__(self, sock, received=b""):
+        super().__init__(received)
+        self._sock = sock
+        self.eof = False                    # the client shut its side: no more bytes will come
+
+    def fill(self, wait=False):
+        """Receive what the socket holds: the number of bytes, 0 at EOF, None when nothing was there."""
+        try:
+            data = self._sock.recv(RECEIVE_SIZE, 0 if wait else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if wait:                        # SO_RCVTIMEO ran out on a blocking socket
+                raise TimeoutError("the client sent nothing for the client timeout") from None
+            return None
+        if data:
+            self.pending += data
+        else:
+            self.eof = True
+        return len(data)
+
+    def _more(self):
+        """Wait for more bytes; False at EOF."""
+        return not self.eof and bool(self.fill(wait=True))
 
 
 class ParkingRequestHandler(socketserver.BaseRequestHandler):

@@ -47,6 +47,12 @@ class Client:
         self._file.close()
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
 
 def request(address, raw, method="GET"):
     connection = Client(address)

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from prefork.parking import PendingReader
 from prefork.wsgi.request import BadRequest
 
 _KEYS = {}                                       # a header name as received (bytes) -> its key, or "" to drop
@@ -86,7 +87,7 @@ def request_environ(shared, request, body, root_path, file_wrapper):
     return environ
 
 
-class Input:
+class Input(PendingReader):
     """wsgi.input: the request's body, as the app reads it (Content-Length or chunked, decoded).
 
     pull() receives more of it from the connection when what has arrived is
@@ -95,11 +96,11 @@ class Input:
     """
 
     def __init__(self, request, pull):
+        super().__init__()
         self._request, self._pull = request, pull
-        self._buffer = bytearray()
 
-    def _fill(self):
-        """One more piece of the body into the buffer; False at its end."""
+    def _more(self):
+        """One more piece of the body into pending; False at its end."""
         request = self._request
         while not request.chunks:
             if request.complete:
@@ -107,50 +108,8 @@ class Input:
                     raise BadRequest(400, "Bad Request")
                 return False
             self._pull()
-        self._buffer += request.chunks.popleft()
+        self.pending += request.chunks.popleft()
         return True
-
-    def _take(self, size):
-        buffer = self._buffer
-        data = bytes(buffer[:size])
-        del buffer[:size]
-        return data
-
-    def read(self, size=-1):
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            return self._take(len(self._buffer))
-        while len(self._buffer) < size and self._fill():
-            pass
-        return self._take(size)
-
-    def readline(self, size=-1):
-        size = -1 if size is None else size
-        start = 0
-        while True:
-            end = self._buffer.find(b"\n", start)
-            if end >= 0:
-                end += 1
-                break
-            start = len(self._buffer)
-            if 0 <= size <= start or not self._fill():
-                end = start
-                break
-        return self._take(end if size < 0 else min(end, size))
-
-    def readlines(self, hint=-1):
-        lines, total = [], 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self):
-        while line := self.readline():
-            yield line
 
 
 class Errors:

@@ -6,7 +6,6 @@ called once per load), ``module:create_app('production', debug=False)``
 """
 
 import ast
-import importlib.util
 
 from prefork import loader
 from prefork.errors import AppLoadError
@@ -42,14 +41,7 @@ def split_app_spec(spec):
 
 def check_findable(spec):
     """Fail early, without running the app's code, when its module's top package is missing."""
-    module, _, _ = split_app_spec(spec)
-    top = module.split(".")[0]
-    try:
-        found = importlib.util.find_spec(top)
-    except (ImportError, ValueError) as exc:
-        raise AppLoadError(f"cannot import WSGI app {spec!r}: {exc}") from None
-    if found is None:
-        raise AppLoadError(f"cannot import WSGI app {spec!r}: no module named {top!r}")
+    loader.check_module_findable(split_app_spec(spec)[0], f"WSGI app {spec!r}")
 
 
 def load_app(spec):

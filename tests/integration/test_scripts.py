@@ -130,7 +130,7 @@ def test_deploy_md_has_the_snippets_this_file_checks():
                                         "prefork-agent@.service"}
     assert set(snippets("sh")) == {"prefork-health", "upgrade-myapp"}
     assert [set(snippets(kind)) for kind in ("nginx", "haproxy", "toml", "logrotate")] == [
-        {"stream"}, {"haproxy.cfg"}, {"prefork.toml", "wsgi.toml"}, {"myapp"}]
+        {"stream"}, {"haproxy.cfg"}, {"prefork.toml", "flask"}, {"myapp"}]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
@@ -156,7 +156,7 @@ def test_deploy_md_toml_passes_check_config(tmp_path):
 
 def test_deploy_md_wsgi_toml_serves_its_flask_app(tmp_path, serve_cli):
     pytest.importorskip("flask")
-    (tmp_path / "prefork.toml").write_text(snippets("toml")["wsgi.toml"] + 'bind = ["127.0.0.1:0"]\n')
+    (tmp_path / "prefork.toml").write_text(snippets("toml")["flask"] + 'bind = ["127.0.0.1:0"]\n')
     (tmp_path / "hello.py").write_text("from flask import Flask\napp = Flask(__name__)\n\n"
                                       "@app.get('/')\ndef index():\n    return {'message': 'Hello, World!'}\n")
     server = serve_cli("-c", "prefork.toml", "-w", "2", cwd=str(tmp_path))

@@ -17,6 +17,11 @@ from http_client import Client, request
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def serve_app(serve_cli, *flags, app="apps.wsgi_apps:app"):
+    """A server of a test's own (one worker unless flags say otherwise); its address."""
+    return serve_cli("--wsgi", app, "-w", "1", "-b", "127.0.0.1:0", *flags, cwd=TESTS).addresses()[0]
+
+
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One server for the tests that need nothing of their own: (address, server)."""
@@ -192,28 +197,22 @@ def test_wsgi_errors_lines_go_to_the_log(shared, client):
     (b"GET / HTTP/1.1\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
 ])
 def test_bad_and_hostile_requests_get_their_4xx_and_the_connection_closed(shared, raw, status):
-    connection = Client(shared[0])
-    try:
+    with Client(shared[0]) as connection:
         connection.send(raw)
         code, headers, _ = connection.response()
         assert (code, headers["Connection"]) == (status, "close")
         assert connection.closed()
-    finally:
-        connection.close()
 
 
 def test_a_head_that_never_ends_is_refused_at_the_limit_not_buffered(shared):
     """A header line without an end: httptools gathers it whole before any callback, so the limit on a
     head's size (what the three limits allow together, about 820 KB here) is ours. Without it: no answer."""
-    connection = Client(shared[0])
-    try:
+    with Client(shared[0]) as connection:
         connection.send(b"GET / HTTP/1.1\r\nX-Endless: ")
         for _ in range(104):                                   # 832 KB, just past the limit
             connection.send(b"y" * 8000)
         code, headers, _ = connection.response()
         assert (code, headers["Connection"]) == (431, "close")
-    finally:
-        connection.close()
 
 
 def test_a_bad_request_after_good_pipelined_ones_is_answered_in_turn(client):
@@ -224,8 +223,7 @@ def test_a_bad_request_after_good_pipelined_ones_is_answered_in_turn(client):
 def test_the_wsgiref_validator_finds_nothing_wrong(serve_cli):
     server = serve_cli("--wsgi", "apps.wsgi_apps:validated", "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS)
     address = server.addresses()[0]
-    connection = Client(address)
-    try:
+    with Client(address) as connection:
         for raw, method in [(b"GET /environ?x=1 HTTP/1.1\r\nHost: t\r\n\r\n", "GET"),
                             (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc", "POST"),
                             (b"POST /lines HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\na\n\r\n0\r\n\r\n",
@@ -235,17 +233,14 @@ def test_the_wsgiref_validator_finds_nothing_wrong(serve_cli):
                             (b"GET /write HTTP/1.1\r\nHost: t\r\n\r\n", "GET")]:
             connection.send(raw)
             assert connection.response(method)[0] == 200, server.log()
-    finally:
-        connection.close()
     assert "AssertionError" not in server.log() and "Warning" not in server.log()
 
 
 def test_a_factory_and_a_root_path(serve_cli):
-    server = serve_cli("--wsgi", "apps.wsgi_apps:create_app('hi there')", "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS)
-    assert request(server.addresses()[0], b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")[2] == b"hi there"
-    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "--root-path", "/api/", "-w", "1", "-b", "127.0.0.1:0",
-                       cwd=TESTS)
-    environ = json.loads(request(server.addresses()[0], b"GET /api/x/environ HTTP/1.1\r\nHost: t\r\n\r\n")[2])
+    address = serve_app(serve_cli, app="apps.wsgi_apps:create_app('hi there')")
+    assert request(address, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")[2] == b"hi there"
+    address = serve_app(serve_cli, "--root-path", "/api/")
+    environ = json.loads(request(address, b"GET /api/x/environ HTTP/1.1\r\nHost: t\r\n\r\n")[2])
     assert (environ["SCRIPT_NAME"], environ["PATH_INFO"]) == ("/api", "/x/environ")
 
 
@@ -253,8 +248,7 @@ def test_a_flask_app(serve_cli):
     pytest.importorskip("flask")
     server = serve_cli("--wsgi", "apps.flask_app:app", "-w", "2", "--threads", "2", "-b", "127.0.0.1:0",
                        "--root-path", "/shop", cwd=TESTS)
-    connection = Client(server.addresses()[0])
-    try:
+    with Client(server.addresses()[0]) as connection:
         status, headers, body = connection.get("/shop/")
         assert (status, headers["Content-Type"], json.loads(body)["message"]) == \
                (200, "application/json", "Hello, World!")
@@ -264,8 +258,6 @@ def test_a_flask_app(serve_cli):
         assert (status, json.loads(body)) == (201, {"received": {"apples": 3}, "script_root": "/shop"})
         assert connection.get("/shop/stream")[2] == b"0\n1\n2\n"
         assert connection.get("/shop/nowhere")[0] == 404
-    finally:
-        connection.close()
 
 
 def test_keep_alive_connections_move_to_the_new_workers_on_reload(serve_cli):
@@ -282,13 +274,8 @@ def test_keep_alive_connections_move_to_the_new_workers_on_reload(serve_cli):
 
 
 def test_max_requests_counts_wsgi_requests_exactly(serve_cli):
-    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", "--max-requests", "3",
-                       cwd=TESTS)
-    connection = Client(server.addresses()[0])
-    try:
+    with Client(serve_app(serve_cli, "--max-requests", "3")) as connection:
         pids = [int(connection.get("/pid")[2]) for _ in range(7)]
-    finally:
-        connection.close()
     assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [3, 3, 1]
 
 
@@ -339,10 +326,8 @@ def test_http_1_0_with_chunked_framing_is_served_and_closed(client):
 def test_a_client_trickling_what_the_app_does_not_read_does_not_stall_the_worker(serve_cli):
     """Before: the unread body was drained blocking, so a chunk extension sent a byte at a time (or
     trailers without end) held the only worker; another client waited for as long as it went on."""
-    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS)
-    address = server.addresses()[0]
-    hostile = Client(address)
-    try:
+    address = serve_app(serve_cli)
+    with Client(address) as hostile:
         hostile.send(b"POST /pid HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;e=")
         assert hostile.response()[0] == 200
         for _ in range(3):
@@ -350,22 +335,12 @@ def test_a_client_trickling_what_the_app_does_not_read_does_not_stall_the_worker
                 hostile.send(b"a")
             except OSError:                                      # the hostile connection was closed: fine
                 pass
-            other = Client(address, timeout=2)                    # served at once, not after the trickle
-            try:
+            with Client(address, timeout=2) as other:             # served at once, not after the trickle
                 assert other.get("/pid")[0] == 200
-            finally:
-                other.close()
-    finally:
-        hostile.close()
 
 
 def test_pipelined_requests_past_max_requests_are_all_answered(serve_cli):
-    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", "--max-requests", "2",
-                       cwd=TESTS)
-    connection = Client(server.addresses()[0])
-    try:
+    with Client(serve_app(serve_cli, "--max-requests", "2")) as connection:
         assert connection.get("/pid")[0] == 200
         connection.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\na" * 3)
         assert [connection.response()[2] for _ in range(3)] == [b"a", b"a", b"a"]
-    finally:
-        connection.close()
