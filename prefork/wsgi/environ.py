@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from prefork.parking import PendingReader
+from prefork.parking import PendingReads
 from prefork.wsgi.request import BadRequest
 
 _KEYS = {}                                       # a header name as received (bytes) -> its key, or "" to drop
@@ -87,7 +87,7 @@ def request_environ(shared, request, body, root_path, file_wrapper):
     return environ
 
 
-class Input(PendingReader):
+class Input(PendingReads):
     """wsgi.input: the request's body, as the app reads it (Content-Length or chunked, decoded).
 
     pull() receives more of it from the connection when what has arrived is
@@ -95,8 +95,10 @@ class Input(PendingReader):
     end return b"", as PEP 3333 asks, so an app may read() it all.
     """
 
+    __slots__ = ("pending", "_request", "_pull")
+
     def __init__(self, request, pull):
-        super().__init__()
+        self.pending = bytearray()
         self._request, self._pull = request, pull
 
     def _more(self):

@@ -55,9 +55,8 @@ class WSGIRequestHandler(ParkingRequestHandler):
         if not stream.ready and stream.error is None:
             pending = self.rfile.pending
             if pending:
-                data = bytes(pending)
+                stream.feed(pending)          # httptools copies what it keeps
                 pending.clear()
-                stream.feed(data)
         return bool(stream.ready) or stream.error is not None
 
     def handle_request(self):
@@ -116,9 +115,8 @@ class WSGIRequestHandler(ParkingRequestHandler):
         reader = self.rfile
         if reader.eof or not reader.fill(wait=True):
             raise ConnectionAbortedError("the client closed its connection in the middle of a request body")
-        data = bytes(reader.pending)
+        self.stream.feed(reader.pending)
         reader.pending.clear()
-        self.stream.feed(data)
 
     def _drain(self, request):
         """Drop the rest of a body the app left unread, to keep the connection: what has arrived only
@@ -128,9 +126,8 @@ class WSGIRequestHandler(ParkingRequestHandler):
         dropped = 0
         while not request.complete and dropped <= DRAIN_MOST and reader.fill():
             dropped += len(reader.pending)
-            data = bytes(reader.pending)
+            stream.feed(reader.pending)
             reader.pending.clear()
-            stream.feed(data)
             request.chunks.clear()
         return request.complete and not request.broken
 
