@@ -19,8 +19,8 @@ Workloads (every server has 2 worker processes):
                   --preload), gunicorn sync and gthread, uWSGI
   wsgi-keepalive  the same with 50 keep-alive connections
   wsgi-flask-close, wsgi-flask-keepalive  the same two on the Flask app scripts/wsgi_flask.py
-  (--only wsgi selects the four; --quick runs wsgi-flask-keepalive but not wsgi-flask-close, whose
-  code path is the same, to stay short)
+  (--only wsgi selects the four; --quick runs wsgi-keepalive only, which starts every WSGI server,
+  to stay short)
 
 "The handler imported by the master" (scripts/master_preload.py) is what
 --preload did before the zygote, and what a program using the API does.
@@ -414,6 +414,9 @@ def wsgi_servers(tools, app, keep_alive, flask=False):
     return servers
 
 
+# --quick (CI's run, whose time is bounded) runs this one only, unless told: it starts every WSGI server;
+# the others run the same code on the same servers (and Flask is served in the test suite).
+QUICK_WSGI = ("wsgi-keepalive",)
 WSGI_WORKLOADS = {                  # name: (module:app in scripts/, a new connection per request, its reply)
     "wsgi-close": ("wsgi_hello:app", True, b"Hello, World!"),
     "wsgi-keepalive": ("wsgi_hello:app", False, b"Hello, World!"),
@@ -945,9 +948,8 @@ def main():
     def want(name):
         return wanted is None or name in wanted
 
-    # --quick leaves out wsgi-flask-close unless named: wsgi-flask-keepalive runs the same code on the same servers.
     wsgi_workloads = [name for name in WSGI_WORKLOADS
-                      if want(name) and not (args.quick and name == "wsgi-flask-close" and not wanted)]
+                      if want(name) and not (args.quick and name not in QUICK_WSGI and not wanted)]
     tools = Tools(install=not args.no_install, wsgi=bool(wsgi_workloads),
                   flask=any("flask" in name for name in wsgi_workloads))
     for line in tools.missing:
@@ -980,9 +982,10 @@ def main():
             report["workloads"][name] = throughput(
                 name, servers, lambda port, s, close=close: run_wrk(tools.wrk, port, max(1, int(round(s))), close),
                 rounds, seconds_int, check=lambda port, close=close, expect=expect: check_http(port, close, expect))
-        if args.quick and "wsgi-flask-close" not in wsgi_workloads and want("wsgi-flask-close"):
-            print("  wsgi-flask-close: left out of --quick (wsgi-flask-keepalive ran the same code); "
-                  "--only wsgi-flask-close runs it", flush=True)
+        left_out = [name for name in WSGI_WORKLOADS if want(name) and name not in wsgi_workloads]
+        if left_out:
+            print(f"  {', '.join(left_out)}: left out of --quick (wsgi-keepalive ran the same servers); "
+                  f"--only wsgi runs them", flush=True)
     if want("respawn"):
         report["respawn"] = respawn(tools, 5 if args.quick else 25)
     if want("memory"):

@@ -48,6 +48,7 @@ def test_a_project_with_its_own_workers_package_serves_the_default_and_its_own(s
     assert reply.startswith(b"HTTP/1.1 200 OK")
 
 
+@pytest.mark.once
 @pytest.mark.timeout(120)
 def test_a_regular_install_claims_no_generic_top_level_name(serve_cli, tmp_path):
     """`pip install .` (not -e): what lands in site-packages, and that it still works beside a user's workers/."""

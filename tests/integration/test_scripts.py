@@ -57,6 +57,7 @@ def check_run(proc, report):
     assert not os.path.exists(report["workdir"]), "the working directory was removed"
 
 
+@pytest.mark.once
 @pytest.mark.timeout(60)        # the run itself takes about 16 s
 def test_zero_downtime_quick_fails_no_request(tmp_path):
     proc, report = run_script("zero_downtime.py", tmp_path)
@@ -66,6 +67,7 @@ def test_zero_downtime_quick_fails_no_request(tmp_path):
     assert report["final_master"] == new != old, "the pid file names the new master"
 
 
+@pytest.mark.once
 @pytest.mark.timeout(150)       # the run takes about 13 s; the first one may install nginx with apt-get
 def test_nginx_lb_quick_fails_no_request(tmp_path):
     try:

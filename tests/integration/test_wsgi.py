@@ -298,7 +298,8 @@ def test_wrong_wsgi_settings_are_one_line_and_exit_2(args, message):
     ("apps.wsgi_apps:not_callable", "is not callable"),
 ])
 def test_an_app_that_cannot_be_loaded_fails_the_boot_with_its_reason(spec, message):
-    code, _, err = run_cli("serve", "--wsgi", spec, "-w", "1", "-b", "127.0.0.1:0", cwd=TESTS, timeout=30)
+    code, _, err = run_cli("serve", "--wsgi", spec, "-w", "1", "-b", "127.0.0.1:0", "--max-boot-failures", "1",
+                           cwd=TESTS, timeout=30)
     assert code == 3 and message in err and re.search(r"Traceback", err) is None, err
 
 
