@@ -40,7 +40,6 @@ class WSGIRequestHandler(ParkingRequestHandler):
         self.shared = connection_environ(self.server, self.client_address, self.root_path, self.multithread,
                                          self.errors)
         self.response = None
-        self._sent_continue = False
         if self.connection.family != socket.AF_UNIX:
             # A head and its body go out in one send, but a chunked body's pieces must not wait for an ACK.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
@@ -68,8 +67,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
         # While the server stops, the last request received gets Connection: close; those already here are served.
         keep = request.keep_alive and not request.upgrade and not (getattr(self.server, "stopping", False)
                                                                    and not stream.ready)
-        self._sent_continue = False
-        self.response = response = Response(self.request, request, keep, self._continued)
+        self.response = response = Response(self.request, request, keep)
         body = Input(request, self._pull)
         try:
             environ = request_environ(self.shared, request, body, self.root_path, FileWrapper)
@@ -87,7 +85,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
                 if close is not None:
                     close()
             if keep and not request.complete:
-                keep = not (request.expects_continue and not self._continued()) and self._drain(request)
+                keep = not (request.expects_continue and not response.continued) and self._drain(request)
             if request.broken or not keep and not request.complete:
                 self._discard()
                 return False
@@ -102,15 +100,11 @@ class WSGIRequestHandler(ParkingRequestHandler):
             return False
         return keep
 
-    def _continued(self):
-        """Whether this request's 100 Continue went out."""
-        return self._sent_continue
-
     def _pull(self):
         """More of the request body from the socket (what wsgi.input reads when what arrived is used up)."""
         response = self.response
-        if response.request.expects_continue and not response.sent_head and not self._continued():
-            self._sent_continue = True
+        if response.request.expects_continue and not response.sent_head and not response.continued:
+            response.continued = True
             self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         reader = self.rfile
         if reader.eof or not reader.fill(wait=True):

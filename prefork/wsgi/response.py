@@ -48,10 +48,10 @@ def date_line():
 class Response:
     """What the app says through start_response() and write(), and its body, on one socket."""
 
-    def __init__(self, sock, request, keep_alive, continued):
+    def __init__(self, sock, request, keep_alive):
         self.sock, self.request = sock, request
         self.keep_alive = keep_alive      # the request and the server allow another request after this
-        self.continued = continued        # whether 100 Continue went out (a callable)
+        self.continued = False            # a 100 Continue went out (wsgi.input's first wait for the body)
         self.status = self.headers = None
         self.sent_head = False
         self.no_body = request.method == "HEAD"
@@ -156,7 +156,7 @@ class Response:
             ours.append("Transfer-Encoding: chunked\r\n")
         else:
             keep = False
-        if request.broken or (not request.complete and request.expects_continue and not self.continued()):
+        if request.broken or (not request.complete and request.expects_continue and not self.continued):
             keep = False                  # a malformed body, or one the client holds back: what follows is unknown
         if not keep:
             ours.append("Connection: close\r\n")
