@@ -8,9 +8,7 @@ one byte at a time, which must all give the same requests.
 
 import pytest
 
-pytest.importorskip("httptools")
-
-from prefork.wsgi.request import Limits, RequestStream  # noqa: E402
+from prefork.wsgi.request import Limits, RequestStream
 
 # From httptools' tests/test_parser.py.
 CHUNKED_REQUEST = (b"POST /test.php?a=b+c HTTP/1.1\r\nUser-Agent: Fooo\r\nHost: bar\r\nTransfer-Encoding: chunked\r\n"

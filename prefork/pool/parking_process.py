@@ -387,8 +387,7 @@ class ParkingLoop:
         if not handoff_process.adopter_appears(self.setup.board, self.process.worker.index, deadline):
             log.warning("worker %s: no other worker takes connections over; serving what arrives on its "
                         "%s connection(s) for a moment, then closing them", slot, len(self.connections))
-            self.past_cap = True                           # past --max-requests rather than drop a request
-            return
+            return                                         # _leave lingers, serving past --max-requests
         movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False)]
         sent = handoff_process.hand_over(self.sender, movable, deadline)
         for connection in sent:

@@ -58,7 +58,6 @@ class RequestStream:
     """The requests of one connection: feed() what arrives, take heads from ready."""
 
     def __init__(self, limits):
-        self.limits = limits
         self.parser = httptools.HttpRequestParser(self)
         self.ready = collections.deque()  # requests whose head has arrived, in order
         self.error = None                 # a BadRequest: answered after the requests before it
@@ -67,7 +66,8 @@ class RequestStream:
         self.in_head = False
         self.head_bytes = 0
         self.max_head = limits.head_bytes()
-        self.most_fields = limits.fields or 1 << 62          # 0: no limit
+        self.request_line = limits.request_line or 1 << 62  # 0: no limit
+        self.most_fields = limits.fields or 1 << 62
         self.field_size = limits.field_size or 1 << 62
         self.fields = 0
         self.gap = 0                      # bytes fed since the body's last bytes
@@ -111,8 +111,7 @@ class RequestStream:
     def on_url(self, url):
         request = self.current
         request.target += url
-        limit = self.limits.request_line
-        if limit and len(request.target) > limit:
+        if len(request.target) > self.request_line:
             raise BadRequest(414, "URI Too Long")
 
     def on_header(self, name, value):

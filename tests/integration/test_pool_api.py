@@ -344,7 +344,6 @@ def test_scale_and_reload_from_another_thread():
 
 
 def test_the_python_api_serves_an_app_in_a_pool_and_under_the_standard_librarys_servers():
-    pytest.importorskip("httptools")
     from apps.wsgi_apps import app
     from http_client import Client, request
     from prefork import wsgi

@@ -157,7 +157,6 @@ def test_deploy_md_toml_passes_check_config(tmp_path):
 
 
 def test_deploy_md_wsgi_toml_serves_its_flask_app(tmp_path, serve_cli):
-    pytest.importorskip("flask")
     (tmp_path / "prefork.toml").write_text(snippets("toml")["flask"] + 'bind = ["127.0.0.1:0"]\n')
     (tmp_path / "hello.py").write_text("from flask import Flask\napp = Flask(__name__)\n\n"
                                       "@app.get('/')\ndef index():\n    return {'message': 'Hello, World!'}\n")
