@@ -63,6 +63,7 @@ class Exit(enum.IntEnum):
     ERROR = 1                #: a runtime failure such as a port already in use
     USAGE = 2                #: bad flags, bad bind syntax, bad handler spec (as argparse uses 2)
     NO_WORKER_BOOTED = 3     #: workers failed to boot again and again, none ever became ready
+    NOT_READY = 4            #: `prefork ctl status`: the master answers, but no worker of its current code is ready
 
 
 class WorkerExit(enum.IntEnum):

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 
+from prefork.access import OK, outcome_of
 from prefork.signals import wait_readable
 
 log = logging.getLogger("prefork")
@@ -27,13 +28,14 @@ DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its
 class PoolRequest:
     """What handle_one needs from one accept thread of a pool worker."""
 
-    __slots__ = ("record", "client_timeout", "accepted", "finished")
+    __slots__ = ("record", "client_timeout", "accepted", "finished", "observer")
 
-    def __init__(self, record, client_timeout, accepted):
+    def __init__(self, record, client_timeout, accepted, observer=None):
         self.record = record
         self.client_timeout = client_timeout or None
         self.accepted = accepted        # counts the request against --max-requests
         self.finished = 0               # requests this thread has finished
+        self.observer = observer        # hooks and access log around each request (pool/observer.py), or None
 
     def done(self):
         self.finished += 1
@@ -41,7 +43,7 @@ class PoolRequest:
 
     def abandon(self):
         """A quick stop (SIGQUIT) left the request unserved: not busy any more, and not counted."""
-        self.record.end_request(time.monotonic(), self.finished)
+        self.record.end_request(time.monotonic(), self.finished, observe=False)
 
 
 def handle_one(server, pool=None):
@@ -70,11 +72,15 @@ def handle_one(server, pool=None):
             if pool.client_timeout:
                 request.settimeout(pool.client_timeout)
         pool.record.begin_request(time.monotonic())
+    observer, outcome = pool and pool.observer, OK
+    if observer:
+        observer.begin(server, client_address)
     try:
         if server.verify_request(request, client_address):
             try:
                 server.process_request(request, client_address)
-            except Exception:
+            except Exception as exc:
+                outcome = outcome_of(exc)
                 server.handle_error(request, client_address)
                 server.shutdown_request(request)
         else:
@@ -86,6 +92,9 @@ def handle_one(server, pool=None):
         raise
     if pool is not None:
         pool.done()
+    if observer:
+        observer.end(server, client_address, outcome)
+        observer.flush()
     return True
 
 

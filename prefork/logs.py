@@ -12,6 +12,9 @@ to be reopened. So the file is opened with O_NOFOLLOW, and given to that user
 root master never writes through a link, nor hands over a file it did not
 create. A reopen that fails keeps the old file, and says why.
 
+Logging to stderr never waits for a reader (OutputHandler, output.py): a
+master blocked in write() would stop reaping and forking.
+
 Only a regular file will do (open_regular): a FIFO at the path would block
 open() until someone read it, freezing the master, which then answers neither
 `prefork ctl` nor SIGTERM.
@@ -23,8 +26,62 @@ import os
 import stat
 import sys
 
+from prefork.output import LineOutput
+
 FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
+
+
+class OutputHandler(logging.Handler):
+    """Log lines to stderr (or any fd) through a LineOutput: never blocks, drops and counts when full.
+
+    Once the output drains, the first line written says how many were dropped.
+    """
+
+    def __init__(self, fd):
+        super().__init__()
+        self.output = LineOutput(fd)
+
+    def emit(self, record):
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._summarize()
+        self.output.write(line.encode("utf-8", "replace") + b"\n")
+
+    def close(self):
+        self.output.close()
+        super().close()
+
+    def drain(self):
+        """Write what waits, and the summary of what was dropped once it has all gone; True when drained."""
+        with self.lock:
+            drained = self.output.flush()
+            self._summarize()
+        return drained
+
+    def _summarize(self):
+        dropped = self.output.take_dropped()
+        if dropped:
+            summary = logging.LogRecord("prefork", logging.WARNING, __file__, 0,
+                                        "%s log line(s) dropped: the output (%s) was not being read",
+                                        (dropped, _describe(self.output.fd)), None)
+            self.output.write(self.format(summary).encode() + b"\n")
+
+
+def _describe(fd):
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return "closed"
+    return "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a terminal or device"
+
+
+def drain():
+    """The master's loop, each pass: write what waits; True when some output still waits."""
+    return not all(handler.drain() for handler in logging.getLogger().handlers if isinstance(handler, OutputHandler))
 
 
 class LogFile(logging.FileHandler):
@@ -75,10 +132,23 @@ def configure(level, path="", owner=None):
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = LogFile(path, owner) if path else logging.StreamHandler(sys.stderr)
+        if isinstance(handler, OutputHandler):
+            handler.close()
+    handler = LogFile(path, owner) if path else OutputHandler(sys.stderr.fileno())
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+_ALSO_REOPENED = []           # other files reopen() reopens: the access log (access.py)
+
+
+def reopen_also(item, add=True):
+    """Have reopen() call item.reopen() too (which returns the path it reopened, or None); or no more."""
+    if add:
+        _ALSO_REOPENED.append(item)
+    elif item in _ALSO_REOPENED:
+        _ALSO_REOPENED.remove(item)
 
 
 def reopen():
@@ -96,7 +166,7 @@ def reopen():
             if old is not None:
                 old.close()
             reopened.append(handler.baseFilename)
-    return reopened
+    return reopened + [path for path in (item.reopen() for item in _ALSO_REOPENED) if path]
 
 
 def stream():

@@ -276,9 +276,18 @@ class ParkingHTTPMixIn(ParkingRequestHandler):
                 or (self.rfile.eof and bool(pending)))
 
     def handle_request(self):
-        self.close_connection = True
+        self.close_connection, self.status_sent = True, 0
         self.handle_one_request()
         return not self.close_connection and not getattr(self.server, "stopping", False)
+
+    def send_response_only(self, code, message=None):
+        self.status_sent = code
+        super().send_response_only(code, message)
+
+    def access_fields(self):
+        """The request just served, for the access log: method, path and status (http.server's own)."""
+        return {"method": getattr(self, "command", None) or "-", "path": getattr(self, "path", "-"),
+                "status": self.status_sent}
 
     def end_headers(self):
         """While the pool stops, say so: the client opens a new connection for its next request.

@@ -46,6 +46,12 @@ from prefork.supervision import Config
 log = logging.getLogger("prefork")
 
 
+def _default_hook(method):
+    """Mark a per-request hook that does nothing: a worker calls it only when it is overridden."""
+    method.default_hook = True
+    return method
+
+
 class BaseServer(socketserver.BaseServer):
     """socketserver.BaseServer with a pool policy.
 
@@ -65,6 +71,9 @@ class BaseServer(socketserver.BaseServer):
     - worker_ready(worker)             # worker, before its first accept; raising fails the boot
     - worker_exit(worker, status, reason)   # master, after reaping; status as subprocess returncode
     - on_exit()                        # master, after the last worker is gone
+    - pre_request(client_address)      # worker, before each request (a connection, for a classic handler)
+    - post_request(client_address, outcome, duration)   # worker, after it: outcome "ok", "client_went_away",
+                                       # "client_timeout" or "handler_error"; duration in seconds
 
     Class variables that may be overridden, besides socketserver's:
 
@@ -168,6 +177,14 @@ class BaseServer(socketserver.BaseServer):
         pass
 
     def on_exit(self):
+        pass
+
+    @_default_hook
+    def pre_request(self, client_address):
+        pass
+
+    @_default_hook
+    def post_request(self, client_address, outcome, duration):
         pass
 
     @classmethod

@@ -128,6 +128,12 @@ class Config:
         "timeout, and never hand it to a worker if it stays silent. Off by default: it breaks protocols where "
         "the server speaks first (SMTP, FTP, a banner), whose clients then wait about 16 s and get nothing",
         restart=True)
+    access_log: str = setting(
+        "", "--access-log", "write a line per request to FILE, or to stdout with -; written by the workers, "
+        "reopened on SIGUSR1 (off by default)", metavar="FILE", restart=True)
+    access_log_format: str = setting(
+        "text", "--access-log-format", "text: one line a person reads; json: one JSON object per line",
+        choices=("text", "json"), restart=True)
     monitor_interval: float = setting(
         1.0, "--monitor-interval",
         "seconds between psutil samples (memory, CPU) of every worker that served since its last one; "

@@ -31,10 +31,11 @@ class HelloHandler(prefork.ParkingRequestHandler):
         pending = self.rfile.pending
         end = pending.find(b"\r\n\r\n")
         if end < 0:                                    # too large, or the client left half way
+            self.head = b""
             if len(pending) > MAX_HEADER_BYTES:
                 self.request.sendall(TOO_LARGE_RESPONSE)
             return False
-        head = bytes(pending[:end])
+        self.head = head = bytes(pending[:end])
         del pending[:end + 4]
         keep_alive, body_length, is_head = _parse(head)
         while body_length > 0:                         # skip the body, waiting for what is on its way
@@ -46,6 +47,14 @@ class HelloHandler(prefork.ParkingRequestHandler):
         response = KEEP_ALIVE_RESPONSE if keep_alive else CLOSE_RESPONSE
         self.request.sendall(response[:-len(BODY)] if is_head else response)
         return keep_alive
+
+    def access_fields(self):
+        """The request just served, for the access log (--access-log): parsed only when it is asked for."""
+        if not self.head:                              # none whole: too large, or the client left
+            return {}
+        method, _, rest = self.head.partition(b"\r\n")[0].partition(b" ")
+        return {"method": method.decode("latin-1"), "path": rest.rpartition(b" ")[0].decode("latin-1"),
+                "status": 200, "bytes": 0 if method == b"HEAD" else len(BODY)}
 
 
 def _parse(head):

@@ -30,6 +30,14 @@ def exit_reason(code: int, stop_reason: Optional[str], pool_stopping: bool, read
     return Reason.SIGNAL if code < 0 else Reason.CRASH
 
 
+def exit_kind(reason: str, pool_stopping: bool) -> str:
+    """How the metrics count an exit: its reason, but a worker stopped while the pool goes on left
+    because the pool shrank (fewer workers wanted, or a spare no longer needed)."""
+    if reason == Reason.STOP and not pool_stopping:
+        return "scale_down"
+    return str(reason)
+
+
 def zygote_exit(state: ZygoteState, generation: int, current_generation: int, loading: Optional[int],
                 already_counted: bool) -> ZygoteExit:
     """What a zygote's exit means (a ZygoteExit), from its state when it went."""

@@ -25,7 +25,8 @@ from typing import Sequence
 
 import setproctitle
 
-from prefork import commands
+from prefork import commands, logs
+from prefork.access import AccessLog
 from prefork.errors import HaltServer, PreforkError, WorkerSignal
 from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
 from prefork.pool import planner, scoreboard
@@ -47,6 +48,7 @@ log = logging.getLogger("prefork")
 
 AWAY_THRESHOLD = 1.0         # seconds: a select() this late means the master itself was stopped or paused
 MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
+LOG_RETRY = 0.2              # seconds between tries to write log lines waiting for a full output
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 
@@ -167,6 +169,9 @@ class Master(MasterCommands):
         self.setup = PoolSetup(self.servers, self.config, self.policy.threads, self.board,
                                self.doorbell.write_fd(), self.hooks, self.load_handler,
                                self.tick_interval, os.getpid(), self.name, self.credentials)
+        if self.config.access_log:            # opened here, inherited by every worker (access.py)
+            owner = self.credentials and (self.credentials.uid, self.credentials.gid)
+            self.setup.access_log = AccessLog(self.config.access_log, self.config.access_log_format, owner)
         self._call_hook("on_starting")
         if self.config.preload:
             gc.freeze()     # keep the master's objects out of the collector: their pages stay shared
@@ -202,7 +207,7 @@ class Master(MasterCommands):
         self._published = ((), *self._published[1:])      # no workers; the counts stay
         self.state = MasterState.STOPPED
         if self.setup is not None:
-            self.setup.close()                       # the hand-off channel
+            self.setup.close()                       # the hand-off channel, the access log
         if self.selector is not None:
             self.selector.close()
         self.doorbell.close()
@@ -228,6 +233,8 @@ class Master(MasterCommands):
         views = [(w, self.board.view(w.index)) for w in workers]
         wake_at = [self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)]
         wake_at += [service.on_pass(self, now) for service in self.services]
+        if logs.drain():                    # log lines wait for a full output: try again soon
+            wake_at.append(now + LOG_RETRY)
         self.sleep(now, wake_at)
         return True
 

@@ -17,6 +17,7 @@ import time
 from prefork import logs
 from prefork.errors import PreforkError
 from prefork.listeners import queued_connections
+from prefork.pool import metrics
 from prefork.pool.states import RESTART_REASONS, MasterState, Reason, StopMode
 from prefork.pool.worker_table import worker_stats
 
@@ -152,6 +153,8 @@ class MasterCommands:
         stats = self.stats()
         for service in self.services:
             stats["master"].update(getattr(service, "status", dict)())
+        ready, why = metrics.health(self)
+        stats["master"].update(ready=ready, ready_reason=why)
         return stats
 
     def resume(self, why):

@@ -21,9 +21,11 @@ import struct
 import time
 
 from prefork import parking
+from prefork.access import OK, outcome_of
 from prefork.handling import ACCEPT_AGAIN, ACCEPT_PAUSE, PoolRequest, handle_one
 from prefork.pool import handoff_process, scoreboard
 from prefork.pool.intake_process import RECHECK, Intake
+from prefork.pool.observer import observer_for
 
 log = logging.getLogger("prefork")
 
@@ -60,7 +62,8 @@ class ParkingLoop:
         config = setup.config
         self.servers = setup.servers
         self.record = record
-        self.request = PoolRequest(record, config.client_timeout, process._accepted)
+        self.request = PoolRequest(record, config.client_timeout, process._accepted, observer_for(setup, process.worker))
+        self.observer = self.request.observer
         self.cap = max(1, -(-config.max_connections // setup.threads))
         self.counting = bool(process.max_requests)         # requests are counted for --max-requests only
         self.keepalive, self.client_timeout = config.keepalive_timeout, config.client_timeout
@@ -117,6 +120,8 @@ class ParkingLoop:
                 elif fd in self.others and not process.exhausted:
                     handle_one(self.others[fd], self.request)
             self._serve_pipelined()
+            if self.observer is not None:
+                self.observer.flush()
             now = self.now
             if now >= next_tick:
                 next_tick = now + min(tick_interval, 1.0)
@@ -130,8 +135,7 @@ class ParkingLoop:
     # -- taking connections ------------------------------------------------
 
     def _accept_some(self, index, server):
-        """Up to ACCEPT_BATCH connections per wake-up: a burst of clients (wrk -c1000) is not taken one per
-        pass of the loop, behind every ready connection's request."""
+        """Up to ACCEPT_BATCH connections per wake-up, not one per pass behind every ready request."""
         for _ in range(ACCEPT_BATCH):
             if not self._accept(index, server):
                 return
@@ -170,9 +174,7 @@ class ParkingLoop:
 
     def _adopt(self):
         """Connections handed over by a retiring worker (one batch): park them as if we had accepted them.
-
-        A batch may take a worker past --max-connections by less than a batch: better than closing them.
-        """
+        A batch may take a worker past --max-connections by less than a batch: better than closing them."""
         for moving in handoff_process.receive(self.receiver):
             index = moving.server_index
             if not 0 <= index < len(self.servers) or not parks(self.servers[index]):
@@ -231,8 +233,7 @@ class ParkingLoop:
         elif received and not connection.partial_since:
             connection.partial_since = self.now
 
-    def _may_serve(self):
-        """Not at the request cap, or past it on purpose (nobody else can take the connections)."""
+    def _may_serve(self):          # not at the request cap, or past it on purpose (nobody else can take them)
         return not self.process.exhausted or self.past_cap
 
     def _serve_pipelined(self):
@@ -264,17 +265,21 @@ class ParkingLoop:
         if self.counting:
             self.process._accepted()
         record.begin_request(self.now)
+        if (observer := self.observer) is not None:
+            observer.begin(connection.server, handler.client_address)
         try:
-            keep = handler.handle_request()
-        except Exception:
+            keep, outcome = handler.handle_request(), OK
+        except Exception as exc:
             connection.server.handle_error(connection.sock, handler.client_address)
-            keep = False
+            keep, outcome = False, outcome_of(exc)
         except BaseException:                # a quick stop, or sys.exit() in the handler
             request.abandon()
             raise
         self.now = now = time.monotonic()
         request.finished += 1
         record.end_request(now, request.finished)
+        if observer is not None:
+            observer.end(connection.server, handler.client_address, outcome, handler)
         connection.since, connection.partial_since = now, 0.0
         if not keep or connection.closed or connection.sock.fileno() < 0:     # or it closed the socket itself
             self._close(connection)
@@ -288,9 +293,8 @@ class ParkingLoop:
             connection.partial_since = now
 
     def _close_idle(self, now):
-        """Close connections parked with nothing to do for the keep-alive timeout, and those whose
-        request has not all arrived within the client timeout of its first bytes. A pass over every
-        connection once per tick costs less than keeping them sorted on every request."""
+        """Close connections idle for the keep-alive timeout, and those whose request has not all arrived
+        within the client timeout of its first bytes (a pass once per tick: cheaper than keeping them sorted)."""
         keepalive, client_timeout = self.keepalive, self.client_timeout
         for connection in list(self.connections.values()):
             if connection.partial_since:
@@ -364,13 +368,9 @@ class ParkingLoop:
         self._serve_pipelined()
 
     def _linger(self, until):
-        """A stop: serve requests that arrive for a moment before closing the rest.
-
-        A keep-alive client sends its next request right after the last reply;
-        closing its connection at that instant would fail that request. A
-        request that arrives now is served as the last (an HTTP handler says
-        Connection: close: the server is stopping); a quiet connection is closed.
-        """
+        """A stop: serve requests that arrive for a moment before closing the rest. A keep-alive client
+        sends its next request right after the last reply: closing at that instant would fail it. It is
+        served as the last (an HTTP handler says Connection: close); a quiet connection is closed."""
         while self.connections and self._may_serve() and (now := time.monotonic()) < until:
             events = self.poller.poll(0 if self.ready else min(0.05, until - now))
             self.now = time.monotonic()

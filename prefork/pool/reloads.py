@@ -29,6 +29,8 @@ class ReloadProgress:
     state: ReloadState = ReloadState.NONE
     error: Optional[str] = None
     why: str = ""
+    done: int = 0                     #: reloads that ended done, and failed (the metrics' outcomes)
+    failures: int = 0
 
     def begin(self, generation, why, loading):
         self.number += 1
@@ -43,11 +45,13 @@ class ReloadProgress:
     def failed(self, generation, message):
         if self.state in (ReloadState.LOADING, ReloadState.REPLACING) and generation == self.generation:
             self.state, self.error = ReloadState.FAILED, message
+            self.failures += 1
 
     def check(self, generation, settled):
         """Each pass: done once the pool has settled on this reload's generation."""
         if self.state == ReloadState.REPLACING and generation >= self.generation and settled:
             self.state = ReloadState.DONE
+            self.done += 1
 
     def as_dict(self):
         return {**asdict(self), "state": self.state.value}

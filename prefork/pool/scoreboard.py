@@ -13,6 +13,7 @@ fails to boot. An 8-byte aligned store is atomic on every platform we run on,
 so a reader never sees half a value.
 """
 
+import bisect
 import mmap
 from typing import NamedTuple
 
@@ -29,12 +30,17 @@ KEEP, WANTS_SUCCESSOR, EXHAUSTED = 0, 1, 2
 # (recycle, reload, shrink): stop accepting at once. Without it, a SIGTERM is a stop of the whole
 # pool (from the master, or systemd signalling every process): serve the queued connections first.
 # OUTDATED: set by the master once a newer generation serves: take no connections handed over.
-PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE, OUTDATED = range(8)
-_HEADER_FIELDS = 9                      # one to spare
+# LOG_DROPPED: log lines the worker dropped because its output was full (output.py).
+PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE, OUTDATED, LOG_DROPPED = range(9)
+_HEADER_FIELDS = 10                     # one to spare
+# Request durations: the upper bounds (seconds) of the histogram's buckets, Prometheus's defaults
+# widened at the fast end; a duration above the last falls in the +Inf bucket.
+DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Per accept thread: busy or not, requests finished, when the request in hand began, last sign of
-# life, connections held (parked or in service; parking handlers only).
-T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK, T_CONNECTIONS = range(5)
-_THREAD_FIELDS = 5
+# life, connections held (parked or in service; parking handlers only), the sum of the durations of
+# the requests finished, then a count per duration bucket (not cumulative; the last is +Inf).
+T_BUSY, T_REQUESTS, T_REQUEST_START, T_TICK, T_CONNECTIONS, T_SECONDS, T_BUCKETS = range(7)
+_THREAD_FIELDS = T_BUCKETS + len(DURATION_BOUNDS) + 1
 MESSAGE_SIZE = 192
 
 
@@ -140,6 +146,20 @@ class Scoreboard:
                 count += 1
         return count
 
+    def durations(self, slot: int) -> tuple[list[int], float]:
+        """(count per duration bucket, the +Inf bucket last; sum of the durations) over the slot's threads."""
+        numbers, base = self._numbers, self._base(slot)
+        counts, seconds = [0] * (len(DURATION_BOUNDS) + 1), 0.0
+        for thread in range(self.threads):
+            record = base + _HEADER_FIELDS + thread * _THREAD_FIELDS
+            seconds += numbers[record + T_SECONDS]
+            for bucket in range(len(counts)):
+                counts[bucket] += int(numbers[record + T_BUCKETS + bucket])
+        return counts, seconds
+
+    def log_dropped(self, slot: int) -> int:
+        return int(self._numbers[self._base(slot) + LOG_DROPPED])
+
     def message(self, slot: int) -> str:
         start = self._message_start(slot)
         return bytes(self._mmap[start:start + MESSAGE_SIZE]).split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -198,8 +218,15 @@ class ThreadWriter:
         numbers[base + T_REQUEST_START] = now
         numbers[base + T_BUSY] = 1.0
 
-    def end_request(self, now: float, requests: int) -> None:
+    def end_request(self, now: float, requests: int, observe: bool = True) -> None:
+        """The request in hand ended: counted (requests is the thread's new total) and, if observe and
+        one was begun, its duration recorded in the histogram."""
         numbers, base = self._numbers, self._base
+        start = numbers[base + T_REQUEST_START]
+        if start and observe:
+            duration = now - start
+            numbers[base + T_SECONDS] += duration
+            numbers[base + T_BUCKETS + bisect.bisect_left(DURATION_BOUNDS, duration)] += 1
         numbers[base + T_REQUESTS] = requests
         numbers[base + T_REQUEST_START] = 0.0
         numbers[base + T_TICK] = now

@@ -37,12 +37,15 @@ class PoolSetup:
         self.credentials = credentials      # --user/--group: dropped in each child before any user code
         self.handoff = handoff_process.channel()   # parked connections move between workers through it
         self.intake_bell = os.eventfd(0, os.EFD_NONBLOCK)   # "look again whether to accept" (intake_process)
+        self.access_log = None              # an access.AccessLog with --access-log, opened by the master
         raise_open_file_limit(config.max_connections + FDS_BESIDES_CONNECTIONS)
 
     def close(self):
         for end in self.handoff:
             end.close()
         os.close(self.intake_bell)
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 FDS_BESIDES_CONNECTIONS = 256         # listeners, pipes, log files, a handler's own files

@@ -27,11 +27,12 @@ import time
 
 import setproctitle
 
-from prefork import logs
+from prefork import logs, output
 from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
 from prefork.handling import PoolRequest, handle_one
 from prefork.pool import forking, scoreboard
 from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
+from prefork.pool.observer import observer_for
 from prefork.pool.parking_process import ParkingLoop, parks
 from prefork.signals import ring, run_pending_handlers
 
@@ -271,7 +272,7 @@ class WorkerProcess:
         if any(parks(server) for server in servers):
             ParkingLoop(self, thread, record).run()
             return
-        request = PoolRequest(record, self.setup.config.client_timeout, self._accepted)
+        request = PoolRequest(record, self.setup.config.client_timeout, self._accepted, observer_for(self.setup, self.worker))
         by_fd = {server.fileno(): server for server in servers}
         monotonic = time.monotonic
         with select.epoll() as poller:
@@ -301,11 +302,8 @@ class WorkerProcess:
             self._drain(servers, request)
 
     def _drain(self, servers, request):
-        """A stop of the whole pool: serve the connections already queued, until every queue is empty.
-
-        A non-blocking accept (or read, for datagrams) that finds nothing says
-        so; the master's SIGKILL at the graceful timeout bounds it all.
-        """
+        """A stop of the whole pool: serve the connections already queued, until every queue is empty
+        (a non-blocking accept finds nothing); the master's SIGKILL at the graceful timeout bounds it."""
         while not self.exhausted and any(handle_one(server, request) for server in servers):
             pass
 
@@ -352,6 +350,7 @@ class WorkerProcess:
             os.kill(os.getpid(), signal.SIGTERM)     # stop the whole worker; the master replaces it
 
     def _check_master(self):
+        self.header.set(scoreboard.LOG_DROPPED, output.dropped_total())     # for the master's metrics
         if os.getppid() != self.setup.master_pid and not self.stopping:
             log.warning("worker %s: master %s is gone, stopping", self.worker.slot, self.setup.master_pid)
             os.kill(os.getpid(), signal.SIGTERM)

@@ -25,13 +25,34 @@ HAS_PIDFD = hasattr(os, "pidfd_open")
 
 
 class SlotHistory:
-    """What outlives the workers of one slot: how often it restarted and why the last one went."""
+    """What outlives the workers of one slot: how often it restarted, why the last one went, and how
+    many requests its workers served before they went (the metrics' counters survive recycles)."""
 
-    __slots__ = ("restarts", "last_exit_reason")
+    __slots__ = ("restarts", "last_exit_reason", "requests")
 
     def __init__(self):
         self.restarts = 0
         self.last_exit_reason = None
+        self.requests = 0
+
+
+class GoneWorkers:
+    """What the workers reaped so far did, summed: the part of each counter that no scoreboard slot holds."""
+
+    def __init__(self):
+        self.requests = 0
+        self.exits = collections.Counter()        # by exit_kind()
+        self.durations = [0] * (len(scoreboard.DURATION_BOUNDS) + 1)
+        self.seconds = 0.0
+        self.log_dropped = 0
+
+    def add(self, board, index, view, kind):
+        self.requests += view.requests
+        self.exits[kind] += 1
+        counts, seconds = board.durations(index)
+        self.durations = [a + b for a, b in zip(self.durations, counts)]
+        self.seconds += seconds
+        self.log_dropped += board.log_dropped(index)
 
 
 class Pool:
@@ -51,7 +72,7 @@ class Pool:
         self.last_boot_failure = ""
         self.last_boot_failure_at = 0.0       # monotonic
         self.ever_ready = False
-        self.requests_of_the_gone = 0         # requests served by workers reaped so far
+        self.gone = GoneWorkers()
         self.on_boot_failure = None           # called with (generation, message): the master follows reloads
         self._seen_boot_messages = set()
 
@@ -151,7 +172,7 @@ class Pool:
 
     def total_requests(self):
         """Requests served by this pool's workers, the gone and the live ones."""
-        return self.requests_of_the_gone + sum(self.board.view(w.index).requests for w in self.workers.values())
+        return self.gone.requests + sum(self.board.view(w.index).requests for w in self.workers.values())
 
     # -- reaping ------------------------------------------------------------
 
@@ -200,11 +221,12 @@ class Pool:
         view = self.board.view(worker.index)
         self.notice_ready(worker, view, time.monotonic())       # since our last look?
         boot_message = self.board.message(worker.index)
-        self.requests_of_the_gone += view.requests
-        self.forget(worker)
         reason = exits.exit_reason(code, worker.stop_reason, bool(stopping), worker.ready,
                                      view.retire == scoreboard.EXHAUSTED)
+        self.gone.add(self.board, worker.index, view, exits.exit_kind(reason, bool(stopping)))
+        self.forget(worker)
         history = self.history[worker.slot]
+        history.requests += view.requests
         history.last_exit_reason = str(reason)           # plain text for stats() and the hook
         if reason != Reason.STOP:
             history.restarts += 1

@@ -45,7 +45,8 @@ def add_parser(subparsers):
     def action(name, help):
         return actions.add_parser(name, help=help, parents=[after])
 
-    status = action("status", "the master and each worker, as a table")
+    status = action("status", "the master and each worker, as a table; exit status 0 when the pool is ready, "
+                              "4 when the master answers but is not ready, 1 when no master answers")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     scale = action("scale", "set the number of workers: N, +N or -N")
     scale.add_argument("size", metavar="N|+N|-N")
@@ -84,6 +85,8 @@ def run_ctl(args):
         return report(exc, Exit.ERROR)
     if args.action == "status":
         print(json.dumps(result, indent=2) if args.json else status_table(result))
+        if result["master"].get("ready") is False:       # alive but not ready: /readyz's 503
+            return Exit.NOT_READY
     else:
         print(result)
     return Exit.OK
@@ -151,6 +154,8 @@ def status_table(stats, now=None):
              f"{len(stats['workers'])} worker(s), target {master.get('target_workers')}"
              f" ({master.get('target_reason') or '-'}), generation {master.get('generation', 0)}, "
              f"up {_age(now - master['started_at']) if master.get('started_at') else '-'}"]
+    if "ready" in master:
+        lines.append(f"{'ready' if master['ready'] else 'not ready'}: {master.get('ready_reason', '')}")
     if master.get("upgrade"):
         upgrade = master["upgrade"]
         lines.append(f"upgrade: new master {upgrade['new_master']}, {'serving' if upgrade['ready'] else 'starting'}")

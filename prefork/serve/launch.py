@@ -20,6 +20,7 @@ from prefork.policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
 from prefork.pool.reloads import Reconfiguration
 from prefork.serve import privileges, systemd, upgrade
 from prefork.serve.control_server import ControlServer, open_control_socket
+from prefork.serve.metrics_server import MetricsServer, open_metrics_socket
 from prefork.serve.pidfile import PidFile
 from prefork.serve.settings import SETTINGS
 from prefork.servers import TCPServer, UDPServer, UnixDatagramServer, UnixStreamServer, serve_together
@@ -27,7 +28,8 @@ from prefork.supervision import Config
 
 log = logging.getLogger("prefork")
 
-HOOK_NAMES = ("on_starting", "pre_fork", "post_fork", "worker_ready", "worker_exit", "on_exit")
+HOOK_NAMES = ("on_starting", "pre_fork", "post_fork", "worker_ready", "worker_exit", "on_exit", "pre_request",
+              "post_request")
 SERVER_CLASSES = {"tcp": TCPServer, "udp": UDPServer, "unix": UnixStreamServer, "unix-dgram": UnixDatagramServer}
 WSGI_SETTINGS = ("root_path", "limit_request_line", "limit_request_fields", "limit_request_field_size")
 ADAPTIVE_SETTINGS = ("min_workers", "max_workers", "min_spare", "max_spare", "scale_down_after")
@@ -57,7 +59,7 @@ def validate(resolved):
     if not policy.pooled:
         # These serve in the master's own process: there is no worker to drop privileges in, and
         # the control socket and upgrades are a pool master's.
-        for name in ("user", "group", "control"):
+        for name in ("user", "group", "control", "metrics"):
             if getattr(options, name):
                 raise ConfigError(f"{resolved.label(name)} needs a pool (--policy prefork or adaptive), "
                                   f"not --policy {options.policy}, which serves in the master's own process")
@@ -123,6 +125,12 @@ def run_serve(resolved, re_resolve):
         logs.configure(options.log_level, options.log_file, credentials and (credentials.uid, credentials.gid))
     except OSError as exc:
         return report(f"cannot open --log-file {options.log_file}: {exc.strerror}", Exit.ERROR)
+    access_log = launch.config.access_log
+    if access_log and access_log != "-":        # the master opens it; a problem is said here, before binding
+        try:
+            logs.open_log(access_log, credentials and (credentials.uid, credentials.gid)).close()
+        except OSError as exc:
+            return report(f"cannot open --access-log {access_log}: {exc.strerror}", Exit.ERROR)
     if os.getcwd() not in sys.path:        # like gunicorn: serve modules from where you stand
         sys.path.insert(0, os.getcwd())
     try:
@@ -205,13 +213,21 @@ def _services(launch, servers, activated, inherited, pidfile):
         control = ControlServer(open_control_socket(options.control))
     if control is not None:
         services.append(control)
+    metrics = None
+    if inherited.metrics is not None:         # an old master's, as the control socket
+        inherited.metrics.setblocking(False)
+        metrics = MetricsServer(inherited.metrics, active=ready_fd is None)
+    elif options.metrics:
+        metrics = MetricsServer(open_metrics_socket(options.metrics))
+    if metrics is not None:
+        services.append(metrics)
     notifier = systemd.Notifier()
     if notifier.enabled:
         services.append(notifier)
     if launch.policy.pooled:
-        services.append(upgrade.Upgrader(servers, control, pidfile, activated=activated))
+        services.append(upgrade.Upgrader(servers, control, pidfile, activated=activated, metrics=metrics))
     if ready_fd is not None:
-        services.append(upgrade.Successor(ready_fd, servers, control, inherited.predecessor))
+        services.append(upgrade.Successor(ready_fd, servers, control, inherited.predecessor, metrics=metrics))
     return services
 
 

@@ -100,6 +100,9 @@ class ServeOptions:
     control: str = setting(
         "", "--control", "a Unix socket for `prefork ctl` (mode 0600; only root and this user are served)",
         metavar="PATH", restart=True)
+    metrics: str = setting(
+        "", "--metrics", "serve Prometheus metrics on /metrics, and /healthz and /readyz, from the master, on a TCP "
+        "HOST:PORT or a Unix socket PATH (off by default)", metavar="ADDR", restart=True)
     pid: str = setting(
         "", "--pid", "write the master's pid to FILE (refused if it names a live master); removed at exit",
         metavar="FILE", restart=True)

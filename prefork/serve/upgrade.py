@@ -43,6 +43,7 @@ from prefork.signals import exit_text, wait_readable
 log = logging.getLogger("prefork")
 
 FDS_VARIABLE, CONTROL_VARIABLE, READY_VARIABLE = "PREFORK_FDS", "PREFORK_CONTROL_FD", "PREFORK_UPGRADE_FD"
+METRICS_VARIABLE = "PREFORK_METRICS_FD"
 SYSTEMD_VARIABLE, PREDECESSOR_VARIABLE = "PREFORK_SYSTEMD_FDS", "PREFORK_PREDECESSOR"
 
 
@@ -54,6 +55,7 @@ class Inherited(NamedTuple):
     listeners: list           #: sockets of the old master's own binds, for -b to take back
     activated: list           #: [(socket, name)] systemd passed the first master, as systemd.listen_fds()
     control: object           #: the control socket, or None
+    metrics: object           #: the metrics socket (--metrics), or None
     ready: object             #: the fd to say "ready" on, or None
     predecessor: object       #: the old master's pid, or None (none, or one that did not say)
 
@@ -69,10 +71,11 @@ def inherited(environ=None):
         if entry:
             fd, _, name = entry.partition("=")
             activated.append((listeners.pop(int(fd)), name))
-    control = environ.pop(CONTROL_VARIABLE, "")
+    control, metrics = (environ.pop(name, "") for name in (CONTROL_VARIABLE, METRICS_VARIABLE))
     ready = environ.pop(READY_VARIABLE, "")
     predecessor = environ.pop(PREDECESSOR_VARIABLE, "")
     return Inherited(list(listeners.values()), activated, socket.socket(fileno=int(control)) if control else None,
+                     socket.socket(fileno=int(metrics)) if metrics else None,
                      int(ready) if ready else None, int(predecessor) if predecessor else None)
 
 
@@ -83,9 +86,10 @@ class Successor(Service):
     Until then `prefork ctl` keeps talking to the old master, so that an answer from the new one
     means its workers are ready (a script may then stop the old one)."""
 
-    def __init__(self, fd, servers, control=None, predecessor=None):
+    def __init__(self, fd, servers, control=None, predecessor=None, metrics=None):
         """predecessor: the old master's pid, as it said (an older one does not: then our parent's)."""
         self.fd, self.servers, self.control = fd, servers, control
+        self.answering = [service for service in (control, metrics) if service is not None]
         self.predecessor = predecessor or os.getppid()       # for messages: we follow it by _pidfd
         self._pidfd = open_parent_pidfd(self.predecessor)
         self._predecessor_runs = self._pidfd is not None
@@ -109,8 +113,8 @@ class Successor(Service):
 
     def on_pass(self, master, now):
         if self.fd is not None and master.settled():
-            if self.control is not None:
-                self.control.resume()
+            for service in self.answering:
+                service.resume()
             try:
                 os.write(self.fd, b"ready\n")
             except OSError:
@@ -124,7 +128,7 @@ class Successor(Service):
             os.close(self.fd)
             self.fd = None
         if not in_child and self.other_master_serves:
-            release_files(self.servers, self.control)
+            release_files(self.servers, self.answering)
         self._close_pidfd()
 
     def _close_pidfd(self):
@@ -157,8 +161,10 @@ class Upgrader(Service):
 
     activated: [(socket, name)], those of the servers' sockets that came from systemd."""
 
-    def __init__(self, servers, control=None, pidfile=None, cwd=None, activated=()):
+    def __init__(self, servers, control=None, pidfile=None, cwd=None, activated=(), metrics=None):
         self.servers, self.control, self.pidfile, self.activated = servers, control, pidfile, list(activated)
+        self.answering = [(name, service) for name, service in ((CONTROL_VARIABLE, control), (METRICS_VARIABLE, metrics))
+                          if service is not None]
         self.cwd = cwd or os.getcwd()
         self.new_master = None             # its pid, until we have seen it exit; we follow it by _pidfd
         self.handed_over = False           # its workers are ready: it answers the control socket
@@ -201,9 +207,9 @@ class Upgrader(Service):
         if self.activated:
             env[SYSTEMD_VARIABLE] = ":".join(f"{sock.fileno()}={name}" for sock, name in self.activated)
         passed = [*listeners, write_end]
-        if self.control is not None:
-            env[CONTROL_VARIABLE] = str(self.control.sock.fileno())
-            passed.append(self.control.sock.fileno())
+        for name, service in self.answering:
+            env[name] = str(service.sock.fileno())
+            passed.append(service.sock.fileno())
         # Not systemd's sockets again (they are among ours, named in PREFORK_SYSTEMD_FDS: LISTEN_PID
         # could not name a child not yet started), and the watchdog is the new master's too.
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_PID"):
@@ -234,8 +240,8 @@ class Upgrader(Service):
             self._ready = None
             if message.startswith(b"ready") and self.other_master_serves:
                 self.handed_over = True
-                if self.control is not None:
-                    self.control.pause()
+                for _, service in self.answering:
+                    service.pause()
                 log.info("upgrade: the new master (pid %s) is serving; stop this one (pid %s) with SIGTERM, "
                          "or stop the new one to roll back", self.new_master, os.getpid())
         elif fileobj == self._pidfd:
@@ -277,8 +283,8 @@ class Upgrader(Service):
         self.handed_over = False
         if self.pidfile is not None:
             self.pidfile.move_back()
-        if self.control is not None:
-            self.control.resume()
+        for _, service in self.answering:
+            service.resume()
 
     def close(self, in_child=False):
         if in_child:
@@ -288,7 +294,7 @@ class Upgrader(Service):
             self._pidfd = self._ready = None
             return
         if self.other_master_serves:
-            release_files(self.servers, self.control)       # the new master serves on them
+            release_files(self.servers, [service for _, service in self.answering])   # the new master serves on them
 
 
 def start_process(command, **popen_arguments):
@@ -304,11 +310,13 @@ def start_process(command, **popen_arguments):
     return process.pid
 
 
-def release_files(servers, control):
-    """Leave the Unix socket files (listeners, control socket) in place at exit: another master uses them."""
+def release_files(servers, answering):
+    """Leave the Unix socket files (listeners, control and metrics sockets) in place at exit: another
+    master uses them."""
     for server in servers:
         owner = getattr(server, "_unix_path", None)
         if owner is not None:
             owner.release()
-    if control is not None and control.owner is not None:
-        control.owner.release()
+    for service in answering:
+        if service.owner is not None:
+            service.owner.release()

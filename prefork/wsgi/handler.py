@@ -39,7 +39,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
         self.stream = RequestStream(self.limits)
         self.shared = connection_environ(self.server, self.client_address, self.root_path, self.multithread,
                                          self.errors)
-        self.response = None
+        self.response = self.refused = None
         if self.connection.family != socket.AF_UNIX:
             # A head and its body go out in one send, but a chunked body's pieces must not wait for an ACK.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
@@ -60,6 +60,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
 
     def handle_request(self):
         stream = self.stream
+        self.response = self.refused = None
         if not stream.ready:
             self._refuse(stream.error.status, stream.error.reason)
             return False
@@ -100,6 +101,16 @@ class WSGIRequestHandler(ParkingRequestHandler):
             return False
         return keep
 
+    def access_fields(self):
+        """The request just served, for the access log: method, path, status, body bytes sent."""
+        response = self.response
+        if response is None:
+            return {"status": self.refused} if self.refused else {}
+        request = response.request
+        status = self.refused or (int(response.status[:3]) if response.sent_head else 0)
+        return {"method": request.method, "path": request.target.decode("latin-1"), "status": status,
+                "bytes": response.body_bytes}
+
     def _pull(self):
         """More of the request body from the socket (what wsgi.input reads when what arrived is used up)."""
         response = self.response
@@ -138,6 +149,7 @@ class WSGIRequestHandler(ParkingRequestHandler):
 
     def _refuse(self, status, reason):
         """Answer status and close: the rest of what the client sent is not read."""
+        self.refused = status
         body = f"{status} {reason}\n".encode()
         head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n{date_line()}\r\n")

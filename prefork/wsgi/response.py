@@ -58,6 +58,7 @@ class Response:
         self.chunked = False
         self.remaining = None             # bytes Content-Length still allows; None: not declared
         self.known_length = None          # the body's length when the server knows it (a list, a file)
+        self.body_bytes = 0               # body bytes sent (the access log's bytes)
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info is not None:
@@ -118,6 +119,7 @@ class Response:
             if not sent:                  # the file shrank
                 break
             offset, count = offset + sent, count - sent
+            self.body_bytes += sent
             if self.remaining is not None:
                 self.remaining -= sent
         file.seek(offset)
@@ -182,7 +184,9 @@ class Response:
             if len(data) > self.remaining:
                 data = data[:self.remaining]
             self.remaining -= len(data)
+            self.body_bytes += len(data)
             return data
+        self.body_bytes += len(data)
         if self.chunked:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
