@@ -20,7 +20,7 @@ import os
 import socket
 import stat
 
-BUFFER = 256 * 1024          # bytes waiting for a full output before lines are dropped
+BUFFER = 64 * 1024           # bytes waiting for a full output before lines are dropped (a pipe holds 64 KB more)
 
 _dropped = [0]               # lines dropped by every output of this process
 _outputs = []                # every output of this process, to reset in a forked child

@@ -88,7 +88,8 @@ def gather(master):
         Family("prefork_ready", "gauge", "1 when /readyz answers ready", [((), int(ready))]),
         *_worker_samples(workers),
         Family("prefork_log_lines_dropped", "counter", "log lines dropped because the output was not being read",
-               [((), output.dropped_total() + gone.log_dropped + log_dropped)]),
+               [((("process", "master"),), output.dropped_total()),
+                ((("process", "workers"),), gone.log_dropped + log_dropped)]),
         *_master_families(master),
     ]
     return families

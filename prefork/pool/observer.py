@@ -20,7 +20,8 @@ HOOKS = ("pre_request", "post_request")
 
 
 def observer_for(setup, worker):
-    """A RequestObserver for one accept thread, or None when there is nothing to observe."""
+    """A RequestObserver for one accept thread, or None when there is nothing to observe. The hooks are
+    the hooks object's (the first server's) bound methods, or a --hooks module's functions bound to it."""
     hooks = {name: getattr(setup.hooks, name, None) for name in HOOKS}
     hooks = {name: hook for name, hook in hooks.items() if hook is not None and not getattr(hook, "default_hook", False)}
     access_log = getattr(setup, "access_log", None)
@@ -45,13 +46,13 @@ class RequestObserver:
     def begin(self, server, client_address):
         self.started = time.monotonic()
         if self.pre_request is not None:
-            self._call("pre_request", self.pre_request, server, client_address)
+            self._call("pre_request", self.pre_request, client_address)
 
     def end(self, server, client_address, outcome=OK, handler=None):
         """The request ended with outcome; handler (a parking one) may tell its HTTP fields."""
         duration = time.monotonic() - self.started
         if self.post_request is not None:
-            self._call("post_request", self.post_request, server, client_address, outcome, duration)
+            self._call("post_request", self.post_request, client_address, outcome, duration)
         if self.access_log is None:
             return
         fields = {"time": self.clock.text(time.time()), "peer": peer_text(client_address),

@@ -13,7 +13,9 @@ import time
 
 from prefork.errors import WorkerExit
 from prefork.pool import handoff_process
+from prefork.output import dropped_total
 from prefork.pool.forking import exit_child, exit_code
+from prefork.pool.scoreboard import LOG_DROPPED
 from prefork.pool.worker_process import WorkerProcess
 
 log = logging.getLogger("prefork")
@@ -117,4 +119,5 @@ class Worker:
         except BaseException:
             log.exception("worker %s crashed", self.slot)
         finally:
+            self.setup.board.writer(self.index).set(LOG_DROPPED, dropped_total())    # the master's metrics
             exit_child(code)

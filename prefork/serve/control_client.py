@@ -153,9 +153,9 @@ def status_table(stats, now=None):
     lines = [f"master {master['pid']} [{master['name']}] {master['state']}, policy {master['policy']}, "
              f"{len(stats['workers'])} worker(s), target {master.get('target_workers')}"
              f" ({master.get('target_reason') or '-'}), generation {master.get('generation', 0)}, "
-             f"up {_age(now - master['started_at']) if master.get('started_at') else '-'}"]
-    if "ready" in master:
-        lines.append(f"{'ready' if master['ready'] else 'not ready'}: {master.get('ready_reason', '')}")
+             f"up {_age(now - master['started_at']) if master.get('started_at') else '-'}"
+             + ("" if "ready" not in master else ", ready" if master["ready"] else
+                f", not ready ({master.get('ready_reason')})")]
     if master.get("upgrade"):
         upgrade = master["upgrade"]
         lines.append(f"upgrade: new master {upgrade['new_master']}, {'serving' if upgrade['ready'] else 'starting'}")

@@ -33,7 +33,7 @@ STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not
 
 def open_metrics_socket(address, backlog=64):
     """Listen on a TCP HOST:PORT, or on a Unix socket path (one with a '/', or unix:PATH); BindError if not."""
-    text = f"unix:{address}" if "/" in address and not address.startswith(("unix:", "tcp://")) else address
+    text = f"unix:{address}" if address.startswith(("/", "./", "../")) else address
     try:
         bind = parse_bind(text)
     except BindError as exc:
