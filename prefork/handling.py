@@ -35,7 +35,7 @@ class PoolRequest:
         self.client_timeout = client_timeout or None
         self.accepted = accepted        # counts the request against --max-requests
         self.finished = 0               # requests this thread has finished
-        self.observer = observer        # hooks and access log around each request (pool/observer.py), or None
+        self.observer = observer        # hooks and access log around each request (pool/observer_process.py), or None
 
     def done(self):
         self.finished += 1

@@ -28,8 +28,10 @@ WORKER_STATES = ("booting", "idle", "busy", "stopping", "spare")
 def health(master):
     """(ready, why): ready when the master runs, is not stopping or handing over to another master,
     and at least one worker of the current generation is ready. /readyz and `prefork ctl status`."""
-    if master.state != MasterState.RUNNING or master.stopping:
-        return False, f"the master is {master.stopping or master.state or 'not started'}"
+    if master.stopping:
+        return False, f"the master is stopping ({master.stopping})"
+    if master.state != MasterState.RUNNING:
+        return False, f"the master is {master.state or 'not started'}"
     if master.main_is_elsewhere():
         return False, "draining: a new master serves (an upgrade)"
     pool = master.pool

@@ -25,7 +25,7 @@ from prefork.access import OK, outcome_of
 from prefork.handling import ACCEPT_AGAIN, ACCEPT_PAUSE, PoolRequest, handle_one
 from prefork.pool import handoff_process, scoreboard
 from prefork.pool.intake_process import RECHECK, Intake
-from prefork.pool.observer import observer_for
+from prefork.pool.observer_process import observer_for
 
 log = logging.getLogger("prefork")
 

@@ -32,7 +32,7 @@ from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
 from prefork.handling import PoolRequest, handle_one
 from prefork.pool import forking, scoreboard
 from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, prctl
-from prefork.pool.observer import observer_for
+from prefork.pool.observer_process import observer_for
 from prefork.pool.parking_process import ParkingLoop, parks
 from prefork.signals import ring, run_pending_handlers
 

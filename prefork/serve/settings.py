@@ -91,7 +91,7 @@ class ServeOptions:
         2048, "--backlog", "listen queue length of stream sockets", at_least(1, 65535), "N", restart=True)
     hooks: str = setting(
         "", "--hooks", "a module defining any of on_starting, pre_fork, post_fork, worker_ready, worker_exit, "
-        "on_exit; each is called with the server first", metavar="MODULE", restart=True)
+        "on_exit, pre_request, post_request; each is called with the server first", metavar="MODULE", restart=True)
     log_level: str = setting(
         "info", "--log-level", "level of the log messages", choices=LOG_LEVELS)
     log_file: str = setting(

@@ -1,8 +1,9 @@
 """Runs in the master of `prefork serve`: upgrade in place (SIGUSR2), a new master on the same sockets.
 
 The old master runs the `prefork` command it was started with again, as a
-child, passing it the listening sockets and the control socket as inherited
-file descriptors named in the environment (PREFORK_FDS, PREFORK_CONTROL_FD),
+child, passing it the listening sockets, the control socket and the metrics
+socket as inherited file descriptors named in the environment (PREFORK_FDS,
+PREFORK_CONTROL_FD, PREFORK_METRICS_FD),
 never binding anything twice, so not one connection is refused in between.
 PREFORK_SYSTEMD_FDS says which of them systemd passed the first master, with
 their names (FD=NAME, joined by ":" as in LISTEN_FDNAMES, whose names have
@@ -13,9 +14,10 @@ Both pools accept on the same sockets until the operator stops the old master
 FILE.oldbin for the old master and FILE names the new one.
 
 The new master tells the old one that its workers are ready through a pipe
-(PREFORK_UPGRADE_FD); the old master then leaves the control socket to it. If
-the new master exits instead (it failed, or the operator stopped it to roll
-back), the old master takes the pid file and the control socket back. When
+(PREFORK_UPGRADE_FD); the old master then leaves the control and metrics
+sockets to it (the answering services). If the new master exits instead (it
+failed, or the operator stopped it to roll back), the old master takes the
+pid file and those sockets back. When
 the old master exits after a successful upgrade it leaves the socket files in
 place: they belong to the new master now.
 
@@ -88,7 +90,7 @@ class Successor(Service):
 
     def __init__(self, fd, servers, control=None, predecessor=None, metrics=None):
         """predecessor: the old master's pid, as it said (an older one does not: then our parent's)."""
-        self.fd, self.servers, self.control = fd, servers, control
+        self.fd, self.servers = fd, servers
         self.answering = [service for service in (control, metrics) if service is not None]
         self.predecessor = predecessor or os.getppid()       # for messages: we follow it by _pidfd
         self._pidfd = open_parent_pidfd(self.predecessor)
@@ -162,7 +164,7 @@ class Upgrader(Service):
     activated: [(socket, name)], those of the servers' sockets that came from systemd."""
 
     def __init__(self, servers, control=None, pidfile=None, cwd=None, activated=(), metrics=None):
-        self.servers, self.control, self.pidfile, self.activated = servers, control, pidfile, list(activated)
+        self.servers, self.pidfile, self.activated = servers, pidfile, list(activated)
         self.answering = [(name, service) for name, service in ((CONTROL_VARIABLE, control), (METRICS_VARIABLE, metrics))
                           if service is not None]
         self.cwd = cwd or os.getcwd()

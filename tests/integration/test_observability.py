@@ -209,7 +209,9 @@ def test_the_access_log_has_a_line_per_request_with_its_outcome_and_is_reopened_
         hello(address, "/after")
         return log_path.exists() and "/after" in log_path.read_text()
     wait_for(served_into_the_new_file, message="a line in the reopened access log")
-    assert "/after" not in (tmp_path / "access.log.1").read_text()
+    hello(address, "/later")                           # the worker has reopened it: nothing goes to the old file
+    wait_for(lambda: "/later" in log_path.read_text())
+    assert "/later" not in (tmp_path / "access.log.1").read_text()
 
 
 def logfmt(line):
@@ -346,3 +348,21 @@ def test_scraping_while_serving_keeps_every_request(serve_cli):
         thread.join(10)
     assert scrapes == sorted(scrapes) and len(scrapes) >= 5
     assert wait_for(lambda: scrape(metrics)[("prefork_requests_total", ())] == 200)
+
+
+def test_readyz_says_503_as_soon_as_a_graceful_stop_begins_while_the_workers_finish(serve_cli):
+    server = serve_cli("apps.handlers:Sleepy", "-w", "1", "-b", "127.0.0.1:0", "--metrics", "127.0.0.1:0", cwd=TESTS)
+    (address,) = server.addresses()
+    metrics = metrics_address(server)
+    server.wait_workers(1)
+    assert get(metrics, "/readyz")[0] == 200
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"2\n")                         # holds the worker for 2 s
+        wait_for(lambda: scrape(metrics)[("prefork_threads", (("state", "busy"),))] == 1)
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait_log("graceful stop")
+        status, _, body = get(metrics, "/readyz")
+        assert status == 503 and body == b"not ready: the master is stopping (graceful)\n"
+        assert get(metrics, "/healthz")[0] == 200
+        assert sock.recv(100).startswith(b"done")   # the request in hand is served
+    assert server.stop() == 0

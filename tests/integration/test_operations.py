@@ -58,8 +58,10 @@ def ask_as(uid, gid, control, request, pause=0.0):
 
 def status(control):
     code, out, err = ctl(control, "status", "--json")
-    assert code == 0, err
-    return json.loads(out)
+    assert code in (0, 4), err
+    result = json.loads(out)
+    assert code == (0 if result["master"]["ready"] else 4), "the exit status says whether the master is ready"
+    return result
 
 
 # -- the control socket ----------------------------------------------------------------------
@@ -253,9 +255,9 @@ def test_a_reload_whose_code_fails_to_import_leaves_the_old_workers_serving(serv
 
 def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     control, pidfile = os.path.join(short_tmp, "ctl.sock"), os.path.join(short_tmp, "prefork.pid")
-    unix = os.path.join(short_tmp, "app.sock")
+    unix, metrics = os.path.join(short_tmp, "app.sock"), os.path.join(short_tmp, "metrics.sock")
     server = serve_cli("-w", "1", "-b", "127.0.0.1:0", "-b", f"unix:{unix}", "--control", control,
-                       "--pid", pidfile, "--defer-accept")
+                       "--pid", pidfile, "--defer-accept", "--metrics", metrics)
     address = server.addresses()[0]
     server.wait_workers(1)
     old = server.pid
@@ -276,6 +278,7 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     wait_for(lambda: not os.path.exists(pidfile + ".oldbin"))
     assert os.path.exists(unix) and os.path.exists(control), "the old master left the new one's files alone"
     assert exchange("tcp", address) == b"hello\n" and status(control)["master"]["pid"] == new
+    assert metrics_answer(metrics).startswith(b"HTTP/1.1 200 OK"), "the new master serves the metrics socket passed on"
     assert_listeners_unchanged(new, address)
 
     newer = upgrade_from(new)                                      # now roll one back
@@ -284,10 +287,19 @@ def test_upgrade_round_trip_and_roll_back(serve_cli, short_tmp):
     assert not os.path.exists(pidfile + ".oldbin") and os.path.exists(unix) and os.path.exists(control)
     wait_for(lambda: status(control)["master"]["pid"] == new)
     assert exchange("tcp", address) == b"hello\n" and exchange("unix", unix) == b"hello\n"
+    assert metrics_answer(metrics).startswith(b"HTTP/1.1 200 OK"), "a roll-back keeps the metrics socket"
     assert_listeners_unchanged(new, address)
     os.kill(new, signal.SIGTERM)
     wait_for(lambda: process_gone(new) and not os.path.exists(unix) and not os.path.exists(control), timeout=15)
-    assert not os.path.exists(pidfile)
+    assert not os.path.exists(pidfile) and not os.path.exists(metrics)
+
+
+def metrics_answer(path):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock.recv(65536)
 
 
 def assert_listeners_unchanged(master, address):

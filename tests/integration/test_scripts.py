@@ -132,7 +132,7 @@ def test_deploy_md_has_the_snippets_this_file_checks():
                                         "prefork-agent@.service"}
     assert set(snippets("sh")) == {"prefork-health", "upgrade-myapp"}
     assert [set(snippets(kind)) for kind in ("nginx", "haproxy", "toml", "logrotate")] == [
-        {"stream"}, {"haproxy.cfg"}, {"prefork.toml", "flask"}, {"myapp"}]
+        {"stream"}, {"haproxy.cfg", "haproxy-httpchk.cfg"}, {"prefork.toml", "flask"}, {"myapp"}]
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
@@ -186,9 +186,10 @@ def test_deploy_md_nginx_stream_config_passes_nginx_t(short_tmp):
 
 
 @pytest.mark.skipif(not shutil.which("haproxy"), reason="haproxy is not installed (apt-get install haproxy)")
-def test_deploy_md_haproxy_config_passes_haproxy_c(tmp_path):
+@pytest.mark.parametrize("name", ["haproxy.cfg", "haproxy-httpchk.cfg"])
+def test_deploy_md_haproxy_config_passes_haproxy_c(tmp_path, name):
     path = tmp_path / "haproxy.cfg"
-    path.write_text(snippets("haproxy")["haproxy.cfg"])
+    path.write_text(snippets("haproxy")[name])
     done = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
 

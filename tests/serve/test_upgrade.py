@@ -27,7 +27,7 @@ def test_systemds_sockets_come_back_as_activated_with_their_names_and_the_variab
 
 
 def test_a_first_master_inherits_nothing():
-    assert inherited({}) == ([], [], None, None, None)
+    assert inherited({}) == ([], [], None, None, None, None)
 
 
 # -- the new master's check that the old one still runs ------------------------------------------
