@@ -7,14 +7,15 @@ through a LineOutput (output.py): a full pipe on stdout drops and counts
 lines, it never stops a worker. Each accept thread buffers its lines and
 writes them once per pass of its loop, not one system call per request.
 
-Text lines are logfmt (key=value, values with spaces or quotes quoted,
-control characters escaped); JSON lines are one object each, escaped by
-json.dumps. Both carry the same keys:
+Text lines are logfmt (key=value; a value with spaces, quotes, control or
+non-ASCII characters quoted and escaped as a JSON string); JSON lines are
+one object each. Both carry the same keys:
 
     time peer listener worker pid outcome duration_ms [method path status bytes]
 """
 
-import json
+import re
+from json.encoder import encode_basestring_ascii as quoted   # C: a JSON string, every non-ASCII escaped
 import sys
 import threading
 import time
@@ -40,9 +41,8 @@ class AccessLog:
 
     def __init__(self, path, line_format="text", owner=None):
         self.path, self.owner = path, owner
-        self.format_line = _json_line if line_format == "json" else _text_line
+        self.format = JSON if line_format == "json" else TEXT
         self._lock = threading.Lock()
-        self._file = None
         self.output = self._open()
         logs.reopen_also(self)
 
@@ -77,41 +77,72 @@ class AccessLog:
 
 
 class Clock:
-    """The time of a line, formatted once per second (strftime costs more than the rest of a line)."""
+    """The time of a line: strftime once per second, the text once per millisecond (many lines share it)."""
 
     def __init__(self):
         self.second, self.prefix = -1, ""
+        self.millisecond, self.last = -1, ""
 
     def text(self, now):
-        second = int(now)
-        if second != self.second:
-            self.second, self.prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.prefix}.{int((now - second) * 1000):03d}Z"
+        millisecond = int(now * 1000)
+        if millisecond != self.millisecond:
+            second = millisecond // 1000
+            if second != self.second:
+                self.second, self.prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self.millisecond, self.last = millisecond, f"{self.prefix}.{millisecond % 1000:03d}Z"
+        return self.last
 
 
-def _text_line(fields):
-    return " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items()).encode("utf-8", "replace") + b"\n"
+class TextFormat:
+    """logfmt: key=value; what a client sent (method, path) quoted and escaped when it must be."""
+
+    @staticmethod
+    def fixed(listener, worker, pid):
+        """The part of a line that is the same for every request of one listener in one worker."""
+        return f" listener={_logfmt(listener)} worker={worker} pid={pid}"
+
+    @staticmethod
+    def line(when, peer, fixed, outcome, duration, http):
+        text = f"time={when} peer={_logfmt(peer)}{fixed} outcome={outcome} duration_ms={duration * 1000:.3f}"
+        if http:
+            text += "".join([f" {key}={_logfmt(value)}" for key, value in http.items()])
+        return text.encode("utf-8", "replace") + b"\n"
+
+
+class JsonFormat:
+    """One JSON object per line, with the same keys; what is not ours (a path, a method, a Unix peer's
+    path) is escaped as a JSON string."""
+
+    @staticmethod
+    def fixed(listener, worker, pid):
+        return f',"listener":{quoted(listener)},"worker":{worker},"pid":{pid}'
+
+    @staticmethod
+    def line(when, peer, fixed, outcome, duration, http):
+        text = f'{{"time":"{when}","peer":{quoted(peer)}{fixed},"outcome":"{outcome}","duration_ms":{duration * 1000:.3f}'
+        if http:
+            text += "".join([f',"{key}":{quoted(value) if type(value) is str else int(value)}'
+                             for key, value in http.items()])
+        return text.encode() + b"}\n"
+
+
+TEXT, JSON = TextFormat(), JsonFormat()
+_NEEDS_QUOTES = re.compile(r'[^!#-<>-\[\]-~]').search    # anything but printable ASCII other than " = \\
 
 
 def _logfmt(value):
-    if isinstance(value, (int, float)):
-        return str(value)
-    text = str(value)
-    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
-        return text
-    return json.dumps(text)                        # quoted, with every quote and control character escaped
-
-
-def _json_line(fields):
-    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+    if type(value) is not str:
+        return value
+    if value and _NEEDS_QUOTES(value) is None:
+        return value
+    return quoted(value)                           # with every quote, control and non-ASCII character escaped
 
 
 def peer_text(client_address):
     """A client address as text: host:port, [v6]:port, or a Unix socket's path (often empty: "unix")."""
-    if isinstance(client_address, tuple) and len(client_address) >= 2:
-        host, port = client_address[0], client_address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if type(client_address) is tuple and len(client_address) >= 2:
+        host = client_address[0]
+        return f"[{host}]:{client_address[1]}" if ":" in host else f"{host}:{client_address[1]}"
     if isinstance(client_address, bytes):
         client_address = client_address.decode(errors="replace")
     return client_address or "unix"
-

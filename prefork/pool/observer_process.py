@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from prefork.access import OK, Clock, peer_text
+from prefork.access import FLUSH_LINES, OK, Clock, peer_text
 from prefork.listeners import describe_socket
 
 log = logging.getLogger("prefork")
@@ -38,7 +38,10 @@ class RequestObserver:
     def __init__(self, servers, worker, access_log, pre_request, post_request):
         self.worker, self.access_log = worker, access_log
         self.pre_request, self.post_request = pre_request, post_request
-        self.listeners = {id(server): describe_socket(server.socket) for server in servers}
+        if access_log is not None:
+            self.format = access_log.format
+            self.fixed = {id(server): self.format.fixed(describe_socket(server.socket), worker.slot, os.getpid())
+                          for server in servers}
         self.clock = Clock()
         self.lines = []
         self.started = 0.0
@@ -55,17 +58,16 @@ class RequestObserver:
             self._call("post_request", self.post_request, client_address, outcome, duration)
         if self.access_log is None:
             return
-        fields = {"time": self.clock.text(time.time()), "peer": peer_text(client_address),
-                  "listener": self.listeners.get(id(server), "-"), "worker": self.worker.slot, "pid": os.getpid(),
-                  "outcome": outcome, "duration_ms": round(duration * 1000, 3)}
-        http = getattr(handler, "access_fields", None)
-        if http is not None:
+        http = None
+        fields = getattr(handler, "access_fields", None)
+        if fields is not None:
             try:
-                fields.update(http())
+                http = fields()
             except Exception:
                 self._failed("access_fields")
-        self.lines.append(self.access_log.format_line(fields))
-        if len(self.lines) >= 64:
+        self.lines.append(self.format.line(self.clock.text(time.time()), peer_text(client_address),
+                                           self.fixed[id(server)], outcome, duration, http))
+        if len(self.lines) >= FLUSH_LINES:
             self.flush()
 
     def flush(self):

@@ -8,10 +8,11 @@ import pytest
 
 from prefork import Adaptive, Config, Prefork
 from prefork.pool.actions import Activate, AdoptGeneration, Halt, Kill, Retire, Spawn, StartZygote, Stop, StopPool, StopZygote
-from prefork.pool.exits import backoff_delay, exit_reason, zygote_exit
+from prefork.pool.exits import backoff_delay, exit_kind, exit_reason, zygote_exit
 from prefork.pool.planner import DUMP_GRACE, KILL_GRACE, SPARE_REFILL_DELAY, next_deadline, plan
 from prefork.policies import Candidate, Sizing
 from prefork.pool.snapshot import Snapshot, WorkerView, ZygoteView
+from prefork.pool.states import Reason
 from prefork.errors import WorkerSignal
 from prefork.pool.scoreboard import EXHAUSTED, WANTS_SUCCESSOR
 
@@ -454,3 +455,14 @@ def test_invariants_hold_over_random_pools():
                    and a.pid not in spares}
         ready_left = sum(1 for w in serving if w.ready and w.pid not in retired) + len(activations)
         assert not (retired & {w.pid for w in serving}) or ready_left >= size, (snapshot, found)
+
+
+@pytest.mark.parametrize("reason, stopping, kind", [
+    (Reason.STOP, False, "scale_down"),      # stopped while the pool goes on: it shrank
+    (Reason.STOP, True, "stop"),
+    (Reason.RECYCLE, False, "recycle"),
+    (Reason.RELOAD, True, "reload"),
+    (Reason.SIGNAL, False, "signal"),
+])
+def test_exit_kinds_the_metrics_count(reason, stopping, kind):
+    assert exit_kind(reason, stopping) == kind

@@ -59,3 +59,24 @@ def test_long_messages_are_cut_to_fit_and_slots_are_checked():
         board.view(2)
     with pytest.raises(IndexError):
         board.thread_writer(1, 1)
+
+
+def test_each_request_lands_in_one_duration_bucket_and_a_quick_stop_in_none():
+    board = Scoreboard(2, threads=2)
+    first, second = board.thread_writer(1, 0), board.thread_writer(1, 1)
+    for writer, start, end, served in ((first, 10.0, 10.0003, 1), (first, 11.0, 11.001, 2),
+                                       (second, 5.0, 5.2, 1), (second, 6.0, 36.0, 2)):
+        writer.begin_request(start)
+        writer.end_request(end, served)
+    second.begin_request(40.0)
+    second.end_request(41.0, 2, observe=False)        # abandoned: neither counted nor timed
+    counts, seconds = board.durations(1)
+    bounds = scoreboard.DURATION_BOUNDS
+    expected = [0] * (len(bounds) + 1)
+    for duration in (0.0003, 0.001, 0.2, 30.0):
+        expected[next((i for i, bound in enumerate(bounds) if duration <= bound + 1e-9), len(bounds))] += 1
+    assert counts == expected and sum(counts) == 4 == board.view(1).requests
+    assert seconds == pytest.approx(0.0003 + 0.001 + 0.2 + 30.0)
+    assert board.durations(2) == ([0] * (len(bounds) + 1), 0.0)
+    board.reset(1, 0.0)
+    assert board.durations(1)[0] == [0] * (len(bounds) + 1)
