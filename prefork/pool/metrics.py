@@ -120,7 +120,8 @@ def _worker_samples(workers):
             Family("prefork_worker_cpu_percent", "gauge", "CPU use of one worker since its previous sample", cpu)]
 
 
-_MASTER = []          # this process's psutil.Process, made once
+MASTER_USS_EVERY = 1.0       # seconds a reading of the master's USS is reused (it walks the page tables)
+_MASTER = {}                  # this process's psutil.Process, and its latest USS reading
 
 
 def _master_families(master):
@@ -129,14 +130,20 @@ def _master_families(master):
                        [((), times.user + times.system)]),
                 Family("process_start_time_seconds", "gauge", "when the master started (Unix time)",
                        [((), master.started_at or time.time())])]
+    now = time.monotonic()
     try:
-        if not _MASTER or _MASTER[0].pid != os.getpid():
-            _MASTER[:] = [psutil.Process()]
-        with _MASTER[0].oneshot():
-            memory = _MASTER[0].memory_info()
-            fds = _MASTER[0].num_fds()
+        if _MASTER.get("pid") != os.getpid():
+            _MASTER.update(pid=os.getpid(), process=psutil.Process(), uss_at=float("-inf"))
+        process = _MASTER["process"]
+        with process.oneshot():
+            memory = process.memory_info()
+            fds = process.num_fds()
+            if now - _MASTER["uss_at"] >= MASTER_USS_EVERY:
+                _MASTER.update(uss=process.memory_full_info().uss, uss_at=now)
     except (psutil.Error, OSError):
         return families
     return families + [Family("process_resident_memory_bytes", "gauge", "the master's resident memory",
                               [((), memory.rss)]),
+                       Family("prefork_master_uss_bytes", "gauge", "memory only the master holds (USS)",
+                              [((), _MASTER["uss"])]),
                        Family("process_open_fds", "gauge", "the master's open file descriptors", [((), fds)])]

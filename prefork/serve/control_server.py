@@ -22,15 +22,13 @@ a request size limit and a deadline.
 import json
 import logging
 import os
-import selectors
 import socket
 import struct
-import time
 
 from prefork import commands
 from prefork.errors import BindError, ConfigError, PreforkError
-from prefork.listeners import UnixPathOwner, remove_stale_unix_socket
-from prefork.pool.service import Service
+from prefork.listeners import remove_stale_unix_socket
+from prefork.serve.answering import AnsweringService, Exchange
 
 log = logging.getLogger("prefork")
 
@@ -57,135 +55,58 @@ def open_control_socket(path):
     return sock
 
 
-class ControlServer(Service):
+class ControlServer(AnsweringService):
     """A master service (see Master.services): accepts control connections and answers them."""
 
+    name = "control socket"
+
     def __init__(self, sock, owned=True, active=True):
-        self.sock = sock
+        super().__init__(sock, owned, active)
         self.path = sock.getsockname()
-        self.owner = UnixPathOwner(self.path) if owned else None
-        self.active = active             # False while the other master of an upgrade answers instead
-        self._clients = {}               # socket -> _Client
-        self._selector = None
 
-    def start(self, selector):
-        self._selector = selector
-        if self.active:
-            selector.register(self.sock, selectors.EVENT_READ, self)
-
-    def pause(self):
-        """Stop answering (an upgraded master has taken over); the socket stays open for a roll-back."""
-        if self.active:
-            self._selector.unregister(self.sock)
-            self.active = False
-
-    def resume(self):
-        if not self.active:
-            self._selector.register(self.sock, selectors.EVENT_READ, self)
-            self.active = True
-
-    def on_event(self, master, fileobj, mask):
-        if fileobj is self.sock:
-            self._accept()
-            return
-        client = self._clients.get(fileobj)
-        if client is None:
-            return
-        if client.on_event(mask, master):
-            self._drop(client)
-        elif client.outbox:
-            self._selector.modify(client.sock, selectors.EVENT_WRITE, self)
-
-    def on_pass(self, master, now):
-        """Drop clients past their deadline; the next deadline."""
-        for client in list(self._clients.values()):
-            if now > client.deadline:
-                self._drop(client)
-        return min((c.deadline for c in self._clients.values()), default=None)
+    def client(self, conn):
+        client = _Client(conn)
+        if not client.allowed():
+            # Answered once its request has arrived: closing on unread bytes, or before the client
+            # has sent them, would reach it as a reset or a broken pipe instead of this reason.
+            client.refusal = {"ok": False, "error": "permission denied: only root and the master's "
+                                                    "user may control it"}
+            log.warning("control socket: refused a client of uid %s", client.uid)
+        return client
 
     def close(self, in_child=False):
-        for client in list(self._clients.values()):
-            if not in_child and client.outbox:      # a reply not sent yet ("stop" of an empty pool): send it
-                try:
-                    client.sock.settimeout(1.0)
-                    client.sock.sendall(client.outbox)
-                except OSError:
-                    pass
-            self._drop(client, unregister=not in_child)
-        self.sock.close()
-        if not in_child and self.owner is not None:
-            self.owner.remove()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:           # EMFILE and the like: try again on the next event
-                log.warning("control socket: cannot accept: %s", exc.strerror)
-                return
-            conn.setblocking(False)
-            client = _Client(conn)
-            if not client.allowed():
-                # Answered once its request has arrived: closing on unread bytes, or before the client
-                # has sent them, would reach it as a reset or a broken pipe instead of this reason.
-                client.refusal = {"ok": False, "error": "permission denied: only root and the master's "
-                                                        "user may control it"}
-                log.warning("control socket: refused a client of uid %s", client.uid)
-            self._clients[conn] = client
-            self._selector.register(conn, selectors.EVENT_WRITE if client.outbox else selectors.EVENT_READ, self)
-
-    def _drop(self, client, unregister=True):
-        self._clients.pop(client.sock, None)
-        if unregister:
-            try:
-                self._selector.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
-        client.sock.close()
+        if not in_child:
+            for client in list(self._clients.values()):
+                if client.outbox:                # a reply not sent yet ("stop" of an empty pool): send it
+                    try:
+                        client.sock.settimeout(1.0)
+                        client.sock.sendall(client.outbox)
+                    except OSError:
+                        pass
+        super().close(in_child)
 
 
-class _Client:
+class _Client(Exchange):
     """One control connection: read one request line, run it, write the reply, close."""
 
+    limit = MAX_REQUEST
+
     def __init__(self, sock):
-        self.sock = sock
-        self.inbox = b""
-        self.outbox = b""
-        self.replied = False
+        super().__init__(sock, CLIENT_DEADLINE)
         self.refusal = None            # the reply to whatever it asks, for a peer not allowed
-        self.deadline = time.monotonic() + CLIENT_DEADLINE
         pid, self.uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
     def allowed(self):
         return self.uid in (0, os.geteuid())
 
-    def reply_and_close(self, reply):
-        self.outbox = json.dumps(reply, default=str).encode() + b"\n"
-        self.replied = True
+    def request_end(self, inbox):
+        return inbox.find(b"\n")
 
-    def on_event(self, mask, master):
-        """Handle readiness; True when the connection is done."""
-        try:
-            if mask & selectors.EVENT_READ and not self.replied:
-                data = self.sock.recv(65536)
-                if not data:
-                    return True
-                self.inbox += data
-                if b"\n" in self.inbox:
-                    self.reply_and_close(self.refusal or self._answer(self.inbox.split(b"\n", 1)[0], master))
-                elif len(self.inbox) > MAX_REQUEST:
-                    self.reply_and_close(self.refusal or {"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
-            if mask & selectors.EVENT_WRITE and self.outbox:
-                sent = self.sock.send(self.outbox)
-                self.outbox = self.outbox[sent:]
-                return not self.outbox
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        return False
+    def reply(self, request, master):
+        return _line(self.refusal or self._answer(request, master))
+
+    def too_large(self):
+        return _line(self.refusal or {"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
 
     def _answer(self, line, master):
         """The reply to one request line. Nothing a client sends, and nothing a command meets, may
@@ -204,6 +125,10 @@ class _Client:
         except Exception as exc:
             log.exception("control socket: %s failed", command.name)
             return {"ok": False, "error": f"{command.name} failed: {type(exc).__name__}: {exc}"}
+
+
+def _line(reply):
+    return json.dumps(reply, default=str).encode() + b"\n"
 
 
 def _without_repeated_keys(pairs):

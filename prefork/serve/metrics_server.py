@@ -13,15 +13,12 @@ a deadline on the whole exchange and a cap on connections at once.
 """
 
 import logging
-import selectors
-import socket
-import time
 
 from prefork.errors import BindError
 from prefork.exposition import OPENMETRICS_TYPE, TEXT_TYPE, render, wants_openmetrics
-from prefork.listeners import UnixPathOwner, describe_socket, open_listener, parse_bind
+from prefork.listeners import describe_socket, open_listener, parse_bind
 from prefork.pool import metrics
-from prefork.pool.service import Service
+from prefork.serve.answering import AnsweringService, Exchange
 
 log = logging.getLogger("prefork")
 
@@ -48,118 +45,42 @@ def open_metrics_socket(address, backlog=64):
     return sock
 
 
-class MetricsServer(Service):
+class MetricsServer(AnsweringService):
     """A master service (see Master.services): answers /metrics, /healthz and /readyz."""
 
-    INHERIT_VARIABLE = "PREFORK_METRICS_FD"       # how an upgrade passes the socket to the new master
+    name = "metrics"
+    max_clients = MAX_CLIENTS
 
     def __init__(self, sock, owned=True, active=True):
-        self.sock = sock
+        super().__init__(sock, owned, active)
         self.address = describe_socket(sock)
-        address = sock.getsockname()
-        self.owner = UnixPathOwner(address) if owned and sock.family == socket.AF_UNIX and address else None
-        self.active = active             # False while the other master of an upgrade answers instead
-        self._clients = {}               # socket -> _Exchange
-        self._selector = None
 
     def start(self, selector):
-        self._selector = selector
-        if self.active:
-            selector.register(self.sock, selectors.EVENT_READ, self)
+        super().start(selector)
         log.info("metrics on %s: /metrics, /healthz, /readyz%s", self.address,
                  "" if self.active else " (once this master serves)")
 
-    def pause(self):
-        if self.active:
-            self._selector.unregister(self.sock)
-            self.active = False
-
-    def resume(self):
-        if not self.active:
-            self._selector.register(self.sock, selectors.EVENT_READ, self)
-            self.active = True
-
-    def on_event(self, master, fileobj, mask):
-        if fileobj is self.sock:
-            self._accept()
-            return
-        exchange = self._clients.get(fileobj)
-        if exchange is not None and exchange.on_event(mask, master):
-            self._drop(exchange)
-        elif exchange is not None and exchange.outbox:
-            self._selector.modify(exchange.sock, selectors.EVENT_WRITE, self)
-
-    def on_pass(self, master, now):
-        for exchange in list(self._clients.values()):
-            if now > exchange.deadline:
-                self._drop(exchange)
-        return min((e.deadline for e in self._clients.values()), default=None)
-
-    def close(self, in_child=False):
-        for exchange in list(self._clients.values()):
-            self._drop(exchange, unregister=not in_child)
-        self.sock.close()
-        if not in_child and self.owner is not None:
-            self.owner.remove()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:           # EMFILE and the like: try again on the next event
-                log.warning("metrics: cannot accept: %s", exc.strerror)
-                return
-            if len(self._clients) >= MAX_CLIENTS:
-                conn.close()
-                continue
-            conn.setblocking(False)
-            exchange = _Exchange(conn)
-            self._clients[conn] = exchange
-            self._selector.register(conn, selectors.EVENT_READ, self)
-
-    def _drop(self, exchange, unregister=True):
-        self._clients.pop(exchange.sock, None)
-        if unregister:
-            try:
-                self._selector.unregister(exchange.sock)
-            except (KeyError, ValueError):
-                pass
-        exchange.sock.close()
+    def client(self, conn):
+        return _Exchange(conn)
 
 
-class _Exchange:
+class _Exchange(Exchange):
     """One HTTP request on one connection: read its head, answer, close."""
 
-    def __init__(self, sock):
-        self.sock = sock
-        self.inbox = b""
-        self.outbox = b""
-        self.answered = False
-        self.deadline = time.monotonic() + CLIENT_DEADLINE
+    limit = MAX_HEAD
 
-    def on_event(self, mask, master):
-        """Handle readiness; True when the exchange is over."""
-        try:
-            if mask & selectors.EVENT_READ and not self.answered:
-                data = self.sock.recv(MAX_HEAD)
-                if not data:
-                    return True
-                self.inbox += data
-                if b"\r\n\r\n" in self.inbox or b"\n\n" in self.inbox:
-                    self.outbox, self.answered = answer(self.inbox, master), True
-                elif len(self.inbox) > MAX_HEAD:
-                    self.outbox, self.answered = response(400, b"request head too large\n"), True
-            if self.outbox:
-                sent = self.sock.send(self.outbox)
-                self.outbox = self.outbox[sent:]
-                return not self.outbox
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        return False
+    def __init__(self, sock):
+        super().__init__(sock, CLIENT_DEADLINE)
+
+    def request_end(self, inbox):
+        end = inbox.find(b"\r\n\r\n")
+        return end if end >= 0 else inbox.find(b"\n\n")
+
+    def reply(self, request, master):
+        return answer(request, master)
+
+    def too_large(self):
+        return response(400, b"request head too large\n")
 
 
 def answer(head, master):
