@@ -90,6 +90,14 @@ class Config:
         0, "--max-requests", "retire a worker after this many requests; 0 disables", at_least(0), "N")
     max_requests_jitter: int = setting(
         0, "--max-requests-jitter", "add a random 0..J to each worker's --max-requests", at_least(0), "J")
+    max_worker_age: float = setting(
+        0.0, "--max-worker-age",
+        "replace a worker once it has lived this many seconds, its successor first (uWSGI's "
+        "max-worker-lifetime); 0 disables", at_least(0), "S")
+    max_worker_age_jitter: float = setting(
+        0.0, "--max-worker-age-jitter",
+        "add a random 0..J seconds to each worker's --max-worker-age, so that workers started together "
+        "are not replaced together", at_least(0), "J")
     max_worker_memory: float = setting(
         0.0, "--max-worker-memory",
         "retire a worker whose unique memory (USS) exceeds this many MB; 0 disables", at_least(0), "MB")

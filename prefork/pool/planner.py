@@ -27,8 +27,8 @@ The rules, in the order plan() applies them:
    workers that are not due for replacement: a due worker and its successor
    count once. A bad answer is replaced by a safe one and reported.
 8. A worker is *due* when it is of an older generation (reload), asked for a
-   successor as it nears --max-requests (recycle), or uses more unique memory
-   than --max-worker-memory (memory). Missing slots are filled at once, from
+   successor as it nears --max-requests (recycle), uses more unique memory
+   than --max-worker-memory (memory), or has lived its --max-worker-age (age). Missing slots are filled at once, from
    a ready spare first (Activate), else by a fork (Spawn), after the boot
    backoff; due workers get one successor at a time, in the due worker's own
    slot, the most pressing first. A due worker is retired (SIGTERM: it
@@ -237,6 +237,8 @@ def next_deadline(snapshot: Snapshot, config: Config, now: float) -> Optional[fl
             limit, since = _limit_and_since(worker, snapshot, config)
             if limit:
                 deadlines.append(since + limit)
+            if worker.age_limit and worker.ready and worker.stop_reason is None:
+                deadlines.append(worker.born + worker.age_limit)
     if snapshot.stopping is None and config.boot_timeout:
         deadlines += [max(z.born, snapshot.resumed_at) + config.boot_timeout
                       for z in snapshot.zygotes or () if z.state == ZygoteState.BOOTING]
@@ -347,6 +349,8 @@ def _due_reason(worker: WorkerView, snapshot: Snapshot, config: Config, now: flo
     if (limit and worker.uss is not None and worker.uss > limit
             and now - worker.born >= config.min_worker_lifetime):
         return Reason.MEMORY
+    if worker.age_limit and now - worker.born >= worker.age_limit:
+        return Reason.AGE
     if worker.generation < snapshot.generation:
         return Reason.RELOAD
     return None
@@ -357,6 +361,8 @@ def _due_detail(worker: WorkerView, reason: Reason, config: Config) -> str:
         return (f"uses {cast(int, worker.uss) / 2**20:.1f} MB unique memory, over {config.max_worker_memory} MB")
     if reason == Reason.RECYCLE:
         return f"served {worker.requests} requests, near --max-requests {config.max_requests}"
+    if reason == Reason.AGE:
+        return f"lived {worker.age_limit:.1f} s, its --max-worker-age"
     return ""
 
 

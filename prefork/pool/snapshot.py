@@ -32,6 +32,7 @@ class WorkerView:
     stop_reason: Optional[Reason] = None  #: set once the master told it to go
     stop_signal: Optional[int] = None
     kill_at: Optional[float] = None   #: SIGKILL deadline once told to go
+    age_limit: float = 0.0            #: seconds it may live (--max-worker-age, jittered); 0: no limit
 
     @property
     def exhausted(self) -> bool:

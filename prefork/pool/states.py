@@ -32,6 +32,7 @@ class Reason(Name):
     TIMEOUT = "timeout"       # silent past its timeout: stacks dumped, then killed
     RECYCLE = "recycle"       # at or near --max-requests
     MEMORY = "memory"         # over --max-worker-memory
+    AGE = "age"               # older than --max-worker-age
     RELOAD = "reload"         # of an older generation of code
     BOOT = "boot"             # exited before it was ready
     CRASH = "crash"           # exited by itself with a status
@@ -43,7 +44,7 @@ RESTART_REASONS = tuple(reason for reason in Reason if reason is not Reason.STOP
 
 # Why a worker is due for a successor, in the order successors are given: one near its request cap
 # will stop by itself soon, so it goes first.
-DUE_ORDER = (Reason.RECYCLE, Reason.MEMORY, Reason.RELOAD)
+DUE_ORDER = (Reason.RECYCLE, Reason.MEMORY, Reason.AGE, Reason.RELOAD)
 
 
 class ZygoteState(Name):

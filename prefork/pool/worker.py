@@ -8,6 +8,7 @@ os._exit: a child never returns into the master's stack.
 
 import logging
 import os
+import random
 import resource
 import time
 
@@ -102,6 +103,10 @@ class Worker:
         self.reaped = False
         self.sample = None            # latest monitor.Sample
         self.sampled_requests, self.sampled_at = None, 0.0
+        config = setup.config
+        # Seconds it may live: --max-worker-age plus its own random jitter, drawn once, here.
+        self.age_limit = config.max_worker_age + random.uniform(0, config.max_worker_age_jitter) \
+            if config.max_worker_age else 0.0
 
     def __repr__(self):
         return f"<Worker slot={self.slot} pid={self.pid}>"

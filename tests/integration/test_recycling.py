@@ -113,3 +113,38 @@ def test_the_built_in_echo_answers_every_request_across_recycles(serve_cli, max_
     wait_for(lambda: server.log().count("exited (recycle") >= requests // max_requests - 2,
              message=server.log)
     assert "unexpectedly" not in server.log()
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_is_replaced_at_its_max_worker_age_successor_first_with_no_request_lost(serve_cli):
+    server = serve_cli("hello", "-w", "1", "-b", "127.0.0.1:0", "--max-worker-age", "1",
+                       "--max-worker-age-jitter", "0.5")
+    (address,) = server.addresses()
+    (first,) = server.wait_workers(1)
+    born = psutil.Process(first).create_time()
+    stop, failures, served = threading.Event(), [], [0]
+
+    def client():                                 # requests all along: the successor is ready before the old one goes
+        while not stop.is_set():
+            try:
+                with socket.create_connection(address, timeout=5) as sock:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    reply = b""
+                    while chunk := sock.recv(4096):
+                        reply += chunk
+                assert reply.endswith(b"Hello, World!"), reply
+                served[0] += 1
+            except (OSError, AssertionError) as exc:
+                failures.append(exc)
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        server.wait_log(rf"worker 1 \(pid {first}\) replaced by pid \d+ \(age: lived 1\.[0-5] s", timeout=10)
+        retired_at = time.time()
+        (second,) = server.wait_replaced([first], 1)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert 1.0 <= retired_at - born <= 1.5 + 1.0      # its age plus jitter, and the time to notice
+    assert not failures and served[0] > 0
+    assert psutil.Process(second).create_time() - born >= 0.9    # not before the first's age

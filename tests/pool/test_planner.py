@@ -220,6 +220,26 @@ def test_memory_over_the_limit_is_due_only_after_the_minimum_lifetime():
     assert retire.reason == "memory" and "uses 150.0 MB unique memory, over 100.0 MB" in retire.detail
 
 
+@pytest.mark.parametrize("lived, limit, due", [
+    (99.9, 100.0, False),          # a moment short of its age: kept
+    (100.0, 100.0, True),          # at its age: a successor first, in its slot
+    (500.0, 0.0, False),           # no --max-worker-age
+])
+def test_a_worker_past_its_age_gets_a_successor_first(lived, limit, due):
+    old = worker(1, born=NOW - lived, age_limit=limit)
+    assert actions(pool(old, worker(2))) == ([Spawn(1)] if due else [])
+    successor = worker(3, slot=1, born=NOW - 1, age_limit=limit)
+    retirements = [a for a in actions(pool(old, worker(2), successor)) if a.reason == "age"]
+    assert [(r.pid, r.successor) for r in retirements] == ([(1, 3)] if due else [])
+    if due:
+        assert retirements[0].detail == f"lived {limit:.1f} s, its --max-worker-age"
+
+
+def test_the_next_deadline_is_the_oldest_workers_age():
+    snapshot = pool(worker(1, born=NOW - 10, age_limit=30.0), worker(2, born=NOW - 5, age_limit=12.0))
+    assert next_deadline(snapshot, Config(worker_timeout=0, boot_timeout=0), NOW) == NOW + 7
+
+
 def test_the_worker_nearest_its_cap_goes_before_a_reload():
     reload_due = worker(1, generation=0)
     near_cap = worker(2, generation=1, retire=WANTS_SUCCESSOR)
