@@ -290,7 +290,8 @@ class Master(MasterCommands):
                 spare=worker.spare, ready=worker.ready, busy=view.busy_threads > 0, requests=view.requests,
                 busy_threads=view.busy_threads, last_seen=view.tick, retire=view.retire, stop_pool=view.stop_pool,
                 uss=worker.sample.uss if worker.sample else None,
-                stop_reason=worker.stop_reason, stop_signal=worker.stop_signal, kill_at=worker.kill_at))
+                stop_reason=worker.stop_reason, stop_signal=worker.stop_signal, kill_at=worker.kill_at,
+                age_limit=worker.age_limit))
         return Snapshot(
             workers=tuple(views), policy=self.policy, policy_state=self.sizing.state if self.sizing else None,
             requested_size=self.requested_size, generation=self.generation, stopping=self.stopping,
