@@ -115,7 +115,8 @@ def _worker_samples(workers):
         if worker.sample is not None:
             labels = (("slot", worker.slot),)
             uss.append((labels, worker.sample.uss))
-            cpu.append((labels, worker.sample.cpu_percent))
+            if worker.sample.cpu_percent is not None:
+                cpu.append((labels, worker.sample.cpu_percent))
     return [Family("prefork_worker_uss_bytes", "gauge", "memory only this worker holds (USS), sampled", uss),
             Family("prefork_worker_cpu_percent", "gauge", "CPU use of one worker since its previous sample", cpu)]
 
@@ -127,7 +128,7 @@ _MASTER = {}                  # this process's psutil.Process, and its latest US
 def _master_families(master):
     times = os.times()
     families = [Family("process_cpu_seconds", "counter", "the master's CPU time, user and system",
-                       [((), times.user + times.system)]),
+                       [((), round(times.user + times.system, 3))]),
                 Family("process_start_time_seconds", "gauge", "when the master started (Unix time)",
                        [((), master.started_at or time.time())])]
     now = time.monotonic()

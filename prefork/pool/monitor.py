@@ -10,7 +10,7 @@ pass of the master's loop samples for at most SAMPLE_BUDGET seconds.
 
 import collections
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import psutil
 
@@ -21,7 +21,7 @@ SAMPLE_BUDGET = 0.005       # seconds of sampling per pass of the master's loop
 class Sample(NamedTuple):
     rss: int             #: resident bytes, shared pages included
     uss: int             #: bytes only this process holds
-    cpu_percent: float   #: of one CPU since the previous sample
+    cpu_percent: Optional[float]   #: of one CPU since the previous sample; None at the first
     num_fds: int
     num_threads: int
 
@@ -42,12 +42,14 @@ class Monitor:
         /proc, and nothing here may raise into the master's loop.
         """
         process = self._processes.get(pid)
+        first = process is None
         try:
-            if process is None:
+            if first:
                 process = self._processes[pid] = psutil.Process(pid)
             with process.oneshot():
                 memory = process.memory_full_info()
-                return Sample(memory.rss, memory.uss, process.cpu_percent(None),
+                cpu = process.cpu_percent(None)        # the first call has nothing to compare with: 0.0
+                return Sample(memory.rss, memory.uss, None if first else cpu,
                               process.num_fds(), process.num_threads())
         except (psutil.Error, OSError, ValueError):
             self.forget(pid)

@@ -35,7 +35,7 @@ PID, STATE, TICK, RETIRE, STOP_POOL, SLOT, ALONE, OUTDATED, LOG_DROPPED = range(
 _HEADER_FIELDS = 10                     # one to spare
 # Request durations: the upper bounds (seconds) of the histogram's buckets, Prometheus's defaults
 # widened at the fast end; a duration above the last falls in the +Inf bucket.
-DURATION_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DURATION_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Per accept thread: busy or not, requests finished, when the request in hand began, last sign of
 # life, connections held (parked or in service; parking handlers only), the sum of the durations of
 # the requests finished, then a count per duration bucket (not cumulative; the last is +Inf).

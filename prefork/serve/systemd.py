@@ -8,17 +8,22 @@ we speak them directly rather than depend on python-systemd:
   variables, so that nothing we start mistakes them for its own. We never
   unlink a socket file systemd created.
 - sd_notify: datagrams to NOTIFY_SOCKET ("@name" is an abstract socket):
-  READY=1 once the pool has its workers, RELOADING=1 then READY=1 around a
-  reload, STOPPING=1, STATUS= with the pool's size, MAINPID= after an
-  upgrade (SIGUSR2), and WATCHDOG=1 every half WATCHDOG_USEC.
+  READY=1 once the pool has its workers; RELOADING=1 with MONOTONIC_USEC
+  (systemd 253's Type=notify-reload needs both) as a reload begins, READY=1
+  once every worker runs the new generation, or, if the new code fails, a
+  STATUS= saying so and no READY=1 (systemd then reports the reload failed,
+  while the old workers serve on); STOPPING=1, STATUS= with the pool's size,
+  MAINPID= after an upgrade (SIGUSR2), and WATCHDOG=1 every half WATCHDOG_USEC.
 """
 
 import logging
 import os
 import socket
+import time
 
 from prefork.errors import BindError
 from prefork.pool.service import Service
+from prefork.pool.states import ReloadState
 
 log = logging.getLogger("prefork")
 
@@ -61,7 +66,8 @@ class Notifier(Service):
         self.next_watchdog = 0.0
         self._sock = None
         self._ready = False
-        self._generation = 0
+        self._reload = 0               # the number of the reload last announced (RELOADING=1)
+        self._failure = ""             # "; reload N failed: why", in every STATUS= until the next reload
         self._stopping = False
         self._status = ""
         self._elsewhere = False
@@ -96,13 +102,12 @@ class Notifier(Service):
             if not master.another_master_serves():    # else the service goes on without us
                 self.notify("STOPPING=1", f"STATUS=stopping {len(master.pool)} worker(s)")
         elif not master.stopping and not elsewhere:
-            if master.generation != self._generation:
-                self._generation, self._ready = master.generation, False
-                self.notify("RELOADING=1", f"STATUS=reloading (generation {master.generation})")
-            if master.settled() and not self._ready:
+            self._follow_reload(master.reload)
+            reloading = master.reload.state in (ReloadState.LOADING, ReloadState.REPLACING)
+            if master.settled() and not self._ready and not reloading:
                 self._ready = True
                 self.notify("READY=1", f"MAINPID={os.getpid()}")
-            status = master.summary()
+            status = (master.summary() + self._failure)[:1024]
             if status != self._status:
                 self._status = status
                 self.notify(f"STATUS={status}")
@@ -112,6 +117,18 @@ class Notifier(Service):
             self.notify("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog
         return self.next_watchdog
+
+    def _follow_reload(self, reload):
+        """RELOADING=1 when a reload begins; once it is done, READY=1 comes with the settled pool (above);
+        if it fails, STATUS= says why and READY=1 does not come."""
+        if reload.number != self._reload:
+            self._reload, self._failure, self._ready = reload.number, "", False
+            self._status = f"reloading (generation {reload.generation})"
+            self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                        f"STATUS={self._status}")
+        if reload.state == ReloadState.FAILED and not self._failure:
+            self._failure = f"; reload {reload.number} failed, the old workers serve on: {reload.error}"
+            self._ready = True                 # no READY=1 for this reload: systemd says it failed
 
     def close(self, in_child=False):
         if self._sock is not None:

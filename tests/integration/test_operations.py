@@ -419,6 +419,46 @@ def test_sd_notify_ready_reloading_stopping_status_and_watchdog(serve_cli, short
     notify.close()
 
 
+@pytest.mark.parametrize("preload", [False, True])
+def test_sd_notify_reloads_as_notify_reload_wants_them_and_a_failed_one_gets_no_ready(serve_cli, short_tmp,
+                                                                                       tmp_path, preload):
+    """RELOADING=1 with MONOTONIC_USEC as a reload begins (systemd 253's Type=notify-reload), READY=1 once the
+    new generation serves; when the new code fails to load, a STATUS= saying so and no READY=1."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(short_tmp, "notify"))
+    notify.settimeout(10)
+    app = tmp_path / "notified_app.py"
+    app.write_text("import prefork\nclass Handler(prefork.BaseRequestHandler):\n    def handle(self):\n"
+                   "        self.request.sendall(b'v1')\n")
+    server = serve_cli("notified_app:Handler", "-w", "1", "-b", "127.0.0.1:0", *(["--preload"] if preload else []),
+                       env={"NOTIFY_SOCKET": notify.getsockname()}, cwd=str(tmp_path))
+
+    def messages_until(wanted):
+        seen = []
+        while not any(wanted in m for m in seen):
+            seen.append(notify.recv(4096).decode())
+        return seen
+
+    assert any("READY=1" in m for m in messages_until("READY=1"))
+    app.write_text("raise ImportError('broken on purpose')\n")
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    os.kill(server.pid, signal.SIGHUP)
+    seen = messages_until("reload 1 failed")
+    reloading = next(m for m in seen if "RELOADING=1" in m)
+    usec = int(re.search(r"^MONOTONIC_USEC=(\d+)$", reloading, re.M).group(1))
+    assert before <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert not any("READY=1" in m for m in seen), seen
+    assert "broken on purpose" in next(m for m in seen if "reload 1 failed" in m)
+    app.write_text("import prefork\nclass Handler(prefork.BaseRequestHandler):\n    def handle(self):\n"
+                   "        self.request.sendall(b'v3')\n")
+    os.kill(server.pid, signal.SIGHUP)
+    seen = messages_until("READY=1")
+    assert [m for m in seen if "RELOADING=1" in m or "READY=1" in m][0].startswith("RELOADING=1")
+    assert not any("reload 1 failed" in m for m in seen[seen.index(next(m for m in seen if "READY=1" in m)):])
+    wait_for(lambda: exchange("tcp", server.addresses()[0], b"?") == b"v3")   # the old worker may take one more
+    notify.close()
+
+
 # -- the pid file, privileges, sockets' modes, log files ---------------------------------------------
 
 def test_a_pid_file_naming_a_live_master_is_refused(serve_cli, short_tmp):

@@ -58,3 +58,10 @@ def test_a_round_of_slow_samples_is_spread_over_passes(monkeypatch):
     assert all(w.sample for w in workers) and come_back == 51.0 and passes >= 4
     # The next round skips idle workers whose sample is fresh: nothing to do till the one after.
     assert monitor.work([(w, 0, False) for w in workers], now=51.5) == 52.5
+
+
+def test_the_first_sample_of_a_process_has_no_cpu_figure_and_the_next_one_has():
+    """psutil's first cpu_percent() compares with nothing and says 0.0: a busy new worker read as idle."""
+    monitor = Monitor(1.0)
+    assert monitor.sample(os.getpid()).cpu_percent is None
+    assert isinstance(monitor.sample(os.getpid()).cpu_percent, float)
