@@ -351,3 +351,37 @@ class UnixPathOwner:
 def _identity(path):
     info = os.stat(path)
     return info.st_dev, info.st_ino, info.st_mtime_ns
+
+
+def held_connections(skip=()):
+    """["tcp 10.0.0.5:5432", ...]: the connected sockets this process holds, but the fds in skip.
+
+    What a zygote checks after importing the handler: a database or cache
+    connection opened at import time would be shared by every worker forked
+    from it, their bytes interleaved on one stream. Listeners, unconnected
+    sockets and unnamed socket pairs (our own channels) have no peer to name.
+    """
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if fd in skip or not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:                 # the directory's own fd, gone once listed
+            continue
+        with sock:
+            family, kind = sock.family, sock.type
+            try:
+                peer = sock.getpeername()
+            except OSError:             # not connected
+                continue
+        if not peer:
+            continue
+        if family == socket.AF_UNIX:
+            path = peer.decode(errors="replace") if isinstance(peer, bytes) else peer
+            found.append(f"unix {'@' + path[1:] if path.startswith(chr(0)) else path}")
+        else:
+            host = f"[{peer[0]}]" if family == socket.AF_INET6 else peer[0]
+            found.append(f"{'udp' if kind == socket.SOCK_DGRAM else 'tcp'} {host}:{peer[1]}")
+    return found

@@ -185,3 +185,29 @@ def test_accept_queue_is_unknown_for_other_sockets(short_tmp):
         for sock in (udp, unix, unconnected, closed):
             assert accept_queue(sock) is None
         assert queued_connections([udp, unix]) is None
+
+
+def test_held_connections_names_the_connected_sockets_and_nothing_of_our_own(tmp_path):
+    from prefork.listeners import held_connections
+    listener = socket.create_server(("127.0.0.1", 0))
+    tcp = socket.create_connection(listener.getsockname())
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", 9))
+    unix_listener = socket.socket(socket.AF_UNIX)
+    unix_listener.bind(str(tmp_path / "db.sock"))
+    unix_listener.listen()
+    unix = socket.socket(socket.AF_UNIX)
+    unix.connect(str(tmp_path / "db.sock"))
+    pair = socket.socketpair()
+    accepted, _ = listener.accept()
+    def only(*socks):                   # held_connections() of these sockets alone
+        return held_connections(skip={int(fd) for fd in os.listdir("/proc/self/fd")} - {s.fileno() for s in socks})
+    try:
+        assert only(tcp) == [f"tcp 127.0.0.1:{listener.getsockname()[1]}"]
+        assert only(udp) == ["udp 127.0.0.1:9"]
+        assert only(unix) == [f"unix {tmp_path / 'db.sock'}"]
+        assert only(listener, unix_listener, *pair) == [], "listeners and socket pairs name no peer"
+        assert len(only(tcp, udp, unix, accepted)) == 4
+    finally:
+        for sock in (listener, tcp, udp, unix_listener, unix, *pair, accepted):
+            sock.close()

@@ -34,6 +34,7 @@ import setproctitle
 
 from prefork import logs
 from prefork.errors import AppLoadError, PreforkError, WorkerExit, WorkerSignal
+from prefork.listeners import held_connections
 from prefork.pool import forking, scoreboard
 from prefork.pool.forking import FORK_BLOCKED_SIGNALS, PR_SET_PDEATHSIG, exit_child, prctl
 from prefork.pool.worker import Worker
@@ -164,6 +165,11 @@ class Zygote:
             log.warning("the handler's import started %s thread(s) in the zygote: its workers are forked from "
                         "it, and a lock one of them holds at fork time stays locked in the worker",
                         threading.active_count() - 1)
+        held = held_connections(skip={server.fileno() for server in setup.servers})
+        if held:
+            log.warning("the handler's import opened %s connection(s) in the zygote, which every worker forked from "
+                        "it would share (their bytes interleaved): %s; open them in a post_fork hook, or on first "
+                        "use in the worker", len(held), ", ".join(held))
         # Out of the collector's reach from now on: the pages of these objects stay shared with
         # every worker instead of being copied when a collection in the worker touches them.
         gc.freeze()

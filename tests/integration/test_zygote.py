@@ -7,6 +7,7 @@ records in a file the pid of every process that imports it.
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -440,3 +441,22 @@ def test_a_master_whose_descriptors_are_numbered_past_1023_keeps_working(tmp_pat
     text = log.read_text()
     assert "Traceback" not in text and "out of range" not in text, text
     assert text.count("[ERROR]") == 1 and f"(pid {victim}) died unexpectedly (signal SIGKILL)" in text, text
+
+
+@pytest.mark.parametrize("connects", [True, False])
+def test_a_connection_opened_at_import_time_is_named_in_one_warning_per_import(serve_cli, connects):
+    database = socket.create_server(("127.0.0.1", 0))
+    port = database.getsockname()[1]
+    env = {"PREFORK_TEST_CONNECT_TO": f"127.0.0.1:{port}"} if connects else {}
+    server = serve_cli("apps.import_connection:Handler", "--preload", "-w", "2", "-b", "127.0.0.1:0", env=env,
+                       cwd=TESTS)
+    server.wait_workers(2)
+    os.kill(server.pid, signal.SIGHUP)                 # a reload imports again: one warning per import
+    server.wait_log("reloading 2 worker", timeout=15)
+    server.wait_log(r"worker \d ready", count=4, timeout=15)
+    database.close()
+    named = re.findall(r"opened 1 connection\(s\) in the zygote, which every worker forked from it would share "
+                       r"\(their bytes interleaved\): tcp 127\.0\.0\.1:(\d+); open them in a post_fork hook",
+                       server.log())
+    assert named == ([str(port)] * 2 if connects else [])
+    assert connects or "in the zygote" not in server.log()
