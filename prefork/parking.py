@@ -285,9 +285,8 @@ class ParkingHTTPMixIn(ParkingRequestHandler):
         super().send_response_only(code, message)
 
     def access_fields(self):
-        """The request just served, for the access log: method, path and status (http.server's own)."""
-        return {"method": getattr(self, "command", None) or "-", "path": getattr(self, "path", "-"),
-                "status": self.status_sent}
+        """The request just served, for the access log: (method, path, status, bytes unknown)."""
+        return getattr(self, "command", None), getattr(self, "path", None), self.status_sent or None, None
 
     def end_headers(self):
         """While the pool stops, say so: the client opens a new connection for its next request.

@@ -27,23 +27,24 @@ HOSTILE = 'GET /x" status=200 forged=1\n[fake line] \x1b[31m\x00 é'
 
 def test_a_text_line_is_one_line_whatever_the_request_holds():
     fixed = access.TEXT.fixed("unix:/run/my app.sock", 3, 42)
-    line = access.TEXT.line("T", "127.0.0.1:5", fixed, "ok", 0.00025, {"path": HOSTILE, "status": 404}).decode()
+    line = access.TEXT.line("T", "127.0.0.1:5", fixed, "ok", 0.00025, ("GET", HOSTILE, 404, None)).decode()
     assert line.count("\n") == 1 and line.endswith("\n")
     assert "\x1b" not in line and "\x00" not in line
     assert line == ('time=T peer=127.0.0.1:5 listener="unix:/run/my app.sock" worker=3 pid=42 outcome=ok '
-                    'duration_ms=0.250 path="GET /x\\" status=200 forged=1\\n[fake line] \\u001b[31m\\u0000 '
-                    '\\u00e9" status=404\n')
-    plain = access.TEXT.line("T", "unix", fixed, "ok", 0.001, {"method": "GET", "path": "/plain"})
-    assert plain.endswith(b"outcome=ok duration_ms=1.000 method=GET path=/plain\n")
+                    'duration_ms=0.250 method=GET path="GET /x\\" status=200 forged=1\\n[fake line] \\u001b[31m\\u0000 '
+                    '\\u00e9" status=404 bytes=-\n')
+    plain = access.TEXT.line("T", "unix", fixed, "ok", 0.001, None)
+    assert plain.endswith(b"pid=42 outcome=ok duration_ms=1.000\n")
 
 
 def test_a_json_line_is_one_object_that_reads_back_exactly():
     fixed = access.JSON.fixed('unix:/run/"odd".sock', 3, 42)
-    line = access.JSON.line("T", "[::1]:5", fixed, "client_timeout", 0.0012345, {"path": HOSTILE, "status": 200})
+    line = access.JSON.line("T", "[::1]:5", fixed, "client_timeout", 0.0012345, (None, HOSTILE, 200, 7))
     assert line.count(b"\n") == 1 and line.isascii()
     assert json.loads(line) == {"time": "T", "peer": "[::1]:5", "listener": 'unix:/run/"odd".sock', "worker": 3,
-                                "pid": 42, "outcome": "client_timeout", "duration_ms": 1.234, "path": HOSTILE,
-                                "status": 200}
+                                "pid": 42, "outcome": "client_timeout", "duration_ms": 1.234, "method": None,
+                                "path": HOSTILE, "status": 200, "bytes": 7}
+    assert json.loads(access.JSON.line("T", "unix", fixed, "ok", 0.0, None))["outcome"] == "ok"
 
 
 @pytest.mark.parametrize("address, text", [

@@ -51,10 +51,10 @@ class HelloHandler(prefork.ParkingRequestHandler):
     def access_fields(self):
         """The request just served, for the access log (--access-log): parsed only when it is asked for."""
         if not self.head:                              # none whole: too large, or the client left
-            return {}
+            return None
         method, _, rest = self.head.partition(b"\r\n")[0].partition(b" ")
-        return {"method": method.decode("latin-1"), "path": rest.rpartition(b" ")[0].decode("latin-1"),
-                "status": 200, "bytes": 0 if method == b"HEAD" else len(BODY)}
+        return (method.decode("latin-1"), rest.rpartition(b" ")[0].decode("latin-1"), 200,
+                0 if method == b"HEAD" else len(BODY))
 
 
 def _parse(head):

@@ -121,8 +121,8 @@ def _worker_samples(workers):
             Family("prefork_worker_cpu_percent", "gauge", "CPU use of one worker since its previous sample", cpu)]
 
 
-MASTER_USS_EVERY = 1.0       # seconds a reading of the master's USS is reused (it walks the page tables)
-_MASTER = {}                  # this process's psutil.Process, and its latest USS reading
+MASTER_SAMPLE_EVERY = 1.0    # seconds a psutil reading of the master is reused: USS walks the page tables,
+_MASTER = {}                 # and a scraper may ask many times a second
 
 
 def _master_families(master):
@@ -132,19 +132,17 @@ def _master_families(master):
                 Family("process_start_time_seconds", "gauge", "when the master started (Unix time)",
                        [((), master.started_at or time.time())])]
     now = time.monotonic()
-    try:
-        if _MASTER.get("pid") != os.getpid():
-            _MASTER.update(pid=os.getpid(), process=psutil.Process(), uss_at=float("-inf"))
-        process = _MASTER["process"]
-        with process.oneshot():
-            memory = process.memory_info()
-            fds = process.num_fds()
-            if now - _MASTER["uss_at"] >= MASTER_USS_EVERY:
-                _MASTER.update(uss=process.memory_full_info().uss, uss_at=now)
-    except (psutil.Error, OSError):
-        return families
+    if _MASTER.get("pid") != os.getpid() or now - _MASTER["at"] >= MASTER_SAMPLE_EVERY:
+        try:
+            process = psutil.Process()
+            with process.oneshot():
+                memory = process.memory_full_info()
+                _MASTER.update(pid=os.getpid(), at=now, rss=memory.rss, uss=memory.uss, fds=process.num_fds())
+        except (psutil.Error, OSError):
+            return families
     return families + [Family("process_resident_memory_bytes", "gauge", "the master's resident memory",
-                              [((), memory.rss)]),
+                              [((), _MASTER["rss"])]),
                        Family("prefork_master_uss_bytes", "gauge", "memory only the master holds (USS)",
                               [((), _MASTER["uss"])]),
-                       Family("process_open_fds", "gauge", "the master's open file descriptors", [((), fds)])]
+                       Family("process_open_fds", "gauge", "the master's open file descriptors",
+                              [((), _MASTER["fds"])])]

@@ -102,14 +102,15 @@ class WSGIRequestHandler(ParkingRequestHandler):
         return keep
 
     def access_fields(self):
-        """The request just served, for the access log: method, path, status, body bytes sent."""
+        """The request just served, for the access log: (method, path, status, body bytes sent)."""
         response = self.response
         if response is None:
-            return {"status": self.refused} if self.refused else {}
+            return (None, None, self.refused, None) if self.refused else None
         request = response.request
-        status = self.refused or (int(response.status[:3]) if response.sent_head else 0)
-        return {"method": request.method, "path": request.target.decode("latin-1"), "status": status,
-                "bytes": response.body_bytes}
+        if self.refused:                     # the app's response never went: ours did (a 500, a 400)
+            return request.method, request.target.decode("latin-1"), self.refused, None
+        status = int(response.status[:3]) if response.sent_head else None
+        return request.method, request.target.decode("latin-1"), status, response.body_bytes
 
     def _pull(self):
         """More of the request body from the socket (what wsgi.input reads when what arrived is used up)."""

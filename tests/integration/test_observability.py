@@ -366,3 +366,24 @@ def test_readyz_says_503_as_soon_as_a_graceful_stop_begins_while_the_workers_fin
         assert get(metrics, "/healthz")[0] == 200
         assert sock.recv(100).startswith(b"done")   # the request in hand is served
     assert server.stop() == 0
+
+
+def test_a_wsgi_apps_access_lines_have_method_path_status_and_body_bytes(serve_cli, tmp_path):
+    log_path = tmp_path / "access.log"
+    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", "--access-log", str(log_path),
+                       "--access-log-format", "json", cwd=TESTS)
+    (address,) = server.addresses()
+    server.wait_workers(1)
+    client = Client(address)
+    client.send(b"GET /echo?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+    assert client.response()[2] == b"hello"
+    client.send(b"GET /status?404+Not+Found HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert client.response()[0] == 404
+    client.send(b"GET /raise-before HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert client.response()[0] == 500
+    client.sock.close()
+    records = wait_for(lambda: len(log_path.read_text().splitlines()) == 3 and
+                       [json.loads(line) for line in log_path.read_text().splitlines()])
+    assert [(r["method"], r["path"], r["status"], r["bytes"], r["outcome"]) for r in records] == [
+        ("GET", "/echo?x=1", 200, 5, "ok"), ("GET", "/status?404+Not+Found", 404, 0, "ok"),
+        ("GET", "/raise-before", 500, None, "ok")]
