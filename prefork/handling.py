@@ -12,6 +12,7 @@ import socket
 import time
 
 from prefork.access import OK, outcome_of
+from prefork.proxy_protocol import MAX_HEADER, ProxyProtocolError, parse
 from prefork.signals import wait_readable
 
 log = logging.getLogger("prefork")
@@ -23,6 +24,8 @@ ACCEPT_PAUSE = (   # out of descriptors or memory: pause accepting
 # A client that resets, abandons or stalls its connection (past the client timeout): routine, one debug line.
 CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
+PROXY_HEADER_TIMEOUT = 10.0  # seconds a proxy has to send its PROXY header, without a client timeout
+PROXY_PEEK = 4096            # bytes looked at first for a PROXY header (a v2 header with big TLVs takes more)
 
 
 class PoolRequest:
@@ -171,3 +174,55 @@ class ReplySocket(socket.socket):
         except BlockingIOError:
             log.debug("reply to %s dropped: its receive queue is full", address)
             return 0
+
+
+def proxied(server, sock, client_address):
+    """(sock, the real client) of a connection that starts with a PROXY protocol header.
+
+    Called by a server's get_request() when server.proxy_protocol (an
+    Allowed) is set. A peer not allowed to send one is refused at once (it
+    could claim any address); a header that is malformed or does not arrive
+    within the client timeout closes the connection, with a debug line. Both
+    raise ConnectionAbortedError, which every accept loop takes for a
+    connection that went away before it was served.
+    """
+    if client_address not in server.proxy_protocol:
+        log.debug("refused a connection from %s: not among the proxies allowed to send a PROXY header",
+                  client_address)
+        server.shutdown_request(sock)
+        raise ConnectionAbortedError(errno.ECONNABORTED, "not an allowed proxy")
+    try:
+        header = read_proxy_header(sock, server.config.client_timeout or PROXY_HEADER_TIMEOUT)
+    except (ProxyProtocolError, OSError) as exc:
+        log.debug("closed a connection from %s: %s", client_address, exc)
+        server.shutdown_request(sock)
+        raise ConnectionAbortedError(errno.ECONNABORTED, f"bad PROXY header: {exc}") from None
+    return sock, header.source or client_address
+
+
+def read_proxy_header(sock, timeout):
+    """Read the PROXY header that starts sock's stream, and nothing after it; ProxyProtocolError if it is
+    malformed, cut short or late. Peeked at first, so that the client's own bytes stay in the socket."""
+    deadline = time.monotonic() + timeout
+    size = PROXY_PEEK
+    while True:
+        try:
+            data = sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        if data == b"":
+            raise ProxyProtocolError("the connection closed before its PROXY header ended")
+        header = parse(data) if data else None
+        if header is not None:
+            sock.recv(header.length, socket.MSG_WAITALL)
+            return header
+        if data and len(data) == size and size < MAX_HEADER:
+            size = MAX_HEADER                    # a v2 header longer than the first look
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ProxyProtocolError(f"no whole PROXY header within {timeout:g} s")
+        if data:
+            time.sleep(min(0.005, left))         # part of it is here: the rest is on its way
+        else:
+            wait_readable(sock, left)

@@ -1,7 +1,8 @@
 """Runs in the serving process (the master's planner): pool policies, how requests get concurrency.
 
 socketserver's ForkingMixIn and ThreadingMixIn become two policies among
-several. A policy is a small frozen value with no system calls: the server
+several. A policy is a small frozen value with no system calls of its own
+(a size left to default comes from prefork.cpus when it is made): the server
 asks it which behaviour to use, and the master's planner asks a pooled
 policy two questions, "how many workers now?" (size) and "which worker should
 go first?" (choose_retire).
@@ -18,20 +19,23 @@ go first?" (choose_retire).
 """
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple, Optional, Protocol, Sequence, cast
 
+from prefork.cpus import usable_cpus
 from prefork.errors import ConfigError
 from prefork.supervision import whole_number_problem
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (respects taskset and container CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """CPUs this process may use: the fewest of the CPU count, the affinity mask (taskset, cpusets)
+    and the cgroup CPU quota (containers), rounded up."""
+    return usable_cpus()[0]
+
+
+# A size left to default: None, filled from the usable CPUs in __post_init__, where the policy
+# also notes in sized_by which limit decided it (the master's start-up line says so).
+PER_CPU = cast(int, None)
 
 
 class PoolLoad(NamedTuple):
@@ -136,12 +140,17 @@ class Prefork(Policy):
     never goes below one worker.
     """
 
-    workers: int = field(default_factory=cpu_count)
+    workers: int = PER_CPU          #: default: one per usable CPU (cpu_count)
     threads: int = 1
+    sized_by: str = field(default="", init=False, repr=False, compare=False)   #: why, if the CPUs set the size
     pooled: ClassVar[bool] = True
     name: ClassVar[str] = "prefork"
 
     def __post_init__(self) -> None:
+        if self.workers is PER_CPU:
+            count, why = usable_cpus()
+            object.__setattr__(self, "workers", count)
+            object.__setattr__(self, "sized_by", f"one per CPU: {why}")
         _check_count("workers", self.workers, MAX_WORKERS)
         _check_count("threads", self.threads, MAX_THREADS)
 
@@ -212,15 +221,22 @@ class Adaptive(Policy):
     """
 
     min_workers: int = 1
-    max_workers: int = field(default_factory=lambda: 4 * cpu_count())
+    max_workers: int = PER_CPU      #: default: 4 per usable CPU (cpu_count)
     min_spare: int = 1
     max_spare: Optional[int] = None     #: default: min_spare + threads (an int once __post_init__ has run)
     threads: int = 1
     scale_down_after: float = 10.0
+    sized_by: str = field(default="", init=False, repr=False, compare=False)   #: why, if the CPUs set max_workers
     pooled: ClassVar[bool] = True
     name: ClassVar[str] = "adaptive"
 
     def __post_init__(self) -> None:
+        if self.max_workers is PER_CPU:
+            count, why = usable_cpus()
+            # Never below --min-workers: a quota says how many CPUs, not that fewer workers were asked for.
+            wanted = max(4 * count, self.min_workers) if isinstance(self.min_workers, int) else 4 * count
+            object.__setattr__(self, "max_workers", min(wanted, MAX_WORKERS))
+            object.__setattr__(self, "sized_by", f"at most {self.max_workers}, 4 per CPU: {why}")
         _check_count("min_workers", self.min_workers, MAX_WORKERS)
         _check_count("max_workers", self.max_workers, MAX_WORKERS)
         _check_count("threads", self.threads, MAX_THREADS)

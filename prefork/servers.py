@@ -36,7 +36,7 @@ import threading
 import warnings
 
 from prefork import commands
-from prefork.handling import CLIENT_WENT_AWAY, ReplySocket
+from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, proxied
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
 from prefork.policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
@@ -206,6 +206,16 @@ class BaseServer(socketserver.BaseServer):
 
 class TCPServer(BaseServer, socketserver.TCPServer):
     __doc__ = socketserver.TCPServer.__doc__
+
+    #: A prefork.proxy_protocol.Allowed: each connection starts with a PROXY protocol header (HAProxy's
+    #: send-proxy, nginx's proxy_protocol) from one of these peers, and client_address is the client it names.
+    proxy_protocol = None
+
+    def get_request(self):
+        request, client_address = super().get_request()
+        if self.proxy_protocol is None:
+            return request, client_address
+        return proxied(self, request, client_address)
 
 
 class UDPServer(TCPServer, socketserver.UDPServer):

@@ -35,6 +35,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--statsd-host", "--certfile", "--keyfile", "--forwarded-allow-ips",                       # README's table
     "--http-socket", "--http11-socket",        # uWSGI, in the benchmark
     "--max-worker-lifetime", "--max-worker-lifetime-delta",    # uWSGI, in the README
+    "--cpus",                                  # docker run
 }
 WSGI_ENVIRON_KEYS = {"input", "errors", "file_wrapper", "multithread", "multiprocess", "url_scheme", "version",
                      "run_once", "input_terminated"}        # wsgi.input names an environ key, not prefork.wsgi's

@@ -175,9 +175,10 @@ class Master(MasterCommands):
         self._call_hook("on_starting")
         if self.config.preload:
             gc.freeze()     # keep the master's objects out of the collector: their pages stay shared
-        log.info("master %s starting: %s, %s worker(s) x %s thread(s), listening on %s",
-                 os.getpid(), self.name, self.policy.workers, self.policy.threads,
-                 ", ".join(describe_socket(server.socket) for server in self.servers))
+        sized_by = getattr(self.policy, "sized_by", "")      # which CPU limit set a defaulted size
+        log.info("master %s starting: %s, %s worker(s)%s x %s thread(s), listening on %s",
+                 os.getpid(), self.name, self.policy.workers, f" ({sized_by})" if sized_by else "",
+                 self.policy.threads, ", ".join(describe_socket(server.socket) for server in self.servers))
         self._warn_about_settings()
 
     def _finish(self):

@@ -115,8 +115,7 @@ def _worker_samples(workers):
         if worker.sample is not None:
             labels = (("slot", worker.slot),)
             uss.append((labels, worker.sample.uss))
-            if worker.sample.cpu_percent is not None:
-                cpu.append((labels, worker.sample.cpu_percent))
+            cpu.append((labels, worker.sample.cpu_percent))
     return [Family("prefork_worker_uss_bytes", "gauge", "memory only this worker holds (USS), sampled", uss),
             Family("prefork_worker_cpu_percent", "gauge", "CPU use of one worker since its previous sample", cpu)]
 

@@ -10,7 +10,7 @@ pass of the master's loop samples for at most SAMPLE_BUDGET seconds.
 
 import collections
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import psutil
 
@@ -21,7 +21,7 @@ SAMPLE_BUDGET = 0.005       # seconds of sampling per pass of the master's loop
 class Sample(NamedTuple):
     rss: int             #: resident bytes, shared pages included
     uss: int             #: bytes only this process holds
-    cpu_percent: Optional[float]   #: of one CPU since the previous sample; None at the first
+    cpu_percent: float   #: of one CPU since the previous sample (the first: since the process started)
     num_fds: int
     num_threads: int
 
@@ -49,8 +49,10 @@ class Monitor:
             with process.oneshot():
                 memory = process.memory_full_info()
                 cpu = process.cpu_percent(None)        # the first call has nothing to compare with: 0.0
-                return Sample(memory.rss, memory.uss, None if first else cpu,
-                              process.num_fds(), process.num_threads())
+                if first:                              # so the first says: since the process started
+                    times = process.cpu_times()
+                    cpu = 100 * (times.user + times.system) / max(time.time() - process.create_time(), 0.01)
+                return Sample(memory.rss, memory.uss, cpu, process.num_fds(), process.num_threads())
         except (psutil.Error, OSError, ValueError):
             self.forget(pid)
             return None

@@ -10,14 +10,16 @@ import functools
 import logging
 import os
 import re
+import socket
 import sys
 from typing import NamedTuple
 
 from prefork import loader, logs
 from prefork.errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
 from prefork.listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
-from prefork.policies import POLICIES_BY_NAME, Adaptive, Prefork, cpu_count
+from prefork.policies import PER_CPU, POLICIES_BY_NAME, Adaptive, Prefork
 from prefork.pool.reloads import Reconfiguration
+from prefork.proxy_protocol import Allowed
 from prefork.serve import privileges, systemd, upgrade
 from prefork.serve.control_server import ControlServer, open_control_socket
 from prefork.serve.metrics_server import MetricsServer, open_metrics_socket
@@ -45,6 +47,7 @@ class Launch(NamedTuple):
     policy: object
     binds: list
     spec: str                 #: the handler as module:Class
+    proxy: object = None      #: (proxy_protocol.Allowed, the binds whose clients send a PROXY header, or None: all)
 
 
 def validate(resolved):
@@ -76,7 +79,34 @@ def validate(resolved):
             raise ConfigError(f"--wsgi serves HTTP on stream sockets; {resolved.label('bind')} names a datagram socket")
     else:
         loader.split_spec(spec)
-    return Launch(options, config, policy, binds, spec)
+    return Launch(options, config, policy, binds, spec, _proxy(resolved, options, binds))
+
+
+def _proxy(resolved, options, binds):
+    """What --proxy-protocol and --proxy-allow ask for: (Allowed, binds or None for every stream listener)."""
+    if not options.proxy_protocol:
+        if resolved.sources["proxy_allow"] != "default":
+            raise ConfigError(f"{resolved.label('proxy_allow')} applies with --proxy-protocol only")
+        return None
+    try:
+        allowed = Allowed(options.proxy_allow)
+    except ValueError as exc:
+        raise ConfigError(f"{resolved.label('proxy_allow')}: {exc}") from None
+    names = [name.strip() for name in options.proxy_protocol.split(",") if name.strip()]
+    if "*" in names:
+        return allowed, None
+    chosen = []
+    for name in names:
+        try:
+            bind = next(b for b in binds if b.text == name or repeated_bind([b, parse_bind(name)]))
+        except (StopIteration, BindError):
+            raise ConfigError(f"{resolved.label('proxy_protocol')} {name} names no -b/--bind (* names them all, "
+                              f"systemd's sockets too)") from None
+        if not bind.stream:
+            raise ConfigError(f"{resolved.label('proxy_protocol')} {name}: the PROXY protocol is for stream "
+                              f"listeners only (a datagram's reply would go to the client, not back through the proxy)")
+        chosen.append(bind)
+    return allowed, chosen
 
 
 def _check_wsgi(resolved, options):
@@ -97,7 +127,7 @@ def _policy(resolved, options):
             raise ConfigError(f"{resolved.label(name)} applies to --policy {' or '.join(policies)} only, "
                               f"not --policy {options.policy}{hint}")
     if options.policy == "prefork":
-        return Prefork(workers=options.workers or cpu_count(), threads=options.threads)
+        return Prefork(workers=options.workers or PER_CPU, threads=options.threads)   # the master says why
     if options.policy != "adaptive":
         return POLICIES_BY_NAME[options.policy]()
     given = {name: getattr(options, name) for name in ADAPTIVE_SETTINGS if getattr(options, name) is not None}
@@ -173,14 +203,19 @@ def run_serve(resolved, re_resolve):
 def _servers(launch, handler, inherited, activated, binds_are_default):
     """Servers on the sockets systemd or an old master passed us, and on fresh binds for the rest."""
     servers, kwargs = [], {"policy": launch.policy, "config": launch.config}
+    allowed, proxied_binds = launch.proxy or (None, ())
     for sock, _name in activated:
         servers.append(SERVER_CLASSES[socket_kind(sock)].from_socket(sock, handler, owned=False, **kwargs))
+        if allowed is not None and proxied_binds is None and sock.type == socket.SOCK_STREAM:
+            servers[-1].proxy_protocol = allowed
     binds = [] if activated and binds_are_default else launch.binds
     for bind in binds:
         sock = take_inherited(bind, inherited)
         if sock is None:
             sock = open_listener(bind, launch.options.backlog)
         servers.append(SERVER_CLASSES[bind.kind].from_socket(sock, handler, **kwargs))
+        if allowed is not None and bind.stream and (proxied_binds is None or bind in proxied_binds):
+            servers[-1].proxy_protocol = allowed
     for sock in inherited:                       # an old master's socket this one no longer wants
         log.warning("upgrade: not serving %s any more (not among the binds)", describe_socket(sock))
         sock.close()

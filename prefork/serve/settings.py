@@ -100,6 +100,15 @@ class ServeOptions:
     control: str = setting(
         "", "--control", "a Unix socket for `prefork ctl` (mode 0600; only root and this user are served)",
         metavar="PATH", restart=True)
+    proxy_protocol: str = setting(
+        "", "--proxy-protocol", "the stream listeners whose connections start with a PROXY protocol header "
+        "(v1 or v2: HAProxy's send-proxy, nginx's proxy_protocol): * for all of them (systemd's sockets "
+        "too), or binds as given to -b, separated by commas; client_address is then the client the header names",
+        metavar="BINDS", restart=True)
+    proxy_allow: str = setting(
+        "127.0.0.1,::1", "--proxy-allow", "the proxies allowed to send a PROXY header, as addresses and CIDR "
+        "networks separated by commas, or *; a connection from any other peer is refused", metavar="CIDRS",
+        restart=True)
     metrics: str = setting(
         "", "--metrics", "serve Prometheus metrics on /metrics, and /healthz and /readyz, from the master, on a TCP "
         "HOST:PORT or a Unix socket PATH (off by default)", metavar="ADDR", restart=True)

@@ -277,3 +277,18 @@ class StatefulEcho(ParkedPidEcho):
         except OSError:
             pass
         super().finish()
+
+
+class PeerEcho(prefork.BaseRequestHandler):
+    """Answer with the client's address as the handler sees it: "host port\\n" (behind a PROXY header, the real one)."""
+
+    def handle(self):
+        self.request.recv(100)
+        self.request.sendall(f"{self.client_address[0]} {self.client_address[1]}\n".encode())
+
+
+class ParkedPeerEcho(prefork.ParkingLineHandler):
+    """PeerEcho for every line, as a parking handler."""
+
+    def handle_line(self, line):
+        self.request.sendall(f"{self.client_address[0]} {self.client_address[1]}\n".encode())

@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from prefork.policies import cpu_count
 from conftest import REPO, exchange, process_gone, run_cli, stream_exchange, wait_for
 
 TESTS = os.path.join(REPO, "tests")
@@ -33,7 +34,7 @@ def send_later(address, payload, results, timeout=30):
 def test_default_serve_is_echo_with_a_worker_per_cpu(serve_cli):
     """The default port, 8000, is checked in test_first_use.py without binding it (it may be taken)."""
     server = serve_cli(env={"PREFORK_BIND": "127.0.0.1:0"})
-    server.wait_workers(len(os.sched_getaffinity(0)))
+    server.wait_workers(cpu_count())
     assert exchange("tcp", server.addresses()[0], b"one\ntwo\n") == b"one\ntwo\n"
     assert server.stop() == 0
 
@@ -294,3 +295,76 @@ def test_a_signal_to_the_whole_process_group_is_a_stop_not_a_crash(serve_cli, si
     log = server.log()
     assert "unexpectedly" not in log and "[ERROR]" not in log, log
     assert all(process_gone(pid) for pid in workers)
+
+
+# -- a defaulted pool size follows the CPUs this process may use (prefork/cpus.py), and says which limit -------
+
+def start_up_line(server):
+    """The master's `master N starting: ...` line, once its workers are ready."""
+    server.wait_log(r"ready \(pid")
+    return next(line for line in server.log().splitlines() if " starting: " in line)
+
+
+@pytest.mark.parametrize("args, sized", [
+    ((), "1 worker(s) (one per CPU: {why}) x 1 thread(s)"),
+    (("--policy", "adaptive"), "1 worker(s) (at most 4, 4 per CPU: {why}) x 1 thread(s)"),
+    (("-w", "1"), "1 worker(s) x 1 thread(s)"),          # a size given: nothing to explain
+])
+def test_the_start_up_line_names_the_cpu_limit_that_set_the_pool_size(serve_cli, args, sized):
+    """taskset -c 0 leaves one CPU; a tighter cgroup quota on the machine running the tests is named instead."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("taskset") is None:
+        pytest.skip("needs taskset (util-linux)")
+    pinned = ("taskset", "-c", "0")
+    script = "from prefork.cpus import usable_cpus; print(usable_cpus()[1])"
+    why = subprocess.run([*pinned, sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                         timeout=20, check=True).stdout.strip()
+    from prefork.cpus import cgroup_quota
+    if (os.cpu_count() or 1) > 1 and cgroup_quota() is None:
+        assert why == f"CPU affinity, 1 of {os.cpu_count()} CPUs"
+    server = serve_cli("hello", "-b", "127.0.0.1:0", *args, prefix=pinned)
+    assert sized.format(why=why) in start_up_line(server), server.log()
+    assert server.stop() == 0
+
+
+def test_the_default_pool_follows_a_cgroup_cpu_quota(serve_cli):
+    """CPUQuota=100% is one CPU's time whatever the machine: one worker, and the line says the quota decided."""
+    import shutil
+    import subprocess
+    scope = ("systemd-run", "--scope", "--quiet", "-p", "CPUQuota=100%")
+    if shutil.which("systemd-run") is None:
+        pytest.skip("needs systemd-run")
+    probe = subprocess.run([*scope, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip("systemd-run --scope does not work here (it needs systemd as PID 1, and root): "
+                    + "; ".join(probe.stderr.split("\n")).strip("; "))
+    server = serve_cli("hello", "-b", "127.0.0.1:0", prefix=scope)
+    line = start_up_line(server)
+    assert "1 worker(s) (one per CPU: the cgroup CPU quota of 1 CPU, " in line, server.log()
+    assert server.stop() == 0
+
+
+def test_the_default_pool_follows_a_fabricated_cgroup_quota(serve_cli, tmp_path):
+    """Without systemd: a cgroup tree of our own mounted over /sys/fs/cgroup, in a mount namespace of the
+    server's own, holds half a CPU's quota (v2 and v1 files both, whichever this kernel's lines name)."""
+    import shutil
+    import subprocess
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs root and util-linux unshare to mount a cgroup tree in a mount namespace of its own")
+    tree = tmp_path / "cgroup"
+    for directory in ("cpu", "cpu,cpuacct"):
+        (tree / directory).mkdir(parents=True)
+        (tree / directory / "cpu.cfs_quota_us").write_text("50000\n")
+        (tree / directory / "cpu.cfs_period_us").write_text("100000\n")
+    (tree / "cpu.max").write_text("50000 100000\n")
+    mounted = ("unshare", "--mount", "sh", "-c", 'mount --bind "$0" /sys/fs/cgroup && exec "$@"', str(tree))
+    probe = subprocess.run([*mounted, "true"], capture_output=True, text=True, timeout=20)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount in a new mount namespace here: {probe.stderr.strip()}")
+    server = serve_cli("hello", "-b", "127.0.0.1:0", prefix=mounted)
+    line = start_up_line(server)
+    assert "1 worker(s) (one per CPU: the cgroup CPU quota of 0.5 CPUs, " in line, server.log()
+    assert " in /sys/fs/cgroup" in line
+    assert server.stop() == 0

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 from prefork.pool.monitor import Monitor
 
@@ -60,8 +61,13 @@ def test_a_round_of_slow_samples_is_spread_over_passes(monkeypatch):
     assert monitor.work([(w, 0, False) for w in workers], now=51.5) == 52.5
 
 
-def test_the_first_sample_of_a_process_has_no_cpu_figure_and_the_next_one_has():
-    """psutil's first cpu_percent() compares with nothing and says 0.0: a busy new worker read as idle."""
-    monitor = Monitor(1.0)
-    assert monitor.sample(os.getpid()).cpu_percent is None
-    assert isinstance(monitor.sample(os.getpid()).cpu_percent, float)
+def test_the_first_sample_of_a_busy_process_says_it_is_busy():
+    """psutil's first cpu_percent() compares with nothing and says 0.0: a busy new worker read as idle.
+    The first sample says the CPU used since the process started."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert Monitor(1.0).sample(child.pid).cpu_percent > 30
+    finally:
+        child.kill()
+        child.wait()
