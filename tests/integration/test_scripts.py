@@ -57,6 +57,7 @@ def check_run(proc, report):
     assert not os.path.exists(report["workdir"]), "the working directory was removed"
 
 
+@pytest.mark.xdist_group("load")        # load generators: one at a time, never beside a timing-bound test
 @pytest.mark.once
 @pytest.mark.timeout(60)        # the run itself takes about 16 s
 def test_zero_downtime_quick_fails_no_request(tmp_path):
@@ -67,6 +68,7 @@ def test_zero_downtime_quick_fails_no_request(tmp_path):
     assert report["final_master"] == new != old, "the pid file names the new master"
 
 
+@pytest.mark.xdist_group("load")        # load generators: one at a time, never beside a timing-bound test
 @pytest.mark.once
 @pytest.mark.timeout(150)       # the run takes about 13 s; the first one may install nginx with apt-get
 def test_nginx_lb_quick_fails_no_request(tmp_path):

@@ -185,6 +185,7 @@ def test_the_reply_socket_is_a_blocking_socket_like_socketservers(serve_cli, tmp
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.xdist_group("load")        # never beside another test that loads the machine on purpose
 def test_a_burst_past_the_backlog_loses_no_client_to_the_deferred_accept(serve_cli):
     """Connections the kernel completes with SYN cookies (a burst past the backlog) are handed over
     before their request arrives; they must be served, not taken for silent and closed."""
