@@ -116,7 +116,8 @@ class TextFormat:
             return (self.BASE % (when, _logfmt(peer), fixed, outcome, duration * 1000)).encode("utf-8", "replace")
         method, path, status, size = http
         return (self.HTTP % (when, _logfmt(peer), fixed, outcome, duration * 1000, _logfmt(method or "-"),
-                             _logfmt(path or "-"), status or "-", "-" if size is None else size)).encode("utf-8", "replace")
+                             _logfmt(path or "-"), "-" if status is None else int(status),
+                             "-" if size is None else int(size))).encode("utf-8", "replace")
 
 
 class JsonFormat:

@@ -24,7 +24,9 @@ ACCEPT_PAUSE = (   # out of descriptors or memory: pause accepting
 # A client that resets, abandons or stalls its connection (past the client timeout): routine, one debug line.
 CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
-PROXY_HEADER_TIMEOUT = 10.0  # seconds a proxy has to send its PROXY header, without a client timeout
+# Seconds at most a proxy has for its PROXY header (less if the client timeout is shorter). A proxy sends
+# it with the connection; while a worker waits for it, its other parked connections wait too.
+PROXY_HEADER_WAIT = 1.0
 PROXY_PEEK = 4096            # bytes looked at first for a PROXY header (a v2 header with big TLVs takes more)
 
 
@@ -184,7 +186,8 @@ def proxied(server, sock, client_address):
     could claim any address); a header that is malformed or does not arrive
     within the client timeout closes the connection, with a debug line. Both
     raise ConnectionAbortedError, which every accept loop takes for a
-    connection that went away before it was served.
+    connection that went away before it was served. The wait is bounded by
+    PROXY_HEADER_WAIT, since a parking worker's other connections wait too.
     """
     if client_address not in server.proxy_protocol:
         log.debug("refused a connection from %s: not among the proxies allowed to send a PROXY header",
@@ -192,7 +195,7 @@ def proxied(server, sock, client_address):
         server.shutdown_request(sock)
         raise ConnectionAbortedError(errno.ECONNABORTED, "not an allowed proxy")
     try:
-        header = read_proxy_header(sock, server.config.client_timeout or PROXY_HEADER_TIMEOUT)
+        header = read_proxy_header(sock, min(server.config.client_timeout or PROXY_HEADER_WAIT, PROXY_HEADER_WAIT))
     except (ProxyProtocolError, OSError) as exc:
         log.debug("closed a connection from %s: %s", client_address, exc)
         server.shutdown_request(sock)

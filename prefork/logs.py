@@ -45,11 +45,10 @@ class OutputHandler(logging.Handler):
     def emit(self, record):
         try:
             line = self.format(record)
+            self._summarize()
+            self.output.write(line.encode("utf-8", "replace") + b"\n")
         except Exception:
             self.handleError(record)
-            return
-        self._summarize()
-        self.output.write(line.encode("utf-8", "replace") + b"\n")
 
     def close(self):
         self.output.close()

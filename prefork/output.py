@@ -15,12 +15,12 @@ says how many were dropped (take_dropped). dropped_total() counts every
 line this process dropped, for the metrics.
 """
 
-import errno
 import os
 import socket
 import stat
 
 BUFFER = 64 * 1024           # bytes waiting for a full output before lines are dropped (a pipe holds 64 KB more)
+PIPE_BUF = 4096              # a write to a pipe this size or less is all or nothing (POSIX; Linux's is 4096)
 
 _dropped = [0]               # lines dropped by every output of this process
 _outputs = []                # every output of this process, to reset in a forked child
@@ -53,23 +53,33 @@ class LineOutput:
         self.fd = os.dup(fd)
         os.set_inheritable(self.fd, False)
 
-    def write(self, line: bytes) -> None:
-        """Write line (bytes ending in a newline) now, or buffer it, or drop and count it."""
+    def write(self, lines: bytes) -> None:
+        """Write whole lines (bytes ending in a newline) now, or buffer them, or drop and count them.
+
+        To a pipe, at most PIPE_BUF bytes of whole lines go in one write(): such
+        a write is all or nothing, so another process's lines never land in the
+        middle of ours."""
         if self.pending and not self.flush():
-            if len(self.pending) + len(line) <= self.limit:
-                self.pending += line
+            if len(self.pending) + len(lines) <= self.limit:
+                self.pending += lines
             else:
-                self.dropped += 1
-                _dropped[0] += 1
+                self._drop(lines.count(b"\n"))
             return
-        written = self._send(line)
-        if written < len(line):
-            self.pending += line[written:]      # the rest of a line begun must follow, whatever the limit
+        start = 0
+        while start < len(lines):
+            end = len(lines) if len(lines) - start <= PIPE_BUF else lines.rfind(b"\n", start, start + PIPE_BUF) + 1
+            if end <= start:                        # one line longer than PIPE_BUF: whole, if not at once
+                end = lines.find(b"\n", start) + 1 or len(lines)
+            written = self._send(lines[start:end])
+            if written < end - start:
+                self.pending += lines[start + written:]   # a line begun must follow, whatever the limit
+                return
+            start = end
 
     def flush(self) -> bool:
         """Write what waits, as far as the output takes it; True when nothing waits any more."""
         while self.pending:
-            written = self._send(self.pending)
+            written = self._send(self.pending[:PIPE_BUF])
             if not written:
                 return False
             del self.pending[:written]
@@ -82,17 +92,22 @@ class LineOutput:
         dropped, self.dropped = self.dropped, 0
         return dropped
 
+    def _drop(self, count):
+        self.dropped += count
+        _dropped[0] += count
+
     def _send(self, data) -> int:
+        """Bytes of data written now: 0 when the output is full. An output that fails (a full disk, a
+        hung-up terminal, a reader gone) takes the lines as dropped: logging must never raise."""
         try:
             if self._sock is not None:
                 return self._sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             return os.write(self.fd, data)
         except (BlockingIOError, InterruptedError):
             return 0
-        except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF):   # nobody reads any more
-                return len(data)
-            raise
+        except OSError:
+            self._drop(bytes(data).count(b"\n"))
+            return len(data)
 
     def close(self) -> None:
         if self in _outputs:

@@ -71,3 +71,15 @@ def test_a_pipe_nobody_reads_never_blocks_and_every_line_is_written_or_counted()
     out.close()
     os.close(read_end)
     os.close(write_end)
+
+
+def test_an_output_that_fails_drops_and_counts_its_lines_and_never_raises():
+    """A full disk (ENOSPC), a hung-up terminal (EIO): the master logs on, and counts what was lost."""
+    fd = os.open("/dev/full", os.O_WRONLY)
+    out = output.LineOutput(fd)
+    before = output.dropped_total()
+    out.write(b"one\ntwo\n")
+    out.write(b"three\n")
+    assert out.dropped == 3 and output.dropped_total() - before == 3 and out.take_dropped() == 3
+    out.close()
+    os.close(fd)

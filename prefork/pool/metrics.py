@@ -19,7 +19,7 @@ from prefork import output
 from prefork.exposition import Family
 from prefork.listeners import accept_queue, describe_socket
 from prefork.pool import scoreboard
-from prefork.pool.states import RESTART_REASONS, MasterState
+from prefork.pool.states import RESTART_REASONS, MasterState, ReloadState
 
 EXIT_KINDS = (*(str(reason) for reason in RESTART_REASONS), "scale_down", "stop")
 WORKER_STATES = ("booting", "idle", "busy", "stopping", "spare")
@@ -27,18 +27,22 @@ WORKER_STATES = ("booting", "idle", "busy", "stopping", "spare")
 
 def health(master):
     """(ready, why): ready when the master runs, is not stopping or handing over to another master,
-    and at least one worker of the current generation is ready. /readyz and `prefork ctl status`."""
+    and at least one worker of the current generation is ready, or, while a reload replaces the
+    workers, one of an older generation still serves. /readyz and `prefork ctl status`."""
     if master.stopping:
         return False, f"the master is stopping ({master.stopping})"
     if master.state != MasterState.RUNNING:
         return False, f"the master is {master.state or 'not started'}"
     if master.main_is_elsewhere():
         return False, "draining: a new master serves (an upgrade)"
-    pool = master.pool
-    ready = [w for w in pool if w.ready and not w.spare and w.stop_reason is None and w.generation == master.generation]
-    if not ready:
-        return False, f"no worker of generation {master.generation} is ready yet"
-    return True, f"{len(ready)} worker(s) of generation {master.generation} ready"
+    serving = [w for w in master.pool if w.ready and not w.spare and w.stop_reason is None]
+    ready = [w for w in serving if w.generation == master.generation]
+    if ready:
+        return True, f"{len(ready)} worker(s) of generation {master.generation} ready"
+    if serving and master.reload.state == ReloadState.REPLACING:
+        # A reload under way: the old workers serve until their successors are ready (a failed one is not this).
+        return True, f"reloading: {len(serving)} worker(s) of an older generation serve until theirs are ready"
+    return False, f"no worker of generation {master.generation} is ready yet"
 
 
 def gather(master):

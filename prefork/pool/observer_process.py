@@ -58,15 +58,14 @@ class RequestObserver:
             self._call("post_request", self.post_request, client_address, outcome, duration)
         if self.access_log is None:
             return
-        http = None
+        when, peer, fixed = self.clock.text(time.time()), peer_text(client_address), self.fixed[id(server)]
         fields = getattr(handler, "access_fields", None)
-        if fields is not None:
-            try:
-                http = fields()
-            except Exception:
-                self._failed("access_fields")
-        self.lines.append(self.format.line(self.clock.text(time.time()), peer_text(client_address),
-                                           self.fixed[id(server)], outcome, duration, http))
+        try:
+            line = self.format.line(when, peer, fixed, outcome, duration, fields() if fields is not None else None)
+        except Exception:                  # the handler's access_fields(), or what it returned
+            self._failed("access_fields")
+            line = self.format.line(when, peer, fixed, outcome, duration, None)
+        self.lines.append(line)
         if len(self.lines) >= FLUSH_LINES:
             self.flush()
 

@@ -237,8 +237,8 @@ def next_deadline(snapshot: Snapshot, config: Config, now: float) -> Optional[fl
             limit, since = _limit_and_since(worker, snapshot, config)
             if limit:
                 deadlines.append(since + limit)
-            if worker.age_limit and worker.ready and worker.stop_reason is None:
-                deadlines.append(worker.born + worker.age_limit)
+            if worker.age_limit and worker.ready and worker.stop_reason is None and worker.born + worker.age_limit > now:
+                deadlines.append(worker.born + worker.age_limit)      # past it, it waits for a successor: no spin
     if snapshot.stopping is None and config.boot_timeout:
         deadlines += [max(z.born, snapshot.resumed_at) + config.boot_timeout
                       for z in snapshot.zygotes or () if z.state == ZygoteState.BOOTING]

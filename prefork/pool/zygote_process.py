@@ -145,6 +145,7 @@ class Zygote:
     def _load_handler(self):
         """Import the handler for every server, then freeze the heap; False (and the master told why) if not."""
         setup = self.setup
+        before = set(held_connections())
         try:
             handler = setup.load_handler()
         except AppLoadError as exc:
@@ -165,7 +166,7 @@ class Zygote:
             log.warning("the handler's import started %s thread(s) in the zygote: its workers are forked from "
                         "it, and a lock one of them holds at fork time stays locked in the worker",
                         threading.active_count() - 1)
-        held = held_connections(skip={server.fileno() for server in setup.servers})
+        held = [peer for peer in held_connections() if peer not in before]     # not systemd's journal stream
         if held:
             log.warning("the handler's import opened %s connection(s) in the zygote, which every worker forked from "
                         "it would share (their bytes interleaved): %s; open them in a post_fork hook, or on first "

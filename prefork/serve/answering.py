@@ -18,6 +18,8 @@ from prefork.pool.service import Service
 
 log = logging.getLogger("prefork")
 
+ACCEPT_BATCH = 64            # connections accepted per pass of the master's loop, at most
+
 
 class AnsweringService(Service):
     """A master service that accepts connections on sock and lets a client object per connection
@@ -25,7 +27,7 @@ class AnsweringService(Service):
     outbox (bytes still to send) and on_event(mask, master) -> True when it is done."""
 
     name = "a service"         # for log lines
-    max_clients = None         # connections at once; more are closed at once
+    max_clients = None         # connections at once; past it, the longest waiting is dropped
 
     def __init__(self, sock, owned=True, active=True):
         self.sock = sock
@@ -81,7 +83,7 @@ class AnsweringService(Service):
             self.owner.remove()
 
     def _accept(self, master):
-        while True:
+        for _ in range(ACCEPT_BATCH):        # then the loop's other work: clients cannot hold it here
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -90,8 +92,8 @@ class AnsweringService(Service):
                 log.warning("%s: cannot accept: %s", self.name, exc.strerror)
                 return
             if self.max_clients is not None and len(self._clients) >= self.max_clients:
-                conn.close()
-                continue
+                # Full: the client that has waited longest goes, not the new one (a liveness probe).
+                self._drop(min(self._clients.values(), key=lambda client: client.deadline))
             conn.setblocking(False)
             client = self.client(conn)
             self._clients[conn] = client

@@ -13,6 +13,7 @@ a deadline on the whole exchange and a cap on connections at once.
 """
 
 import logging
+import os
 
 from prefork.errors import BindError
 from prefork.exposition import OPENMETRICS_TYPE, TEXT_TYPE, render, wants_openmetrics
@@ -23,9 +24,10 @@ from prefork.serve.answering import AnsweringService, Exchange
 log = logging.getLogger("prefork")
 
 MAX_HEAD = 8192              # bytes of request head, at most
-CLIENT_DEADLINE = 5.0        # seconds a scraper has for its whole exchange
-MAX_CLIENTS = 64             # connections at once; more are closed at once
-STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+CLIENT_DEADLINE = 2.0        # seconds a scraper has for its whole exchange
+MAX_CLIENTS = 64             # connections at once; past it, the one waiting longest is dropped
+STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+               500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def open_metrics_socket(address, backlog=64):
@@ -37,10 +39,13 @@ def open_metrics_socket(address, backlog=64):
         raise BindError(f"--metrics: {exc}") from None
     if not bind.stream:
         raise BindError(f"--metrics {address}: metrics are served over a stream socket, not {bind.kind}")
+    old_umask = os.umask(0o117)          # a Unix socket file: mode 0660, for the scraper's group
     try:
         sock = open_listener(bind, backlog)
     except BindError as exc:
         raise BindError(f"--metrics: {exc}") from None
+    finally:
+        os.umask(old_umask)
     sock.setblocking(False)
     return sock
 
@@ -77,7 +82,11 @@ class _Exchange(Exchange):
         return end if end >= 0 else inbox.find(b"\n\n")
 
     def reply(self, request, master):
-        return answer(request, master)
+        try:
+            return answer(request, master)
+        except Exception:               # a bug here must cost one scrape, never the master
+            log.exception("metrics: answering %r failed", request[:100])
+            return response(500, b"internal error: see the master's log\n")
 
     def too_large(self):
         return response(400, b"request head too large\n")

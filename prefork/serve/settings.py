@@ -111,7 +111,7 @@ class ServeOptions:
         restart=True)
     metrics: str = setting(
         "", "--metrics", "serve Prometheus metrics on /metrics, and /healthz and /readyz, from the master, on a TCP "
-        "HOST:PORT or a Unix socket PATH (off by default)", metavar="ADDR", restart=True)
+        "HOST:PORT or a Unix socket PATH (mode 0660; off by default)", metavar="ADDR", restart=True)
     pid: str = setting(
         "", "--pid", "write the master's pid to FILE (refused if it names a live master); removed at exit",
         metavar="FILE", restart=True)

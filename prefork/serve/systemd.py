@@ -82,7 +82,9 @@ class Notifier(Service):
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
+            # Never waiting: a notify socket whose queue is full (systemd busy, a reader gone quiet) would
+            # otherwise block the master's loop, which then reaps and forks nothing.
+            self._sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             log.debug("sd_notify %s failed: %s", lines, exc)
 
@@ -103,6 +105,8 @@ class Notifier(Service):
                 self.notify("STOPPING=1", f"STATUS=stopping {len(master.pool)} worker(s)")
         elif not master.stopping and not elsewhere:
             self._follow_reload(master.reload)
+            if self._failure and master.generation == master.reload.generation and master.settled():
+                self._failure, self._ready = "", False      # its workers booted after all, on a retry: READY=1
             reloading = master.reload.state in (ReloadState.LOADING, ReloadState.REPLACING)
             if master.settled() and not self._ready and not reloading:
                 self._ready = True

@@ -419,6 +419,23 @@ def test_sd_notify_ready_reloading_stopping_status_and_watchdog(serve_cli, short
     notify.close()
 
 
+def test_a_notify_socket_nobody_reads_never_blocks_the_master(serve_cli, short_tmp):
+    """Ten datagrams fill a Unix datagram socket's queue (net.unix.max_dgram_qlen); the eleventh sendto()
+    used to block the master for good: no stop, no reaping."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(short_tmp, "notify"))          # and never read
+    server = serve_cli("-w", "1", "-b", "127.0.0.1:0", env={"NOTIFY_SOCKET": notify.getsockname(),
+                                                              "WATCHDOG_USEC": "20000"})
+    address = server.addresses()[0]
+    (first,) = server.wait_workers(1)
+    time.sleep(0.3)                                         # some 30 watchdog pings, 20 more than the queue holds
+    os.kill(first, signal.SIGKILL)
+    server.wait_replaced([first], 1)                        # the master still reaps and forks
+    assert exchange("tcp", address) == b"hello\n"
+    assert server.stop(timeout=10) == 0
+    notify.close()
+
+
 @pytest.mark.parametrize("preload", [False, True])
 def test_sd_notify_reloads_as_notify_reload_wants_them_and_a_failed_one_gets_no_ready(serve_cli, short_tmp,
                                                                                        tmp_path, preload):

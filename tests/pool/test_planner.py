@@ -238,6 +238,9 @@ def test_a_worker_past_its_age_gets_a_successor_first(lived, limit, due):
 def test_the_next_deadline_is_the_oldest_workers_age():
     snapshot = pool(worker(1, born=NOW - 10, age_limit=30.0), worker(2, born=NOW - 5, age_limit=12.0))
     assert next_deadline(snapshot, Config(worker_timeout=0, boot_timeout=0), NOW) == NOW + 7
+    overdue = pool(worker(1, born=NOW - 40, age_limit=30.0), worker(2, born=NOW - 5, age_limit=12.0))
+    assert next_deadline(overdue, Config(worker_timeout=0, boot_timeout=0), NOW) == NOW + 7, \
+        "a worker past its age waits for its successor: its deadline is no reason to wake at once"
 
 
 def test_the_worker_nearest_its_cap_goes_before_a_reload():
