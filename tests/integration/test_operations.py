@@ -309,9 +309,12 @@ def assert_listeners_unchanged(master, address):
     believing accepts deferred, closed connections whose request had not arrived yet.)"""
     flags = {}
     for name in os.listdir(f"/proc/{master}/fd"):
-        if os.readlink(f"/proc/{master}/fd/{name}").startswith("socket:"):
-            text = open(f"/proc/{master}/fdinfo/{name}").read()
-            flags[int(name)] = int(re.search(r"flags:\s+(\d+)", text).group(1), 8)
+        try:                                    # the master opens and closes fds of its own meanwhile
+            if os.readlink(f"/proc/{master}/fd/{name}").startswith("socket:"):
+                text = open(f"/proc/{master}/fdinfo/{name}").read()
+                flags[int(name)] = int(re.search(r"flags:\s+(\d+)", text).group(1), 8)
+        except FileNotFoundError:
+            continue
     listener = next(c.fd for c in psutil.Process(master).net_connections()
                     if c.status == "LISTEN" and c.laddr and c.laddr.port == address[1])
     assert flags[listener] & os.O_NONBLOCK, "the listener became blocking"
