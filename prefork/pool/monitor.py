@@ -51,7 +51,7 @@ class Monitor:
                 cpu = process.cpu_percent(None)        # the first call has nothing to compare with: 0.0
                 if first:                              # so the first says: since the process started
                     times = process.cpu_times()
-                    cpu = 100 * (times.user + times.system) / max(time.time() - process.create_time(), 0.01)
+                    cpu = 100 * (times.user + times.system) / max(_age(process), 0.01)
                 return Sample(memory.rss, memory.uss, cpu, process.num_fds(), process.num_threads())
         except (psutil.Error, OSError, ValueError):
             self.forget(pid)
@@ -84,3 +84,9 @@ class Monitor:
             if time.monotonic() - started >= SAMPLE_BUDGET:
                 break
         return now if self._queue else self.next_round_at
+
+
+def _age(process):
+    """Seconds since process started, to the clock tick. Not time.time() - create_time(): create_time()
+    adds the boot time, which the kernel gives in whole seconds, so that difference is off by up to one."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - (process.create_time() - psutil.boot_time())

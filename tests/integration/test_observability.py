@@ -105,8 +105,10 @@ def test_counters_never_go_down_across_a_kill_recycles_and_a_reload_and_exits_ar
     exits = {dict(labels)["reason"]: value for (name, labels), value in values.items()
              if name == "prefork_worker_exits_total"}
     assert exits["signal"] == 1
-    assert exits["reload"] == 2
-    assert 1 <= exits["recycle"] <= served // 7
+    # The reload replaced both workers; one near its --max-requests is replaced as a recycle (the planner
+    # gives the more pressing reason: states.DUE_ORDER), so at least one exit says "reload".
+    assert 1 <= exits["reload"] <= 2
+    assert 1 <= exits["recycle"] <= served // 7 + 1
     assert exits["crash"] == exits["boot"] == exits["timeout"] == exits["memory"] == 0
     assert values[("prefork_request_duration_seconds_count", ())] == served
     assert values[("prefork_generation", ())] == 1

