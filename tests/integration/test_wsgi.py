@@ -274,7 +274,11 @@ def test_keep_alive_connections_move_to_the_new_workers_on_reload(serve_cli):
 def test_max_requests_counts_wsgi_requests_exactly(serve_cli):
     with Client(serve_app(serve_cli, "--max-requests", "3")) as connection:
         pids = [int(connection.get("/pid")[2]) for _ in range(7)]
-    assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [3, 3, 1]
+    served = [pids.count(pid) for pid in dict.fromkeys(pids)]
+    # Never past the cap; a worker asks for its successor after 2 of 3 (a tenth early, at least one) and
+    # is retired once that one is ready, so a recycled worker served 2 or 3: [3, 3, 1] on a quick
+    # machine, [2, 3, 2] when a successor booted before the third request came.
+    assert all(2 <= count <= 3 for count in served[:-1]) and 1 <= served[-1] <= 3 and sum(served) == 7, served
 
 
 @pytest.mark.parametrize("args, message", [
