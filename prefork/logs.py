@@ -78,9 +78,13 @@ def _describe(fd):
     return "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a terminal or device"
 
 
-def drain():
-    """The master's loop, each pass: write what waits; True when some output still waits."""
-    return not all(handler.drain() for handler in logging.getLogger().handlers if isinstance(handler, OutputHandler))
+RETRY = 0.2                  # seconds between tries to write log lines waiting for a full output
+
+
+def drain(now):
+    """The master's loop, each pass: write what waits; when to try again (None: nothing waits)."""
+    drained = all(handler.drain() for handler in logging.getLogger().handlers if isinstance(handler, OutputHandler))
+    return None if drained else now + RETRY
 
 
 class LogFile(logging.FileHandler):

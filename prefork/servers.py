@@ -37,6 +37,7 @@ import warnings
 
 from prefork import commands
 from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, proxied
+from prefork.hooks import Hooks
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
 from prefork.policies import ForkPerRequest, Policy, Serial, ThreadPerRequest
@@ -46,13 +47,7 @@ from prefork.supervision import Config
 log = logging.getLogger("prefork")
 
 
-def _default_hook(method):
-    """Mark a per-request hook that does nothing: a worker calls it only when it is overridden."""
-    method.default_hook = True
-    return method
-
-
-class BaseServer(socketserver.BaseServer):
+class BaseServer(Hooks, socketserver.BaseServer):
     """socketserver.BaseServer with a pool policy.
 
     Methods for the caller, besides socketserver's:
@@ -159,33 +154,6 @@ class BaseServer(socketserver.BaseServer):
 
     def heartbeat(self):
         """In a pool worker, refresh the liveness tick; elsewhere nothing to do."""
-
-    # Supervision hooks: no-ops here, see the class docstring.
-    def on_starting(self):
-        pass
-
-    def pre_fork(self, worker):
-        pass
-
-    def post_fork(self, worker):
-        pass
-
-    def worker_ready(self, worker):
-        pass
-
-    def worker_exit(self, worker, status, reason):
-        pass
-
-    def on_exit(self):
-        pass
-
-    @_default_hook
-    def pre_request(self, client_address):
-        pass
-
-    @_default_hook
-    def post_request(self, client_address, outcome, duration):
-        pass
 
     @classmethod
     def from_socket(cls, sock, RequestHandlerClass, owned=True, **kwargs):

@@ -26,7 +26,6 @@ from typing import Sequence
 import setproctitle
 
 from prefork import commands, logs
-from prefork.access import AccessLog
 from prefork.errors import HaltServer, PreforkError, WorkerSignal
 from prefork.listeners import describe_socket, prepare_for_pool, queued_connections
 from prefork.pool import planner, scoreboard
@@ -39,7 +38,7 @@ from prefork.pool.reloads import ReloadProgress
 from prefork.pool.service import Service
 from prefork.pool.snapshot import Snapshot, WorkerView
 from prefork.pool.states import MasterState, Reason
-from prefork.pool.worker import PoolSetup
+from prefork.pool.worker import PoolSetup, tick_interval
 from prefork.pool.worker_table import Pool
 from prefork.pool.zygote import Zygotes
 from prefork.signals import Doorbell, SignalInbox, default_sigchld
@@ -48,7 +47,6 @@ log = logging.getLogger("prefork")
 
 AWAY_THRESHOLD = 1.0         # seconds: a select() this late means the master itself was stopped or paused
 MAX_SLEEP = 60.0             # the loop wakes at least this often, whatever the settings
-LOG_RETRY = 0.2              # seconds between tries to write log lines waiting for a full output
 MAX_PLAN_ROUNDS = 4          # plan, act, plan again: each round sees what the last one did
 MASTER_SIGNALS = tuple(commands.SIGNAL_COMMANDS)
 
@@ -169,9 +167,6 @@ class Master(MasterCommands):
         self.setup = PoolSetup(self.servers, self.config, self.policy.threads, self.board,
                                self.doorbell.write_fd(), self.hooks, self.load_handler,
                                self.tick_interval, os.getpid(), self.name, self.credentials)
-        if self.config.access_log:            # opened here, inherited by every worker (access.py)
-            owner = self.credentials and (self.credentials.uid, self.credentials.gid)
-            self.setup.access_log = AccessLog(self.config.access_log, self.config.access_log_format, owner)
         self._call_hook("on_starting")
         if self.config.preload:
             gc.freeze()     # keep the master's objects out of the collector: their pages stay shared
@@ -234,8 +229,7 @@ class Master(MasterCommands):
         views = [(w, self.board.view(w.index)) for w in workers]
         wake_at = [self.monitor.work([(w, v.requests, v.busy_threads > 0) for w, v in views], now)]
         wake_at += [service.on_pass(self, now) for service in self.services]
-        if logs.drain():                    # log lines wait for a full output: try again soon
-            wake_at.append(now + LOG_RETRY)
+        wake_at.append(logs.drain(now))     # log lines waiting for a full output: when to try again
         self.sleep(now, wake_at)
         return True
 
@@ -389,15 +383,6 @@ class Master(MasterCommands):
             getattr(self.hooks, name)(*args)
         except Exception:
             log.exception("%s hook raised; carrying on", name)
-
-
-def tick_interval(poll_interval, worker_timeout):
-    """How often an idle worker heartbeats: serve_forever()'s poll_interval, but never so rarely
-    that it looks hung (a quarter of the worker timeout at most), and never "never" (None)."""
-    interval = 0.5 if poll_interval is None or poll_interval <= 0 else poll_interval
-    if worker_timeout:
-        interval = min(interval, worker_timeout / 4)
-    return max(interval, 0.001)
 
 
 def _handler_name(server):

@@ -12,6 +12,7 @@ import random
 import resource
 import time
 
+from prefork.access import AccessLog
 from prefork.errors import WorkerExit
 from prefork.pool import handoff_process
 from prefork.output import dropped_total
@@ -40,7 +41,8 @@ class PoolSetup:
         self.credentials = credentials      # --user/--group: dropped in each child before any user code
         self.handoff = handoff_process.channel()   # parked connections move between workers through it
         self.intake_bell = os.eventfd(0, os.EFD_NONBLOCK)   # "look again whether to accept" (intake_process)
-        self.access_log = None              # an access.AccessLog with --access-log, opened by the master
+        owner = credentials and (credentials.uid, credentials.gid)     # opened here, inherited by every worker
+        self.access_log = AccessLog(config.access_log, config.access_log_format, owner) if config.access_log else None
         raise_open_file_limit(config.max_connections + FDS_BESIDES_CONNECTIONS)
 
     def close(self):
@@ -49,6 +51,15 @@ class PoolSetup:
         os.close(self.intake_bell)
         if self.access_log is not None:
             self.access_log.close()
+
+
+def tick_interval(poll_interval, worker_timeout):
+    """How often an idle worker heartbeats: serve_forever()'s poll_interval, but never so rarely
+    that it looks hung (a quarter of the worker timeout at most), and never "never" (None)."""
+    interval = 0.5 if poll_interval is None or poll_interval <= 0 else poll_interval
+    if worker_timeout:
+        interval = min(interval, worker_timeout / 4)
+    return max(interval, 0.001)
 
 
 FDS_BESIDES_CONNECTIONS = 256         # listeners, pipes, log files, a handler's own files
