@@ -229,3 +229,23 @@ def read_proxy_header(sock, timeout):
             time.sleep(min(0.005, left))         # part of it is here: the rest is on its way
         else:
             wait_readable(sock, left)
+
+
+def tls_handshake(server, sock, client_address):
+    """sock wrapped in server.tls, its handshake done within the client timeout: an ssl.SSLSocket.
+
+    For a handler that owns its connection (the parking loop does its own
+    handshakes without blocking: pool/handshake_process.py). A failed or late
+    handshake (a client speaking plain text to a TLS port, say) raises
+    ConnectionAbortedError: one debug line, as for a client that went away.
+    """
+    timeout = sock.gettimeout()
+    wrapped = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        wrapped.settimeout(server.config.client_timeout or None)
+        wrapped.do_handshake()
+        wrapped.settimeout(timeout)
+    except (OSError, ValueError) as exc:          # ssl.SSLError and TimeoutError are OSErrors
+        server.shutdown_request(wrapped)
+        raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS handshake failed: {exc or 'timed out'}") from None
+    return wrapped

@@ -24,6 +24,7 @@ import http.server
 import io
 import socket
 import socketserver
+import ssl
 import struct
 
 RECEIVE_SIZE = 65536
@@ -114,12 +115,15 @@ class ConnectionReader(PendingReads, io.BufferedIOBase):
         self.pending = bytearray(received)
         self._sock = sock
         self.eof = False                    # the client shut its side: no more bytes will come
+        self._tls = isinstance(sock, ssl.SSLSocket)
 
     def readable(self):
         return True
 
     def fill(self, wait=False):
         """Receive what the socket holds: the number of bytes, 0 at EOF, None when nothing was there."""
+        if self._tls:
+            return self._fill_tls(wait)
         try:
             data = self._sock.recv(RECEIVE_SIZE, 0 if wait else socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -131,6 +135,32 @@ class ConnectionReader(PendingReads, io.BufferedIOBase):
         else:
             self.eof = True
         return len(data)
+
+    def _fill_tls(self, wait):
+        """fill() on an ssl.SSLSocket, which takes no MSG_DONTWAIT: the parking loop keeps it non-blocking
+        while parked and gives it the client timeout while it serves. What OpenSSL has decrypted and
+        holds (pending()) is read too, as epoll cannot see it."""
+        sock, total = self._sock, 0
+        timeout = sock.gettimeout()
+        if not wait and timeout != 0.0:          # a handler's look without waiting, while it serves
+            sock.settimeout(0.0)
+        try:
+            while True:
+                try:
+                    data = sock.recv(RECEIVE_SIZE)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                if not data:
+                    self.eof = True
+                    break
+                self.pending += data
+                total += len(data)
+                if wait or (total >= RECEIVE_SIZE and not sock.pending()):
+                    break
+        finally:
+            if not wait and timeout != 0.0:
+                sock.settimeout(timeout)
+        return total if total or self.eof else None
 
     def _more(self):
         """Wait for more bytes; False at EOF."""

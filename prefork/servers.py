@@ -36,7 +36,7 @@ import threading
 import warnings
 
 from prefork import commands
-from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, proxied
+from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, proxied, tls_handshake
 from prefork.hooks import Hooks
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
@@ -179,11 +179,24 @@ class TCPServer(BaseServer, socketserver.TCPServer):
     #: send-proxy, nginx's proxy_protocol) from one of these peers, and client_address is the client it names.
     proxy_protocol = None
 
+    #: An ssl.SSLContext (server side): connections speak TLS, and handlers get an ssl.SSLSocket as
+    #: self.request (getpeercert() for mutual TLS). The handshake runs where the request is handled.
+    tls = None
+
     def get_request(self):
         request, client_address = super().get_request()
         if self.proxy_protocol is None:
             return request, client_address
         return proxied(self, request, client_address)
+
+    def finish_request(self, request, client_address):
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        request = tls_handshake(self, request, client_address)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self.shutdown_request(request)        # the plain socket socketserver shuts next is detached
 
 
 class UDPServer(TCPServer, socketserver.UDPServer):
@@ -251,12 +264,8 @@ class _PolicyMixIn:
 
 
 class ForkingMixIn(_PolicyMixIn, socketserver.ForkingMixIn):
-    """socketserver.ForkingMixIn, choosing the ForkPerRequest policy.
-
-    On Python 3.12+, forking from a process with several threads warns
-    (DeprecationWarning) on every fork: here the first fork of a server
-    warns, the rest do not, so a threaded program is told once, not per request.
-    """
+    """socketserver.ForkingMixIn, choosing the ForkPerRequest policy. On Python 3.12+, a fork from a
+    threaded process warns (DeprecationWarning): here once per server, not once per request."""
 
     policy = ForkPerRequest()
     _warned_about_threads = False

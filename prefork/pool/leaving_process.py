@@ -34,7 +34,7 @@ class Leaving:
         self._serve_arrived()
         if moving:
             self._hand_over()
-        if self.connections:                               # a stop, or what could not move
+        if self.connections or self.handshakes:            # a stop, or what could not move
             self.past_cap = True                           # served past --max-requests, rather than dropped
             for server in self.servers:
                 server.stopping = True                     # HTTP handlers answer with Connection: close
@@ -53,9 +53,7 @@ class Leaving:
         """Serve the requests that have arrived as leaving begins: one round, what is buffered and what
         the kernel holds. Later ones wait for the new owner (their bytes move with the socket) or the linger."""
         for fd, _ in self.poller.poll(0):
-            connection = self.connections.get(fd)
-            if connection is not None:
-                self._readable(connection)
+            self._ready(fd)
         self.now = time.monotonic()
         self._serve_pipelined()
 
@@ -63,14 +61,19 @@ class Leaving:
         """A stop: serve requests that arrive for a moment before closing the rest. A keep-alive client
         sends its next request right after the last reply: closing at that instant would fail it. It is
         served as the last (an HTTP handler says Connection: close); a quiet connection is closed."""
-        while self.connections and self._may_serve() and (now := time.monotonic()) < until:
+        while (self.connections or self.handshakes) and self._may_serve() and (now := time.monotonic()) < until:
             events = self.poller.poll(0 if self.ready else min(0.05, until - now))
             self.now = time.monotonic()
             for fd, _ in events:
-                connection = self.connections.get(fd)
-                if connection is not None:
-                    self._readable(connection)
+                self._ready(fd)
             self._serve_pipelined()
+
+    def _ready(self, fd):
+        connection = self.connections.get(fd)
+        if connection is not None:
+            self._readable(connection)
+        elif fd in self.handshakes.pending:
+            self._handshaken(self.handshakes.step(fd))
 
     def _hand_over(self):
         """Send every idle connection whose handler is movable to the live workers, if there is one."""
@@ -80,7 +83,8 @@ class Leaving:
             log.warning("worker %s: no other worker takes connections over; serving what arrives on its "
                         "%s connection(s) for a moment, then closing them", slot, len(self.connections))
             return                                         # _leave lingers, serving past --max-requests
-        movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False)]
+        # A TLS connection's session lives in this process's OpenSSL: it cannot move.
+        movable = [c for c in self.connections.values() if getattr(c.handler, "movable", False) and not c.tls]
         sent = handoff_process.hand_over(self.sender, movable, deadline)
         for connection in sent:
             self._close(connection, handed_over=True)

@@ -110,6 +110,10 @@ class MasterCommands:
         self.monitor.interval = change.config.monitor_interval
         if change.load_handler is not None:
             self.setup.load_handler = change.load_handler
+        if change.tls is not None:            # the next generation's workers are forked with it
+            for server in self.servers:
+                if getattr(server, "tls", None) is not None:
+                    server.tls = change.tls
         if change.workers is not None and change.workers != self.policy.workers:
             self.policy = dataclasses.replace(self.policy, workers=min(change.workers, self.max_size))
             self.requested_size = None

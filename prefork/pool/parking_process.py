@@ -25,6 +25,7 @@ from prefork.access import OK, outcome_of
 from prefork.handling import ACCEPT_AGAIN, ACCEPT_PAUSE, PoolRequest, handle_one
 from prefork.pool import handoff_process
 from prefork.pool.intake_process import RECHECK, Intake
+from prefork.pool.handshake_process import Handshakes
 from prefork.pool.leaving_process import Leaving
 from prefork.pool.observer_process import observer_for
 
@@ -42,7 +43,7 @@ def parks(server):
 class Connection:
     """One connection the loop holds; since and partial_since say how long it has been waiting."""
 
-    __slots__ = ("sock", "fd", "server", "index", "handler", "closed", "since", "partial_since", "queued")
+    __slots__ = ("sock", "fd", "server", "index", "handler", "closed", "since", "partial_since", "queued", "tls")
 
     def __init__(self, sock, server, index, handler, now):
         self.sock, self.fd, self.server, self.index, self.handler = sock, sock.fileno(), server, index, handler
@@ -50,6 +51,7 @@ class Connection:
         self.since = now              # its last request (or its accept): the keep-alive timeout runs from here
         self.partial_since = 0.0      # when part of a request arrived; 0.0 when none is pending
         self.queued = False           # in the loop's ready queue: a whole request is buffered
+        self.tls = server.tls is not None     # an ssl.SSLSocket: non-blocking while parked, never handed over
 
 
 class ParkingLoop(Leaving):
@@ -70,6 +72,7 @@ class ParkingLoop(Leaving):
         self.others = {s.fileno(): s for s in self.servers if not parks(s)}
         self.receiver, self.sender = setup.handoff
         self.connections = {}                          # fd -> Connection
+        self.handshakes = Handshakes()                 # TLS connections not parked yet
         self.now = time.monotonic()                    # read once per pass of the loop
         self.ready = collections.deque()               # connections with a whole request buffered
         self.poller = self.intake = None
@@ -80,7 +83,7 @@ class ParkingLoop(Leaving):
     def run(self):
         process = self.process
         with select.epoll() as poller:
-            self.poller = poller
+            self.poller = self.handshakes.poller = poller
             for fd in self.others:
                 poller.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
             poller.register(process.stop_r, select.EPOLLIN)
@@ -94,6 +97,7 @@ class ParkingLoop(Leaving):
             finally:
                 for connection in list(self.connections.values()):
                     self._close(connection)
+                self.handshakes.close_all()
 
     def _loop(self):
         process, poller, connections = self.process, self.poller, self.connections
@@ -110,6 +114,8 @@ class ParkingLoop(Leaving):
                     self._readable(connection)
                 elif fd in self.listeners:
                     self._accept_some(*self.listeners[fd])
+                elif fd in self.handshakes.pending:
+                    self._handshaken(self.handshakes.step(fd))
                 elif fd == self.receiver.fileno():
                     self._adopt()
                 elif fd == self.intake.bell:
@@ -127,7 +133,7 @@ class ParkingLoop(Leaving):
                 self.record.tick(now)
                 process._check_master()
                 self._close_idle(now)
-            self.intake.decide(len(connections), now)
+            self.intake.decide(len(connections) + len(self.handshakes), now)
             for server in self.servers:
                 server.service_actions()
 
@@ -138,7 +144,7 @@ class ParkingLoop(Leaving):
         for _ in range(ACCEPT_BATCH):
             if not self._accept(index, server):
                 return
-            held = len(self.connections)
+            held = len(self.connections) + len(self.handshakes)
             if held >= self.cap or not self.intake.within_share(held):
                 return
 
@@ -166,10 +172,20 @@ class ParkingLoop(Leaving):
         if self.io_timeout is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.io_timeout)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.io_timeout)
+        if server.tls is not None:
+            self._handshaken(self.handshakes.begin(sock, index, server, client_address, self.now))
+            return True
         connection = self._open(sock, index, server, client_address, b"", None)
         if connection is not None:
             self._readable(connection)        # its first request is often here already: no epoll round
         return True
+
+    def _handshaken(self, shake):
+        """A TLS connection whose handshake is done (None: not yet, or failed): parked as any other."""
+        if shake is not None:
+            connection = self._open(shake.sock, shake.index, shake.server, shake.client_address, b"", None)
+            if connection is not None:
+                self._readable(connection)
 
     def _adopt(self):
         """Connections handed over by a retiring worker (one batch): park them as if we had accepted them.
@@ -266,8 +282,12 @@ class ParkingLoop(Leaving):
         record.begin_request(self.now)
         if (observer := self.observer) is not None:
             observer.begin(connection.server, handler.client_address)
+        if connection.tls:
+            connection.sock.settimeout(self.client_timeout or None)     # the handler's reads and writes wait
         try:
             keep, outcome = handler.handle_request(), OK
+            if connection.tls and keep:
+                keep = self._parked_again(connection)
         except Exception as exc:
             connection.server.handle_error(connection.sock, handler.client_address)
             keep, outcome = False, outcome_of(exc)
@@ -291,6 +311,20 @@ class ParkingLoop(Leaving):
         elif handler.rfile.pending:
             connection.partial_since = now
 
+    def _parked_again(self, connection):
+        """A TLS connection back to non-blocking after its request, and what OpenSSL holds decrypted read
+        into its reader (epoll cannot see it); False if it failed meanwhile."""
+        sock = connection.sock
+        if sock.fileno() < 0:
+            return False
+        try:
+            sock.settimeout(0.0)
+            if sock.pending():
+                connection.handler.rfile.fill()
+        except OSError:
+            return False
+        return True
+
     def _close_idle(self, now):
         """Close connections idle for the keep-alive timeout, and those whose request has not all arrived
         within the client timeout of its first bytes (a pass once per tick: cheaper than keeping them sorted)."""
@@ -304,6 +338,7 @@ class ParkingLoop(Leaving):
                 log.debug("closing connection from %s: %s for %.1f s", connection.handler.client_address,
                           what, waited)
                 self._close(connection)
+        self.handshakes.expire(now, client_timeout)
 
     def _close(self, connection, handed_over=False):
         if connection.closed:

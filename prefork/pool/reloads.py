@@ -20,6 +20,7 @@ class Reconfiguration(NamedTuple):
     workers: Optional[int] = None      #: the new pool size, if the policy has one
     load_handler: object = None        #: how new workers load the (perhaps renamed) handler
     restart: tuple = ()                #: settings that changed but need a new master
+    tls: object = None                 #: the TLS listeners' new ssl.SSLContext (certificates read again)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import NamedTuple
 
-from prefork import loader, logs
+from prefork import loader, logs, tls
 from prefork.errors import AppLoadError, BindError, ConfigError, Exit, HaltServer, report
 from prefork.listeners import describe_socket, open_listener, parse_bind, repeated_bind, socket_kind, take_inherited
 from prefork.policies import PER_CPU, POLICIES_BY_NAME, Adaptive, Prefork
@@ -48,6 +48,7 @@ class Launch(NamedTuple):
     binds: list
     spec: str                 #: the handler as module:Class
     proxy: object = None      #: (proxy_protocol.Allowed, the binds whose clients send a PROXY header, or None: all)
+    tls: object = None        #: (ssl.SSLContext, the binds that speak TLS, or None: all)
 
 
 def validate(resolved):
@@ -79,7 +80,7 @@ def validate(resolved):
             raise ConfigError(f"--wsgi serves HTTP on stream sockets; {resolved.label('bind')} names a datagram socket")
     else:
         loader.split_spec(spec)
-    return Launch(options, config, policy, binds, spec, _proxy(resolved, options, binds))
+    return Launch(options, config, policy, binds, spec, _proxy(resolved, options, binds), _tls(resolved, options, binds))
 
 
 def _proxy(resolved, options, binds):
@@ -92,21 +93,47 @@ def _proxy(resolved, options, binds):
         allowed = Allowed(options.proxy_allow)
     except ValueError as exc:
         raise ConfigError(f"{resolved.label('proxy_allow')}: {exc}") from None
-    names = [name.strip() for name in options.proxy_protocol.split(",") if name.strip()]
+    return allowed, _chosen_binds(resolved, "proxy_protocol", options.proxy_protocol, binds, "the PROXY protocol is for stream listeners "
+                                  "only (a datagram's reply would go to the client, not back through the proxy)")
+
+
+def _tls(resolved, options, binds):
+    """What --certfile and the TLS settings ask for: (SSLContext, binds or None for every stream listener)."""
+    if not options.certfile:
+        for name in ("keyfile", "keyfile_password_file", "ca_certs", "cert_reqs", "tls"):
+            if resolved.sources[name] != "default":
+                raise ConfigError(f"{resolved.label(name)} applies with --certfile only")
+        return None
+    if options.cert_reqs != "none" and not options.ca_certs:
+        raise ConfigError(f"{resolved.label('cert_reqs')} {options.cert_reqs} needs {resolved.label('ca_certs')}: "
+                          f"the CAs that client certificates must chain to")
+    if options.ca_certs and options.cert_reqs == "none":
+        raise ConfigError(f"{resolved.label('ca_certs')} applies with {resolved.label('cert_reqs')} optional or "
+                          f"required only")
+    try:
+        context = tls.server_context(options.certfile, options.keyfile, options.ca_certs, options.cert_reqs,
+                                     options.keyfile_password_file)
+    except tls.TLSError as exc:
+        raise ConfigError(f"{resolved.label(exc.setting)} {exc}") from None
+    return context, _chosen_binds(resolved, "tls", options.tls, binds, "TLS is for stream listeners only (DTLS is not served)")
+
+
+def _chosen_binds(resolved, name, value, binds, not_stream):
+    """The binds a setting's value names (comma-separated, as given to -b), or None for * (all of them)."""
+    names = [text.strip() for text in value.split(",") if text.strip()]
     if "*" in names:
-        return allowed, None
+        return None
     chosen = []
-    for name in names:
+    for text in names:
         try:
-            bind = next(b for b in binds if b.text == name or repeated_bind([b, parse_bind(name)]))
+            bind = next(b for b in binds if b.text == text or repeated_bind([b, parse_bind(text)]))
         except (StopIteration, BindError):
-            raise ConfigError(f"{resolved.label('proxy_protocol')} {name} names no -b/--bind (* names them all, "
+            raise ConfigError(f"{resolved.label(name)} {text} names no -b/--bind (* names them all, "
                               f"systemd's sockets too)") from None
         if not bind.stream:
-            raise ConfigError(f"{resolved.label('proxy_protocol')} {name}: the PROXY protocol is for stream "
-                              f"listeners only (a datagram's reply would go to the client, not back through the proxy)")
+            raise ConfigError(f"{resolved.label(name)} {text}: {not_stream}")
         chosen.append(bind)
-    return allowed, chosen
+    return chosen
 
 
 def _check_wsgi(resolved, options):
@@ -204,23 +231,30 @@ def _servers(launch, handler, inherited, activated, binds_are_default):
     """Servers on the sockets systemd or an old master passed us, and on fresh binds for the rest."""
     servers, kwargs = [], {"policy": launch.policy, "config": launch.config}
     allowed, proxied_binds = launch.proxy or (None, ())
+    context, tls_binds = launch.tls or (None, ())
     for sock, _name in activated:
         servers.append(SERVER_CLASSES[socket_kind(sock)].from_socket(sock, handler, owned=False, **kwargs))
-        if allowed is not None and proxied_binds is None and sock.type == socket.SOCK_STREAM:
-            servers[-1].proxy_protocol = allowed
+        if sock.type == socket.SOCK_STREAM:
+            servers[-1].proxy_protocol = allowed if proxied_binds is None else None
+            servers[-1].tls = context if tls_binds is None else None
     binds = [] if activated and binds_are_default else launch.binds
     for bind in binds:
         sock = take_inherited(bind, inherited)
         if sock is None:
             sock = open_listener(bind, launch.options.backlog)
         servers.append(SERVER_CLASSES[bind.kind].from_socket(sock, handler, **kwargs))
-        if allowed is not None and bind.stream and (proxied_binds is None or bind in proxied_binds):
-            servers[-1].proxy_protocol = allowed
+        if bind.stream:
+            servers[-1].proxy_protocol = allowed if proxied_binds is None or bind in proxied_binds else None
+            servers[-1].tls = context if tls_binds is None or bind in tls_binds else None
     for sock in inherited:                       # an old master's socket this one no longer wants
         log.warning("upgrade: not serving %s any more (not among the binds)", describe_socket(sock))
         sock.close()
     if not servers:
         raise BindError("nothing to serve: no -b/--bind, and no socket from systemd (LISTEN_FDS)")
+    secure = [describe_socket(server.socket) for server in servers if getattr(server, "tls", None) is not None]
+    if secure:
+        log.info("TLS on %s: certificate %s, client certificates %s", ", ".join(secure), launch.options.certfile,
+                 launch.options.cert_reqs)
     return servers
 
 
@@ -304,11 +338,16 @@ def _reconfigure(launch, re_resolve):
     old_values, new_values = {**vars(launch.options), **vars(launch.config)}, {**vars(new.options), **vars(new.config)}
     restart = [item.key for item in SETTINGS
                if item.restart and old_values.get(item.name) != new_values.get(item.name)]
+    if (launch.tls is None) != (new.tls is None):     # TLS turned on or off: the listeners change
+        restart.append("certfile")
+    elif new.tls:
+        log.info("reload: TLS certificate %s read again; the new workers serve it", new.options.certfile)
     logging.getLogger().setLevel(new.options.log_level.upper())
     kept = {item.name: launch.config.__dict__[item.name] for item in SETTINGS if item.restart and item.owner is Config}
     return Reconfiguration(config=new.config.replace(**kept),
                            workers=new.policy.workers if _static(launch.policy) and _static(new.policy) else None,
-                           load_handler=load_handler, restart=tuple(restart))
+                           load_handler=load_handler, restart=tuple(restart),
+                           tls=new.tls[0] if new.tls and launch.tls else None)
 
 
 def _static(policy):

@@ -109,6 +109,23 @@ class ServeOptions:
         "127.0.0.1,::1", "--proxy-allow", "the proxies allowed to send a PROXY header, as addresses and CIDR "
         "networks separated by commas, or *; a connection from any other peer is refused", metavar="CIDRS",
         restart=True)
+    certfile: str = setting(
+        "", "--certfile", "serve TLS with this PEM certificate (chain first, then intermediates; the key too, "
+        "unless --keyfile); read by the master at start and at each reload, which rotates it", metavar="FILE")
+    keyfile: str = setting(
+        "", "--keyfile", "with --certfile: the PEM private key, when not in the certificate's file", metavar="FILE")
+    keyfile_password_file: str = setting(
+        "", "--keyfile-password-file", "with --certfile: a file whose first line is the encrypted key's "
+        "password", metavar="FILE")
+    ca_certs: str = setting(
+        "", "--ca-certs", "with --cert-reqs optional or required: the PEM CA certificates that client "
+        "certificates must chain to (mutual TLS)", metavar="FILE")
+    cert_reqs: str = setting(
+        "none", "--cert-reqs", "with --certfile: ask clients for a certificate: none, optional (checked if "
+        "sent) or required", choices=("none", "optional", "required"))
+    tls: str = setting(
+        "*", "--tls", "with --certfile: the stream listeners that speak TLS: * for all of them (systemd's "
+        "sockets too), or binds as given to -b, separated by commas", metavar="BINDS", restart=True)
     metrics: str = setting(
         "", "--metrics", "serve Prometheus metrics on /metrics, and /healthz and /readyz, from the master, on a TCP "
         "HOST:PORT or a Unix socket PATH (mode 0660; off by default)", metavar="ADDR", restart=True)

@@ -143,8 +143,9 @@ class WSGIRequestHandler(ParkingRequestHandler):
         try:
             self.connection.shutdown(socket.SHUT_WR)
             for _ in range(16):
-                if not self.connection.recv(65536, socket.MSG_DONTWAIT):
+                if not self.rfile.fill():
                     break
+                self.rfile.pending.clear()
         except OSError:
             pass
 

@@ -14,6 +14,7 @@ import email.utils
 import io
 import os
 import re
+import ssl
 import stat
 import time
 
@@ -106,8 +107,8 @@ class Response:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
-        if not regular or self.sent_head or self.status is None:
-            return False
+        if not regular or self.sent_head or self.status is None or isinstance(self.sock, ssl.SSLSocket):
+            return False                  # sendfile() would bypass TLS
         self.known_length = max(0, size - offset)
         self._send(self._head().encode("latin-1"))
         count = 0 if self.no_body else self.known_length if self.remaining is None else self.remaining

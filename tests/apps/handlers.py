@@ -292,3 +292,26 @@ class ParkedPeerEcho(prefork.ParkingLineHandler):
 
     def handle_line(self, line):
         self.request.sendall(f"{self.client_address[0]} {self.client_address[1]}\n".encode())
+
+
+def _tls_line(sock):
+    """What a TLS test checks on the server's side: the socket's type, its TLS version and the client's
+    certificate's common name ("-" without one)."""
+    cert = sock.getpeercert() if hasattr(sock, "getpeercert") else None
+    names = dict(pair for rdn in (cert or {}).get("subject", ()) for pair in rdn)
+    return f"{type(sock).__name__} {getattr(sock, 'version', lambda: None)()} {names.get('commonName', '-')}\n"
+
+
+class TLSEcho(prefork.StreamRequestHandler):
+    """Answer every line with _tls_line(self.request), owning the connection (a classic handler)."""
+
+    def handle(self):
+        for _line in self.rfile:
+            self.wfile.write(_tls_line(self.request).encode())
+
+
+class ParkedTLSEcho(prefork.ParkingLineHandler):
+    """TLSEcho, as a parking handler."""
+
+    def handle_line(self, line):
+        self.request.sendall(_tls_line(self.request).encode())
