@@ -34,17 +34,18 @@ def header_key(name):
 
 def connection_environ(server, client_address, root_path, multithread, errors):
     """What every request of one connection shares: the server's and the client's addresses, wsgi.*."""
-    address = server.server_address
+    address, tls = server.server_address, getattr(server, "tls", None) is not None
     if server.address_family in (socket.AF_INET, socket.AF_INET6):
         server_name, server_port = str(address[0]), str(address[1])
         remote_addr, remote_port = str(client_address[0]), str(client_address[1])
     else:                                        # a Unix socket: no ports, no client address
-        server_name, server_port = "localhost", "80"
+        server_name, server_port = "localhost", "443" if tls else "80"
         remote_addr, remote_port = "", ""
     return {
         "SERVER_NAME": server_name, "SERVER_PORT": server_port, "REMOTE_ADDR": remote_addr,
         "REMOTE_PORT": remote_port, "SCRIPT_NAME": root_path, "SERVER_SOFTWARE": "prefork",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": errors,
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if tls else "http",
+        "wsgi.errors": errors,
         "wsgi.multithread": multithread, "wsgi.multiprocess": True, "wsgi.run_once": False,
         "wsgi.input_terminated": True,           # a chunked body ends where read() says: werkzeug reads it
     }

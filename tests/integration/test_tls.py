@@ -3,6 +3,7 @@ never stall a worker, certificates rotated by `prefork ctl reload` without a fai
 errors for files that cannot be used. Certificates are made by trustme, per test."""
 
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -289,20 +290,23 @@ def ctl_reload(control):
     return returncode, stdout, stdout + stderr
 
 
-def test_a_wsgi_file_is_sent_encrypted_not_with_sendfile(serve_cli, certs, tmp_path):
+def test_a_wsgi_app_sees_https_and_its_file_is_sent_encrypted_not_with_sendfile(serve_cli, certs, tmp_path):
     """os.sendfile() would put the file's bytes on the wire in plain text, past TLS."""
     data = os.urandom(300_000)
     path = tmp_path / "blob"
     path.write_bytes(data)
-    server = serve_cli("--wsgi", "apps.wsgi_apps:file_route", "-w", "1", "-b", "127.0.0.1:0", *certs.tls_args(),
+    server = serve_cli("--wsgi", "apps.wsgi_apps:app", "-w", "1", "-b", "127.0.0.1:0", *certs.tls_args(),
                        cwd=TESTS)
     ((host, port),) = server.addresses()
     server.wait_workers(1)
     connection = http.client.HTTPSConnection(host, port, context=certs.client_context(), timeout=10)
     for _ in range(2):                               # and the connection is fine afterwards
-        connection.request("GET", f"/?{path}")
+        connection.request("GET", f"/file?{path}")
         response = connection.getresponse()
         assert response.status == 200 and response.read() == data
+    connection.request("GET", "/environ")
+    environ = json.loads(connection.getresponse().read())
+    assert environ["wsgi.url_scheme"] == "https" and environ["SERVER_PORT"] == str(port)
     connection.close()
 
 
