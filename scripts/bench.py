@@ -439,11 +439,11 @@ def echo_servers():
 
 # -- load generators --------------------------------------------------------------------
 
-def run_wrk(wrk, port, seconds, close, connections=CONNECTIONS):
+def run_wrk(wrk, port, seconds, close, connections=CONNECTIONS, scheme="http"):
     argv = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+    out = subprocess.run(argv + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not rps:

@@ -17,9 +17,11 @@ wrk -t2 -c50 over https:
 
 Both servers get the same certificate and key, made by trustme for this run
 (an ECDSA P-256 key, as trustme makes by default), and their defaults
-otherwise: TLS 1.2 and 1.3, and whichever suite OpenSSL prefers (both link
-the same OpenSSL). prefork without TLS runs beside them (plain http), to
-show what TLS costs prefork itself. The figures are medians of the rounds;
+otherwise, but for nginx's protocols: TLS 1.2 and 1.3 as Python's default
+(Debian's nginx 1.22 would offer TLS 1.2 at most), so both negotiate TLS 1.3
+with wrk, and whichever suite OpenSSL prefers (both link the same OpenSSL). prefork without TLS runs beside them (plain http), to
+show what TLS costs prefork itself (interleaved with them, as a third server).
+The figures are medians of the rounds;
 within a round every server runs once, one after another, so drift touches
 them alike. Compare ratios, not absolute numbers: wrk shares the 2 cores.
 
@@ -30,39 +32,23 @@ running as root, as scripts/bench.py does) and trustme (the test extra).
 import argparse
 import json
 import os
-import re
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
 
 import trustme
 
-from bench import PY, Server, Tools, _wrk_latency, machine, throughput
+from bench import NGINX_CONF, PY, Server, Tools, machine, run_wrk, throughput
 
 CONNECTIONS = 50
 
-NGINX_TLS_CONF = """
-worker_processes 2;
-daemon off;
-pid {tmp}/nginx-{port}.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl backlog=2048;
+# bench.py's nginx, its listener speaking TLS with the run's certificate.
+NGINX_TLS_CONF = NGINX_CONF.replace("listen 127.0.0.1:{port} backlog=2048;", """listen 127.0.0.1:{port} ssl backlog=2048;
         ssl_certificate {cert};
         ssl_certificate_key {key};
-        location / {{ default_type text/plain; return 200 "Hello, World!"; }}
-    }}
-}}
-"""
+        ssl_protocols TLSv1.2 TLSv1.3;""")
 
 
 def certificate(workdir):
@@ -93,36 +79,20 @@ def servers(tools, workdir, paths):
     return found
 
 
-def run_wrk(wrk, port, seconds, close, scheme="https"):
-    argv = [wrk, "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    if close:
-        argv += ["-H", "Connection: close"]
-    out = subprocess.run(argv + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not rps:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(rps.group(1)), "p50_ms": _wrk_latency(out, "50%"), "p99_ms": _wrk_latency(out, "99%"),
-            "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0)}
-
-
-def check_tls(paths, scheme):
+def check_tls(paths):
     """Each server answers over TLS with the run's certificate (else RuntimeError): the TLS version, as a note."""
     def check(port):
-        if scheme == "http":
-            return None
         context = ssl.create_default_context(cafile=paths["ca"])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            note = f"{sock.version()} {sock.cipher()[0]}"
             sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             reply = b""
             while chunk := sock.recv(4096):
                 reply += chunk
             if not reply.startswith(b"HTTP/1.1 200") or b"Hello, World!" not in reply:
                 raise RuntimeError(f"unexpected reply {reply[:200]!r}")
-            return f"{sock.version()} {sock.cipher()[0]}"
+            return note
     return check
 
 
@@ -142,16 +112,19 @@ def main():
     paths = certificate(workdir)
     report = {"machine": machine(), "tools": tools.versions(), "seconds": seconds, "rounds": rounds,
               "connections": CONNECTIONS, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workloads": {}}
-    plain = Server("prefork 2x1 plain", lambda port: [PY, "-m", "prefork", "serve", "hello", "-b",
-                                                       f"127.0.0.1:{port}", "-w", "2", "--preload", "--log-level",
-                                                       "warning"], peer=False)
     for name, close in (("tls-handshake", True), ("tls-keepalive", False)):
-        tls_servers = servers(tools, workdir, paths)
-        results = throughput(name, tls_servers, lambda port, s, close=close: run_wrk(tools.wrk, port, s, close),
-                             rounds, seconds, check=check_tls(paths, "https"))
-        results |= throughput(name + " (plain reference)", [plain],
-                              lambda port, s, close=close: run_wrk(tools.wrk, port, s, close, "http"), rounds, seconds)
-        report["workloads"][name] = results
+        plain = Server("prefork 2x1 plain", lambda port: [PY, "-m", "prefork", "serve", "hello", "-b",
+                                                           f"127.0.0.1:{port}", "-w", "2", "--preload",
+                                                           "--log-level", "warning"], peer=False)
+        check = check_tls(paths)
+
+        def scheme(port, plain=plain):
+            return "http" if port == getattr(plain, "port", None) else "https"
+
+        report["workloads"][name] = throughput(
+            name, [*servers(tools, workdir, paths), plain],
+            lambda port, s, close=close: run_wrk(tools.wrk, port, s, close, CONNECTIONS, scheme(port)), rounds, seconds,
+            check=lambda port: None if scheme(port) == "http" else check(port))
     print_report(report)
     if args.json:
         with open(args.json, "w") as file:

@@ -48,6 +48,14 @@ class Certificates:
         os.replace(path + ".new", path)          # as a deploy would: a reader never sees half a file
         return path
 
+    def encrypted_key(self, password):
+        """The server's key, encrypted with password, in encrypted.pem."""
+        with open(self.key, "rb") as file:
+            key = serialization.load_pem_private_key(file.read(), None)
+        return self.write("encrypted.pem", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password)))
+
     def client_context(self, with_cert=False, ca=None):
         context = ssl.create_default_context(cafile=self.ca_file if ca is None else ca)
         if with_cert:
@@ -168,11 +176,7 @@ def test_plain_text_to_a_tls_port_is_closed_and_the_worker_serves_on(serve_cli, 
 
 
 def test_an_encrypted_key_with_its_password_file(serve_cli, certs, tmp_path):
-    with open(certs.key, "rb") as file:
-        key = serialization.load_pem_private_key(file.read(), None)
-    encrypted = certs.write("encrypted.pem", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"s3cret")))
+    encrypted = certs.encrypted_key(b"s3cret")
     password = certs.write("password", b"s3cret\n")
     server = serve_cli(HANDLERS["parking"], "-w", "1", "-b", "127.0.0.1:0", "--certfile", certs.cert, "--keyfile",
                        encrypted, "--keyfile-password-file", password, cwd=TESTS)
@@ -185,11 +189,7 @@ def test_an_encrypted_key_with_its_password_file(serve_cli, certs, tmp_path):
 def test_settings_that_cannot_work_are_one_line_errors(certs):
     other = trustme.CA().issue_cert("127.0.0.1")
     mismatched = certs.write("other-key.pem", other.private_key_pem.bytes())
-    with open(certs.key, "rb") as file:
-        key = serialization.load_pem_private_key(file.read(), None)
-    encrypted = certs.write("encrypted.pem", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"s3cret")))
+    encrypted = certs.encrypted_key(b"s3cret")
     wrong = certs.write("wrong", b"nope\n")
     missing = os.path.join(certs.path, "missing.pem")
     for args, message in [
