@@ -19,6 +19,7 @@ A handler tells the last four through access_fields(), which returns
 
 import re
 from json.encoder import encode_basestring_ascii as quoted   # C: a JSON string, every non-ASCII escaped
+import ssl
 import sys
 import threading
 import time
@@ -34,7 +35,8 @@ def outcome_of(exc):
     """How a request that raised exc ended, for the access log and post_request."""
     if isinstance(exc, TimeoutError):
         return CLIENT_TIMEOUT
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLZeroReturnError,
+                        ssl.SSLEOFError)):
         return CLIENT_WENT_AWAY
     return HANDLER_ERROR
 

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import time
 
 from prefork.access import OK, outcome_of
@@ -21,8 +22,10 @@ ACCEPT_AGAIN = (   # a lost race or an aborted handshake: wait for the next
     errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
 ACCEPT_PAUSE = (   # out of descriptors or memory: pause accepting
     errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# A client that resets, abandons or stalls its connection (past the client timeout): routine, one debug line.
-CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+# A client that resets, abandons or stalls its connection (past the client timeout), or closes its TLS session
+# (with close_notify or without): routine, one debug line.
+CLIENT_WENT_AWAY = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError,
+                    ssl.SSLZeroReturnError, ssl.SSLEOFError)
 DEFERRED_GRACE = 1.0         # seconds an empty deferred connection gets for its first bytes
 # Seconds at most a proxy has for its PROXY header (less if the client timeout is shorter). A proxy sends
 # it with the connection; while a worker waits for it, its other parked connections wait too.
@@ -239,13 +242,23 @@ def tls_handshake(server, sock, client_address):
     handshake (a client speaking plain text to a TLS port, say) raises
     ConnectionAbortedError: one debug line, as for a client that went away.
     """
-    timeout = sock.gettimeout()
-    wrapped = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    timeout, wrapped = sock.gettimeout(), None
     try:
+        wrapped = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         wrapped.settimeout(server.config.client_timeout or None)
         wrapped.do_handshake()
         wrapped.settimeout(timeout)
     except (OSError, ValueError) as exc:          # ssl.SSLError and TimeoutError are OSErrors
-        server.shutdown_request(wrapped)
+        server.shutdown_request(wrapped if wrapped is not None else sock)
         raise ConnectionAbortedError(errno.ECONNABORTED, f"TLS handshake failed: {exc or 'timed out'}") from None
     return wrapped
+
+
+def end_tls(sock):
+    """Send a TLS connection's close_notify, without waiting for the client's: a response that ends with the
+    connection (HTTP/1.0, no Content-Length) is then known to be whole. Nothing happens if it cannot be sent."""
+    try:
+        sock.settimeout(0.0)
+        sock.unwrap()
+    except (OSError, ValueError):          # SSLWantReadError: the client's close_notify has not come, as expected
+        pass

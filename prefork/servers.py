@@ -31,12 +31,13 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import warnings
 
 from prefork import commands
-from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, proxied, tls_handshake
+from prefork.handling import CLIENT_WENT_AWAY, ReplySocket, end_tls, proxied, tls_handshake
 from prefork.hooks import Hooks
 from prefork.inprocess import RequestLoop
 from prefork.listeners import UnixPathOwner
@@ -157,11 +158,8 @@ class BaseServer(Hooks, socketserver.BaseServer):
 
     @classmethod
     def from_socket(cls, sock, RequestHandlerClass, owned=True, **kwargs):
-        """A server on an already bound (and, for streams, listening) socket.
-
-        owned: the socket file of a Unix socket is ours to remove at close;
-        not so for one systemd created and passed in.
-        """
+        """A server on an already bound (and, for streams, listening) socket. owned: a Unix socket's file is
+        ours to remove at close (not so for one systemd created and passed in)."""
         server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False, **kwargs)
         server.socket.close()
         server.socket = sock
@@ -185,9 +183,7 @@ class TCPServer(BaseServer, socketserver.TCPServer):
 
     def get_request(self):
         request, client_address = super().get_request()
-        if self.proxy_protocol is None:
-            return request, client_address
-        return proxied(self, request, client_address)
+        return (request, client_address) if self.proxy_protocol is None else proxied(self, request, client_address)
 
     def finish_request(self, request, client_address):
         if self.tls is None:
@@ -197,6 +193,11 @@ class TCPServer(BaseServer, socketserver.TCPServer):
             super().finish_request(request, client_address)
         finally:
             self.shutdown_request(request)        # the plain socket socketserver shuts next is detached
+
+    def shutdown_request(self, request):
+        if isinstance(request, ssl.SSLSocket):
+            end_tls(request)
+        super().shutdown_request(request)
 
 
 class UDPServer(TCPServer, socketserver.UDPServer):

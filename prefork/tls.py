@@ -38,14 +38,17 @@ def server_context(certfile, keyfile="", ca_certs="", cert_reqs="none", password
     """
     for setting, path in (("certfile", certfile), ("keyfile", keyfile), ("ca_certs", ca_certs),
                           ("keyfile_password_file", password_file)):
-        if path and not os.access(path, os.R_OK):
-            problem = "no such file" if not os.path.exists(path) else "cannot be read (permissions)"
+        if path and (os.path.isdir(path) or not os.access(path, os.R_OK)):
+            problem = ("no such file" if not os.path.exists(path) else "a directory, not a file"
+                       if os.path.isdir(path) else "cannot be read (permissions)")
             raise TLSError(setting, path, problem)
     password = _read_password(password_file) if password_file else None
     try:                     # the certificates alone first: OpenSSL's "PEM lib" does not say which file failed
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
     except ssl.SSLError:
         raise TLSError("certfile", certfile, "no PEM certificate in it (-----BEGIN CERTIFICATE-----)") from None
+    except OSError as exc:               # gone since the check above (a deploy swapping links, say)
+        raise TLSError("certfile", certfile, exc.strerror or str(exc)) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # A renegotiation would make a parked connection's read want to write; TLS 1.3 has none anyway.
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
@@ -63,11 +66,17 @@ def server_context(certfile, keyfile="", ca_certs="", cert_reqs="none", password
         else:
             problem = "no PEM private key in it (-----BEGIN PRIVATE KEY-----)"
         raise TLSError(key_setting, key_path, problem) from None
+    except ValueError as exc:            # a password longer than OpenSSL takes
+        raise TLSError("keyfile_password_file", password_file, str(exc)) from None
+    except OSError as exc:
+        raise TLSError(key_setting, key_path, exc.strerror or str(exc)) from None
     if ca_certs:
         try:
             context.load_verify_locations(cafile=ca_certs)
         except ssl.SSLError:
             raise TLSError("ca_certs", ca_certs, "no PEM certificate in it (-----BEGIN CERTIFICATE-----)") from None
+        except OSError as exc:
+            raise TLSError("ca_certs", ca_certs, exc.strerror or str(exc)) from None
     context.verify_mode = CERT_REQS[cert_reqs]
     return context
 
@@ -88,5 +97,8 @@ def _given(password):
 
 
 def _encrypted(path):
-    with open(path, "rb") as file:
-        return b"ENCRYPTED" in file.read()
+    try:
+        with open(path, "rb") as file:
+            return b"ENCRYPTED" in file.read()
+    except OSError:
+        return False

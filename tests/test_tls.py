@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from prefork.parking import ConnectionReader
 from prefork.pool.handshake_process import Handshakes
@@ -32,6 +33,12 @@ def files(tmp_path, ca):
     issued.private_key_pem.write_to_path(str(paths["key"]))
     issued.private_key_and_cert_chain_pem.write_to_path(str(paths["both"]))
     ca.cert_pem.write_to_path(str(paths["ca"]))
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    paths["encrypted"] = tmp_path / "encrypted.pem"
+    paths["encrypted"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.BestAvailableEncryption(b"x" * 2000)))
+    paths["long_password"] = tmp_path / "long_password"
+    paths["long_password"].write_bytes(b"x" * 2000 + b"\n")
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -54,6 +61,11 @@ def test_each_unusable_file_names_its_setting(files, tmp_path):
         ((files["key"],), "certfile", "no PEM certificate in it"),
         ((files["cert"], files["key"], files["key"], "required"), "ca_certs", "no PEM certificate in it"),
         ((files["cert"], files["key"], "", "none", str(tmp_path / "nope")), "keyfile_password_file", "no such file"),
+        ((str(tmp_path),), "certfile", "a directory, not a file"),
+        ((files["cert"], str(tmp_path)), "keyfile", "a directory, not a file"),
+        ((files["cert"], files["key"], str(tmp_path), "required"), "ca_certs", "a directory, not a file"),
+        ((files["cert"], files["encrypted"], "", "none", files["long_password"]), "keyfile_password_file",
+         "longer than 1024"),
     ]
     if os.geteuid() != 0:                      # root reads anything
         cases.append(((str(unreadable),), "certfile", "cannot be read (permissions)"))
@@ -143,3 +155,24 @@ def test_a_plain_text_client_fails_the_handshake_and_is_closed(files):
         select.select([sock], [], [], 5)
         assert handshakes.begin(sock, 0, server, address, now=0.0) is None
         assert len(handshakes) == 0 and len(server.closed) == 1
+
+
+def test_a_client_ending_its_tls_session_is_a_client_that_went_away(caplog):
+    """Its close_notify (SSLZeroReturnError) or its vanishing (SSLEOFError) under a handler's write: one debug
+    line and the outcome client_went_away, not an error with a traceback."""
+    import prefork
+    from prefork.access import outcome_of
+
+    server = prefork.TCPServer(("127.0.0.1", 0), prefork.BaseRequestHandler, bind_and_activate=False)
+    for exc in (ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed (EOF)"),
+                ssl.SSLEOFError(8, "EOF occurred in violation of protocol")):
+        assert outcome_of(exc) == "client_went_away"
+        caplog.clear()
+        try:
+            raise exc
+        except ssl.SSLError:
+            with caplog.at_level("DEBUG", logger="prefork"):
+                server.handle_error(None, ("127.0.0.1", 1))
+        assert [r.levelname for r in caplog.records] == ["DEBUG"] and "went away" in caplog.text
+    assert outcome_of(ssl.SSLCertVerificationError()) == "handler_error", "the handler's own TLS is its error"
+    server.server_close()

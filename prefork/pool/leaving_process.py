@@ -43,7 +43,7 @@ class Leaving:
     def _accept_queued(self):
         """A stop of the whole pool: take the connections (and datagrams) already queued, to serve them."""
         for index, server in self.listeners.values():
-            while len(self.connections) < self.cap and self._accept(index, server):
+            while len(self.connections) + len(self.handshakes) < self.cap and self._accept(index, server):
                 pass
         for server in self.others.values():
             while not self.process.exhausted and handle_one(server, self.request):

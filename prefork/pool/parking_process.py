@@ -181,11 +181,11 @@ class ParkingLoop(Leaving):
         return True
 
     def _handshaken(self, shake):
-        """A TLS connection whose handshake is done (None: not yet, or failed): parked as any other."""
+        """A TLS connection whose handshake is done (None: not yet, or failed): parked as any other. Not read
+        now: a request that came with the handshake is in the kernel, and epoll says so; and every read of a
+        TLS connection is then one epoll asked for, so that one that decrypts nothing means half a record."""
         if shake is not None:
-            connection = self._open(shake.sock, shake.index, shake.server, shake.client_address, b"", None)
-            if connection is not None:
-                self._readable(connection)
+            self._open(shake.sock, shake.index, shake.server, shake.client_address, b"", None)
 
     def _adopt(self):
         """Connections handed over by a retiring worker (one batch): park them as if we had accepted them.
@@ -245,8 +245,8 @@ class ParkingLoop(Leaving):
             log.debug("closing connection from %s: %s bytes and no whole request", handler.client_address,
                       len(reader.pending))
             self._close(connection)
-        elif received and not connection.partial_since:
-            connection.partial_since = self.now
+        elif not connection.partial_since and (received or (connection.tls and received is None)):
+            connection.partial_since = self.now      # (TLS: epoll saw bytes, but not a whole record yet)
 
     def _may_serve(self):          # not at the request cap, or past it on purpose (nobody else can take them)
         return not self.process.exhausted or self.past_cap
@@ -282,8 +282,8 @@ class ParkingLoop(Leaving):
         record.begin_request(self.now)
         if (observer := self.observer) is not None:
             observer.begin(connection.server, handler.client_address)
-        if connection.tls:
-            connection.sock.settimeout(self.client_timeout or None)     # the handler's reads and writes wait
+        if connection.tls:         # the handler's reads and writes wait (the kernel's timeouts bind no SSL read)
+            connection.sock.settimeout(self.client_timeout or getattr(handler, "timeout", None))
         try:
             keep, outcome = handler.handle_request(), OK
             if connection.tls and keep:
@@ -338,7 +338,7 @@ class ParkingLoop(Leaving):
                 log.debug("closing connection from %s: %s for %.1f s", connection.handler.client_address,
                           what, waited)
                 self._close(connection)
-        self.handshakes.expire(now, client_timeout)
+        self.handshakes.expire(now, client_timeout or keepalive)   # a connection that never says hello
 
     def _close(self, connection, handed_over=False):
         if connection.closed:

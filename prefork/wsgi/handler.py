@@ -13,8 +13,9 @@ begun, the connection closed) and one logged traceback.
 
 import logging
 import socket
+import ssl
 
-from prefork.handling import CLIENT_WENT_AWAY
+from prefork.handling import CLIENT_WENT_AWAY, end_tls
 from prefork.parking import ParkingRequestHandler
 from prefork.wsgi.environ import Errors, Input, connection_environ, request_environ
 from prefork.wsgi.request import BadRequest, Limits, RequestStream
@@ -141,6 +142,8 @@ class WSGIRequestHandler(ParkingRequestHandler):
         """Before closing with bytes unread: shut our side, and read what the client has already sent.
         Closing with unread bytes would reset the connection, and the client could lose our answer."""
         try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                end_tls(self.connection)           # TLS's own end first: shutdown() would drop the session
             self.connection.shutdown(socket.SHUT_WR)
             for _ in range(16):
                 if not self.rfile.fill():

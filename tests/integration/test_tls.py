@@ -334,3 +334,60 @@ def test_the_python_api_takes_a_context_and_shakes_hands_in_the_request_thread(c
             server.shutdown()
             thread.join(10)
     shutil.rmtree(certs.path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("policy", ["prefork", "thread"])
+def test_a_response_that_ends_with_the_connection_ends_with_close_notify(serve_cli, certs, policy):
+    """A client that reads to the end (HTTP/1.0, no length) must be told the end is the end: without
+    close_notify, a strict client (suppress_ragged_eofs=False, OpenSSL 3's default) sees a truncation."""
+    server = serve_cli("hello", "--policy", policy, "-b", "127.0.0.1:0", *certs.tls_args())
+    (address,) = server.addresses()
+    server.wait_log("listening on")
+    for _ in range(3):
+        raw = socket.create_connection(address, timeout=10)
+        with certs.client_context().wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(4096):              # SSLEOFError here without close_notify
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.") and reply.endswith(b"Hello, World!"), reply
+
+
+def test_a_connection_that_never_says_hello_is_closed_without_a_client_timeout(serve_cli, certs):
+    """--client-timeout 0: a connection with no ClientHello still goes, after the keep-alive timeout (it would
+    otherwise hold a place under --max-connections for good)."""
+    server = serve_cli(HANDLERS["parking"], "-w", "1", "-b", "127.0.0.1:0", *certs.tls_args(), "--client-timeout",
+                       "0", "--keepalive-timeout", "2", "--log-level", "debug", cwd=TESTS)
+    (address,) = server.addresses()
+    server.wait_workers(1)
+    with socket.create_connection(address, timeout=10) as silent:
+        began = time.monotonic()
+        assert silent.recv(100) == b""
+        assert 1.8 <= time.monotonic() - began <= 4.5
+    server.wait_log("no TLS handshake within 2 s")
+
+
+def test_half_a_tls_record_is_bounded_by_the_client_timeout_not_the_keepalive_one(serve_cli, certs):
+    server = serve_cli(HANDLERS["parking"], "-w", "1", "-b", "127.0.0.1:0", *certs.tls_args(), "--client-timeout",
+                       "2", "--keepalive-timeout", "60", "--log-level", "debug", cwd=TESTS)
+    (address,) = server.addresses()
+    server.wait_workers(1)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = certs.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(address, timeout=10) as raw:
+        while True:                                   # the handshake, by hand, over the raw socket
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(b"hi\n")
+        record = outgoing.read()
+        raw.sendall(record[:len(record) // 2])        # half of it, and no more
+        began = time.monotonic()
+        while raw.recv(65536):                        # the server's session tickets, then the close
+            pass
+        assert 1.8 <= time.monotonic() - began <= 4.5
+    server.wait_log("part of a request pending")
