@@ -36,7 +36,7 @@ def files(tmp_path, ca):
     key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
     paths["encrypted"] = tmp_path / "encrypted.pem"
     paths["encrypted"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.BestAvailableEncryption(b"x" * 2000)))
+                                                     serialization.BestAvailableEncryption(b"s3cret")))
     paths["long_password"] = tmp_path / "long_password"
     paths["long_password"].write_bytes(b"x" * 2000 + b"\n")
     return {name: str(path) for name, path in paths.items()}
