@@ -391,3 +391,17 @@ def test_half_a_tls_record_is_bounded_by_the_client_timeout_not_the_keepalive_on
             pass
         assert 1.8 <= time.monotonic() - began <= 4.5
     server.wait_log("part of a request pending")
+
+
+@pytest.mark.parametrize("kind", ["classic", "parking"])
+def test_behind_a_proxy_the_proxy_header_comes_first_then_the_handshake(serve_cli, certs, kind):
+    handler = {"classic": "apps.handlers:PeerEcho", "parking": "apps.handlers:ParkedPeerEcho"}[kind]
+    server = serve_cli(handler, "-w", "1", "-b", "127.0.0.1:0", *certs.tls_args(), "--proxy-protocol", "*",
+                       cwd=TESTS)
+    (address,) = server.addresses()
+    server.wait_workers(1)
+    raw = socket.create_connection(address, timeout=10)
+    raw.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 40123 443\r\n")      # in clear, as HAProxy sends it
+    with certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"hello\n")
+        assert sock.makefile("rb").readline() == b"203.0.113.7 40123\n"
