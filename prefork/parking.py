@@ -142,7 +142,8 @@ class ConnectionReader(PendingReads, io.BufferedIOBase):
         holds (pending()) is read too, as epoll cannot see it."""
         sock, total = self._sock, 0
         timeout = sock.gettimeout()
-        if not wait and timeout != 0.0:          # a handler's look without waiting, while it serves
+        peek = not wait and timeout != 0.0       # a handler's look without waiting, while it serves
+        if peek:
             sock.settimeout(0.0)
         try:
             while True:
@@ -158,7 +159,7 @@ class ConnectionReader(PendingReads, io.BufferedIOBase):
                 if wait or (total >= RECEIVE_SIZE and not sock.pending()):
                     break
         finally:
-            if not wait and timeout != 0.0:
+            if peek:
                 sock.settimeout(timeout)
         return total if total or self.eof else None
 

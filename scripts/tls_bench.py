@@ -19,11 +19,11 @@ Both servers get the same certificate and key, made by trustme for this run
 (an ECDSA P-256 key, as trustme makes by default), and their defaults
 otherwise, but for nginx's protocols: TLS 1.2 and 1.3 as Python's default
 (Debian's nginx 1.22 would offer TLS 1.2 at most), so both negotiate TLS 1.3
-with wrk, and whichever suite OpenSSL prefers (both link the same OpenSSL). prefork without TLS runs beside them (plain http), to
-show what TLS costs prefork itself (interleaved with them, as a third server).
-The figures are medians of the rounds;
-within a round every server runs once, one after another, so drift touches
-them alike. Compare ratios, not absolute numbers: wrk shares the 2 cores.
+with wrk, and whichever suite OpenSSL prefers (both link the same OpenSSL).
+prefork without TLS runs beside them (plain http, interleaved with them as
+a third server), to show what TLS costs prefork itself. The figures are
+medians of the rounds; within a round every server runs once, one after
+another, so drift touches them alike. Compare ratios, not absolute numbers: wrk shares the 2 cores.
 
 What it needs: wrk and nginx (Debian's packages; installed with apt-get when
 running as root, as scripts/bench.py does) and trustme (the test extra).
@@ -45,7 +45,8 @@ from bench import NGINX_CONF, PY, Server, Tools, machine, run_wrk, throughput
 CONNECTIONS = 50
 
 # bench.py's nginx, its listener speaking TLS with the run's certificate.
-NGINX_TLS_CONF = NGINX_CONF.replace("listen 127.0.0.1:{port} backlog=2048;", """listen 127.0.0.1:{port} ssl backlog=2048;
+NGINX_TLS_CONF = NGINX_CONF.replace("listen 127.0.0.1:{port} backlog=2048;", """\
+listen 127.0.0.1:{port} ssl backlog=2048;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;""")

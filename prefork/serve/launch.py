@@ -80,7 +80,8 @@ def validate(resolved):
             raise ConfigError(f"--wsgi serves HTTP on stream sockets; {resolved.label('bind')} names a datagram socket")
     else:
         loader.split_spec(spec)
-    return Launch(options, config, policy, binds, spec, _proxy(resolved, options, binds), _tls(resolved, options, binds))
+    return Launch(options, config, policy, binds, spec, _proxy(resolved, options, binds),
+                  _tls(resolved, options, binds))
 
 
 def _proxy(resolved, options, binds):
@@ -93,8 +94,9 @@ def _proxy(resolved, options, binds):
         allowed = Allowed(options.proxy_allow)
     except ValueError as exc:
         raise ConfigError(f"{resolved.label('proxy_allow')}: {exc}") from None
-    return allowed, _chosen_binds(resolved, "proxy_protocol", options.proxy_protocol, binds, "the PROXY protocol is for stream listeners "
-                                  "only (a datagram's reply would go to the client, not back through the proxy)")
+    return allowed, _chosen_binds(resolved, "proxy_protocol", options.proxy_protocol, binds,
+                                  "the PROXY protocol is for stream listeners only (a datagram's reply would "
+                                  "go to the client, not back through the proxy)")
 
 
 def _tls(resolved, options, binds):
@@ -115,7 +117,8 @@ def _tls(resolved, options, binds):
                                      options.keyfile_password_file)
     except tls.TLSError as exc:
         raise ConfigError(f"{resolved.label(exc.setting)} {exc}") from None
-    return context, _chosen_binds(resolved, "tls", options.tls, binds, "TLS is for stream listeners only (DTLS is not served)")
+    return context, _chosen_binds(resolved, "tls", options.tls, binds,
+                                  "TLS is for stream listeners only (DTLS is not served)")
 
 
 def _chosen_binds(resolved, name, value, binds, not_stream):
